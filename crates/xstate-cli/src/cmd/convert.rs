@@ -1,0 +1,14 @@
+//! `xstate convert` (placeholder until its issue lands).
+
+/// Arguments of `xstate convert`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Arguments (not implemented yet).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    rest: Vec<String>,
+}
+
+/// Runs the command.
+pub fn run(_args: Args) -> anyhow::Result<i32> {
+    anyhow::bail!("`xstate convert` is not implemented yet")
+}

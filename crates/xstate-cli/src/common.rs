@@ -1,0 +1,95 @@
+//! Options and helpers shared by the subcommands.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use xstate::cpuid::CpuidDump;
+use xstate::layout::Layout;
+
+/// Where CPUID data comes from: this host (default) or a dump file.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct CpuSource {
+    /// Read CPUID leaf 0xD from a dump file (Linux `cpuid -r`, AIDA64, hwloc-gather-cpuid, or
+    /// the JSON written by `xstate host --dump-cpuid`); the format is detected.
+    #[arg(long, value_name = "FILE", conflicts_with = "host")]
+    pub cpuid: Option<PathBuf>,
+    /// Use this machine's CPUID (the default when --cpuid is not given).
+    #[arg(long)]
+    pub host: bool,
+}
+
+impl CpuSource {
+    /// Loads the dump this source names.
+    pub fn load(&self) -> anyhow::Result<CpuidDump> {
+        match &self.cpuid {
+            Some(p) => load_dump(p),
+            None => host_dump(),
+        }
+    }
+
+    /// True when the data is this machine's.
+    pub fn is_host(&self) -> bool {
+        self.cpuid.is_none()
+    }
+}
+
+/// Reads and parses a CPUID dump file.
+pub fn load_dump(path: &Path) -> anyhow::Result<CpuidDump> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read CPUID dump {}", path.display()))?;
+    let name = path.display().to_string();
+    Ok(CpuidDump::parse(&text, &name)?)
+}
+
+/// This machine's CPUID.
+pub fn host_dump() -> anyhow::Result<CpuidDump> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Ok(CpuidDump::from_host())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        bail!("--host needs an x86-64 machine; give --cpuid FILE")
+    }
+}
+
+/// Parses a hex (`0x2e7`, `2e7`) or decimal-with-prefix (`0d743`) 64-bit value.
+pub fn parse_hex(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.replace('_', "");
+    let r = if let Some(d) = t.strip_prefix("0d") {
+        d.parse::<u64>().map_err(|e| e.to_string())
+    } else {
+        let h = t
+            .strip_prefix("0x")
+            .or_else(|| t.strip_prefix("0X"))
+            .unwrap_or(&t);
+        u64::from_str_radix(h, 16).map_err(|e| e.to_string())
+    };
+    r.map_err(|e| format!("`{s}` is not a hex value: {e}"))
+}
+
+/// Formats a mask as the lower-case hex string used in every JSON output.
+pub fn hex(v: u64) -> String {
+    format!("{v:#x}")
+}
+
+/// The layout of a dump, refusing a CPU without XSAVE where a layout is required.
+pub fn layout_of(dump: &CpuidDump) -> anyhow::Result<Layout> {
+    let l = Layout::from_dump(dump);
+    if !l.has_xsave() {
+        bail!(
+            "{}: this CPU has no XSAVE (CPUID.1:ECX[26] = 0); only FXSAVE's 512-byte legacy area exists",
+            dump.source
+        );
+    }
+    Ok(l)
+}
+
+/// Prints JSON to stdout.
+pub fn print_json(v: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    );
+}

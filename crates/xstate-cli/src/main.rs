@@ -1,0 +1,66 @@
+//! `xstate`: inspect, validate, convert and migrate x86 extended processor state.
+//!
+//! Exit status: 0 success (valid, compatible, equal), 1 a negative verdict (invalid,
+//! incompatible, different), 2 usage or I/O error, 3 a modelled instruction faulted.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod common;
+
+/// x86 extended processor state (XSAVE) for hypervisors, VMMs and their operators.
+#[derive(Parser)]
+#[command(name = "xstate", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// This machine: CPU, XCR0, IA32_XSS support, XINUSE, every component's offsets and sizes,
+    /// the save instruction the engine would use and /dev/kvm.
+    Host(cmd::host::Args),
+    /// The XSAVE layout (standard and compacted) of a CPU for an XCR0/IA32_XSS, from CPUID
+    /// leaf 0xD of this host or of a dump file.
+    Layout(cmd::layout::Args),
+    /// Show the header and registers of an XSAVE image or snapshot.
+    Inspect(cmd::inspect::Args),
+    /// Check an image against the rules of XRSTOR, XRSTORS or KVM_SET_XSAVE.
+    Validate(cmd::validate::Args),
+    /// Convert an image between standard and compacted forms, layouts and snapshots.
+    Convert(cmd::convert::Args),
+    /// Compare two images or snapshots register by register.
+    Diff(cmd::diff::Args),
+    /// Run one XSAVE-family instruction on the executable model.
+    Model(cmd::model::Args),
+    /// Replay a guest FPU scenario script against the engine.
+    Sim(cmd::sim::Args),
+    /// KVM: capabilities, guest CPUID leaf 0xD, the end-to-end demo.
+    Kvm(cmd::kvm::Args),
+    /// Check whether a snapshot can be restored on a destination.
+    Check(cmd::check::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Host(a) => cmd::host::run(a),
+        Command::Layout(a) => cmd::layout::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Validate(a) => cmd::validate::run(a),
+        Command::Convert(a) => cmd::convert::run(a),
+        Command::Diff(a) => cmd::diff::run(a),
+        Command::Model(a) => cmd::model::run(a),
+        Command::Sim(a) => cmd::sim::run(a),
+        Command::Kvm(a) => cmd::kvm::run(a),
+        Command::Check(a) => cmd::check::run(a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("xstate: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,723 @@
+//! The layout engine: where each state component lives in an XSAVE image, computed from CPUID
+//! leaf 0xD and never from hard-coded offsets (SDM Vol. 1 §13.4).
+//!
+//! * [`Layout`] is one CPU's geometry: every component's size, standard offset and flags.
+//! * [`Layout::standard`] places the components of a mask in the standard form (§13.4.2:
+//!   component i ≥ 2 at CPUID.(0xD,i).EBX).
+//! * [`Layout::compacted`] places them in the compacted form (§13.4.3: from byte 576, in
+//!   increasing component order, rounded up to 64 where CPUID.(0xD,i).ECX[1] says so).
+//! * [`Layout::check_xcr0`] applies the XSETBV rules (SDM Vol. 2B XSETBV, Vol. 1 §13.3).
+//! * [`Layout::consistency`] reports CPUID data that cannot be right.
+//!
+//! ```
+//! use xstate::cpuid::{CpuidDump, Regs};
+//! use xstate::layout::Layout;
+//! // A Zen-3-like CPU: x87, SSE, AVX, PKRU (user), CET_U, CET_S (supervisor).
+//! let mut d = CpuidDump::new("doc");
+//! d.insert(0xd, 0, Regs { eax: 0x207, ebx: 0x988, ecx: 0x988, edx: 0 });
+//! d.insert(0xd, 1, Regs { eax: 0xf, ebx: 0, ecx: 0x1800, edx: 0 });
+//! d.insert(0xd, 2, Regs { eax: 256, ebx: 576, ecx: 0, edx: 0 });
+//! d.insert(0xd, 9, Regs { eax: 8, ebx: 0x980, ecx: 0, edx: 0 });
+//! d.insert(0xd, 11, Regs { eax: 16, ebx: 0, ecx: 1, edx: 0 });
+//! d.insert(0xd, 12, Regs { eax: 24, ebx: 0, ecx: 1, edx: 0 });
+//! let l = Layout::from_dump(&d);
+//! let c = l.compacted(0x1a07).unwrap();
+//! assert_eq!(c.offset_of(9), Some(832));   // PKRU right after AVX
+//! assert_eq!(c.offset_of(11), Some(840));  // CET_U
+//! assert_eq!(c.offset_of(12), Some(856));  // CET_S
+//! assert_eq!(c.size, 880);
+//! assert_eq!(l.standard(0x207).unwrap().size, 0x988);
+//! assert!(l.consistency().is_empty());
+//! ```
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::components::{bits, mask, Component, Kind};
+use crate::cpuid::{CpuidDump, Leaf0D};
+
+/// Size of the legacy (FXSAVE) area.
+pub const LEGACY_SIZE: u32 = 512;
+/// Size of the XSAVE header.
+pub const HEADER_SIZE: u32 = 64;
+/// Offset of the XSAVE header.
+pub const HEADER_OFFSET: u32 = 512;
+/// First byte after the legacy area and header: where the extended area starts.
+pub const EXTENDED_START: u32 = 576;
+
+/// The two formats of the XSAVE area's extended region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Form {
+    /// Standard (non-compacted) form: XSAVE, XSAVEOPT, XRSTOR with XCOMP_BV = 0.
+    Standard,
+    /// Compacted form: XSAVEC, XSAVES, XRSTOR(S) with XCOMP_BV bit 63 set.
+    Compacted,
+}
+
+impl fmt::Display for Form {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Form::Standard => "standard",
+            Form::Compacted => "compacted",
+        })
+    }
+}
+
+/// One component's geometry on one CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Component number.
+    pub id: u8,
+    /// Size in bytes, from CPUID (0 when CPUID did not report it).
+    pub size: u32,
+    /// Offset in the standard form; `None` for supervisor components, which have none.
+    pub standard_offset: Option<u32>,
+    /// Enabled through IA32_XSS rather than XCR0.
+    pub supervisor: bool,
+    /// 64-byte aligned in the compacted form.
+    pub align64: bool,
+    /// IA32_XFD can arm this component.
+    pub xfd: bool,
+}
+
+/// A component placed in one form of the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// Component number.
+    pub id: u8,
+    /// Byte offset of the component in the image.
+    pub offset: u32,
+    /// Size in bytes.
+    pub size: u32,
+}
+
+impl Placement {
+    /// One past the last byte.
+    pub fn end(&self) -> u32 {
+        self.offset + self.size
+    }
+
+    /// The byte range in the image.
+    pub fn range(&self) -> core::ops::Range<usize> {
+        self.offset as usize..self.end() as usize
+    }
+}
+
+/// The components of one mask placed in one form, and the total size of such an image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormLayout {
+    /// Standard or compacted.
+    pub form: Form,
+    /// The components placed (XCR0 for standard, XCOMP_BV[62:0] for compacted).
+    pub mask: u64,
+    /// The image size in bytes.
+    pub size: u32,
+    /// Placements in increasing component order (components 0 and 1 included when in mask).
+    pub placements: Vec<Placement>,
+}
+
+impl FormLayout {
+    /// Where component `id` is placed, if it is in the mask.
+    pub fn placement(&self, id: u8) -> Option<Placement> {
+        self.placements.iter().find(|p| p.id == id).copied()
+    }
+
+    /// The offset of component `id`, if it is in the mask.
+    pub fn offset_of(&self, id: u8) -> Option<u32> {
+        self.placement(id).map(|p| p.offset)
+    }
+
+    /// The XCOMP_BV value an image of this layout carries: 0 for the standard form, the mask
+    /// with bit 63 for the compacted form.
+    pub fn xcomp_bv(&self) -> u64 {
+        match self.form {
+            Form::Standard => 0,
+            Form::Compacted => self.mask | mask::COMPACTED,
+        }
+    }
+}
+
+/// Why a mask cannot be laid out.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// The CPU does not report a size for a component of the mask.
+    #[error("component {id} ({name}): CPUID.(0xD,{id}).EAX reports size 0, so it cannot be placed")]
+    UnknownSize {
+        /// Component number.
+        id: u8,
+        /// Display name.
+        name: String,
+    },
+    /// A supervisor component was asked for in the standard form, which has no room for it.
+    #[error("component {id} ({name}) is a supervisor component: the standard form has no place for it (SDM §13.4.2)")]
+    SupervisorInStandard {
+        /// Component number.
+        id: u8,
+        /// Display name.
+        name: String,
+    },
+    /// A user component with standard offset inside the legacy area or header.
+    #[error("component {id} ({name}): standard offset {offset} lies inside the legacy area or header (< 576)")]
+    BadStandardOffset {
+        /// Component number.
+        id: u8,
+        /// Display name.
+        name: String,
+        /// Reported offset.
+        offset: u32,
+    },
+    /// A mask with bit 63 set was given where component bits were expected.
+    #[error("bit 63 is not a component: it is XCOMP_BV's compacted-form flag")]
+    Bit63,
+}
+
+/// One XCR0 rule of SDM Vol. 2B XSETBV (and DESIGN.md §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Xcr0Rule {
+    /// XCR0[0] (x87) must be 1.
+    X87Required,
+    /// No bit outside CPUID.(0xD,0):EDX:EAX may be set.
+    Unsupported,
+    /// Supervisor components are enabled in IA32_XSS, never XCR0.
+    SupervisorBit,
+    /// AVX (bit 2) requires SSE (bit 1).
+    AvxNeedsSse,
+    /// The AVX-512 bits 5..7 are all set or all clear, and set only with AVX.
+    Avx512AllOrNone,
+    /// AVX-512 requires AVX.
+    Avx512NeedsAvx,
+    /// MPX bits 3 and 4 are both set or both clear.
+    MpxPair,
+    /// AMX bits 17 and 18 are both set or both clear.
+    AmxPair,
+    /// APX (bit 19) and MPX (bits 3, 4) are never enabled together.
+    ApxWithMpx,
+}
+
+impl Xcr0Rule {
+    /// A short identifier (`x87_required`, `avx_needs_sse`, …).
+    pub fn id(&self) -> &'static str {
+        match self {
+            Xcr0Rule::X87Required => "x87_required",
+            Xcr0Rule::Unsupported => "unsupported",
+            Xcr0Rule::SupervisorBit => "supervisor_bit",
+            Xcr0Rule::AvxNeedsSse => "avx_needs_sse",
+            Xcr0Rule::Avx512AllOrNone => "avx512_all_or_none",
+            Xcr0Rule::Avx512NeedsAvx => "avx512_needs_avx",
+            Xcr0Rule::MpxPair => "mpx_pair",
+            Xcr0Rule::AmxPair => "amx_pair",
+            Xcr0Rule::ApxWithMpx => "apx_with_mpx",
+        }
+    }
+
+    /// The rule in words.
+    pub fn text(&self) -> &'static str {
+        match self {
+            Xcr0Rule::X87Required => "XCR0 bit 0 (x87) must be set",
+            Xcr0Rule::Unsupported => "XCR0 has a bit outside CPUID.(0xD,0):EDX:EAX",
+            Xcr0Rule::SupervisorBit => {
+                "XCR0 has a supervisor component bit (those belong in IA32_XSS)"
+            }
+            Xcr0Rule::AvxNeedsSse => "AVX (bit 2) requires SSE (bit 1)",
+            Xcr0Rule::Avx512AllOrNone => {
+                "the AVX-512 bits (opmask, zmm_hi256, hi16_zmm) must be all set or all clear"
+            }
+            Xcr0Rule::Avx512NeedsAvx => "AVX-512 (bits 5-7) requires AVX (bit 2)",
+            Xcr0Rule::MpxPair => "MPX bits 3 (bndregs) and 4 (bndcsr) must be both set or both clear",
+            Xcr0Rule::AmxPair => {
+                "AMX bits 17 (xtilecfg) and 18 (xtiledata) must be both set or both clear"
+            }
+            Xcr0Rule::ApxWithMpx => "APX (bit 19) cannot be enabled together with MPX (bits 3-4)",
+        }
+    }
+}
+
+/// An XCR0 value XSETBV would refuse with #GP, with every rule it breaks.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid XCR0 {value:#x}: {}", rules_text(.rules))]
+pub struct Xcr0Error {
+    /// The refused value.
+    pub value: u64,
+    /// Every broken rule, in the order of [`Xcr0Rule`].
+    pub rules: Vec<Xcr0Rule>,
+}
+
+fn rules_text(rules: &[Xcr0Rule]) -> String {
+    let mut s = String::new();
+    for (i, r) in rules.iter().enumerate() {
+        if i > 0 {
+            s.push_str("; ");
+        }
+        s.push_str(r.text());
+        s.push_str(" [");
+        s.push_str(r.id());
+        s.push(']');
+    }
+    s
+}
+
+/// An IA32_XSS value WRMSR would refuse with #GP.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid IA32_XSS {value:#x}: bits {bad:#x} ({}) are not supervisor components supported by CPUID.(0xD,1):EDX:ECX", crate::components::mask_names(*.bad))]
+pub struct XssError {
+    /// The refused value.
+    pub value: u64,
+    /// The bits that are not allowed.
+    pub bad: u64,
+}
+
+/// Something wrong with the CPUID data itself.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Inconsistency {
+    /// A supported component reports size 0 (seen in dumps taken under some hypervisors).
+    ZeroSize {
+        /// Component number.
+        id: u8,
+    },
+    /// A supported user component reports a standard offset inside the legacy area/header.
+    OffsetInLegacy {
+        /// Component number.
+        id: u8,
+        /// Reported offset.
+        offset: u32,
+    },
+    /// Two supported user components overlap in the standard form.
+    Overlap {
+        /// Lower-numbered component.
+        a: u8,
+        /// Higher-numbered component.
+        b: u8,
+    },
+    /// The computed standard size for every supported user component differs from
+    /// CPUID.(0xD,0).ECX.
+    MaxSizeMismatch {
+        /// What the layout engine computes.
+        computed: u32,
+        /// What CPUID.(0xD,0).ECX reports.
+        reported: u32,
+    },
+    /// A bit is in both supported masks, or the ECX supervisor flag contradicts the mask.
+    KindMismatch {
+        /// Component number.
+        id: u8,
+    },
+    /// The dump has no subleaf for a supported component.
+    MissingSubleaf {
+        /// Component number.
+        id: u8,
+    },
+}
+
+impl fmt::Display for Inconsistency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Inconsistency::ZeroSize { id } => write!(
+                f,
+                "component {id} ({}) is supported but CPUID.(0xD,{id}).EAX reports size 0",
+                Component::name_of(id)
+            ),
+            Inconsistency::OffsetInLegacy { id, offset } => write!(
+                f,
+                "component {id} ({}) has standard offset {offset}, inside the legacy area or header",
+                Component::name_of(id)
+            ),
+            Inconsistency::Overlap { a, b } => write!(
+                f,
+                "components {a} ({}) and {b} ({}) overlap in the standard form",
+                Component::name_of(a),
+                Component::name_of(b)
+            ),
+            Inconsistency::MaxSizeMismatch { computed, reported } => write!(
+                f,
+                "computed standard size for all supported user components is {computed}, but CPUID.(0xD,0).ECX reports {reported}"
+            ),
+            Inconsistency::KindMismatch { id } => write!(
+                f,
+                "component {id} ({}): the supported masks and CPUID.(0xD,{id}).ECX[0] disagree on user vs supervisor",
+                Component::name_of(id)
+            ),
+            Inconsistency::MissingSubleaf { id } => write!(
+                f,
+                "component {id} ({}) is supported but the data has no CPUID.(0xD,{id}) subleaf",
+                Component::name_of(id)
+            ),
+        }
+    }
+}
+
+/// One CPU's XSAVE geometry, from CPUID leaf 0xD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    leaf: Leaf0D,
+    xsave: bool,
+}
+
+impl Layout {
+    /// The layout of the CPU a dump describes.
+    pub fn from_dump(d: &CpuidDump) -> Self {
+        // A dump that lacks leaf 1 but has leaf 0xD is taken to support XSAVE.
+        let xsave = d.has_xsave() || (d.get(1, 0).is_none() && d.get(0xd, 0).is_some());
+        Layout {
+            leaf: d.leaf_0d(),
+            xsave,
+        }
+    }
+
+    /// The layout from a typed leaf 0xD view (the CPU is taken to support XSAVE).
+    pub fn from_leaf(leaf: Leaf0D) -> Self {
+        Layout { leaf, xsave: true }
+    }
+
+    /// The leaf 0xD view this layout was computed from.
+    pub fn leaf(&self) -> &Leaf0D {
+        &self.leaf
+    }
+
+    /// False for a CPU without XSAVE (CPUID.1:ECX[26] = 0): only FXSAVE's 512-byte area exists.
+    pub fn has_xsave(&self) -> bool {
+        self.xsave
+    }
+
+    /// The user components XCR0 may enable (CPUID.(0xD,0):EDX:EAX); 0 without XSAVE.
+    pub fn xcr0_supported(&self) -> u64 {
+        if self.xsave {
+            self.leaf.xcr0_supported()
+        } else {
+            0
+        }
+    }
+
+    /// The supervisor components IA32_XSS may enable (CPUID.(0xD,1):EDX:ECX), when the CPU has
+    /// XSAVES; 0 otherwise.
+    pub fn xss_supported(&self) -> u64 {
+        if self.xsave && self.leaf.has_xsaves() {
+            self.leaf.xss_supported()
+        } else {
+            0
+        }
+    }
+
+    /// Is component `id` a supervisor component on this CPU? The supported masks decide; for a
+    /// component in neither, CPUID.(0xD,id).ECX[0], then the catalog.
+    pub fn is_supervisor(&self, id: u8) -> bool {
+        if id >= 63 {
+            return false;
+        }
+        let bit = 1u64 << id;
+        if self.leaf.xss_supported() & bit != 0 {
+            return true;
+        }
+        if self.leaf.xcr0_supported() & bit != 0 {
+            return false;
+        }
+        if self.leaf.component(id).supervisor {
+            return true;
+        }
+        Component::kind_of(id) == Some(Kind::Supervisor)
+    }
+
+    /// The geometry of component `id` (0..=62).
+    pub fn geometry(&self, id: u8) -> Geometry {
+        let c = self.leaf.component(id);
+        let supervisor = self.is_supervisor(id);
+        Geometry {
+            id,
+            size: c.size,
+            standard_offset: if supervisor { None } else { Some(c.offset) },
+            supervisor,
+            align64: c.align64,
+            xfd: c.xfd,
+        }
+    }
+
+    /// Places the components of `xcr0` in the standard form. Size = max(offset + size), at
+    /// least 576 (SDM §13.4.2). Bit 63 and supervisor bits are errors.
+    ///
+    /// ```
+    /// # use xstate::cpuid::{CpuidDump, Regs};
+    /// # use xstate::layout::Layout;
+    /// let mut d = CpuidDump::new("doc");
+    /// d.insert(0xd, 0, Regs { eax: 0x7, ebx: 0x340, ecx: 0x340, edx: 0 });
+    /// d.insert(0xd, 2, Regs { eax: 256, ebx: 576, ecx: 0, edx: 0 });
+    /// let s = Layout::from_dump(&d).standard(0x3).unwrap();
+    /// assert_eq!(s.size, 576);
+    /// ```
+    pub fn standard(&self, xcr0: u64) -> Result<FormLayout, LayoutError> {
+        if xcr0 & mask::COMPACTED != 0 {
+            return Err(LayoutError::Bit63);
+        }
+        let mut placements = Vec::new();
+        let mut size = EXTENDED_START;
+        for id in bits(xcr0) {
+            let g = self.geometry(id);
+            let Some(offset) = g.standard_offset else {
+                return Err(LayoutError::SupervisorInStandard {
+                    id,
+                    name: Component::name_of(id),
+                });
+            };
+            if g.size == 0 {
+                return Err(LayoutError::UnknownSize {
+                    id,
+                    name: Component::name_of(id),
+                });
+            }
+            if id >= 2 && offset < EXTENDED_START {
+                return Err(LayoutError::BadStandardOffset {
+                    id,
+                    name: Component::name_of(id),
+                    offset,
+                });
+            }
+            let p = Placement {
+                id,
+                offset,
+                size: g.size,
+            };
+            size = size.max(p.end());
+            placements.push(p);
+        }
+        Ok(FormLayout {
+            form: Form::Standard,
+            mask: xcr0,
+            size,
+            placements,
+        })
+    }
+
+    /// Places the components of `xcomp_bv` (bit 63 ignored) in the compacted form
+    /// (SDM §13.4.3): components 0 and 1 at their legacy offsets; each i ≥ 2 in increasing
+    /// order at the running location, rounded up to 64 when its align bit is set.
+    pub fn compacted(&self, xcomp_bv: u64) -> Result<FormLayout, LayoutError> {
+        let m = xcomp_bv & !mask::COMPACTED;
+        let mut placements = Vec::new();
+        let mut loc = EXTENDED_START;
+        for id in bits(m) {
+            let g = self.geometry(id);
+            if g.size == 0 && id >= 2 {
+                return Err(LayoutError::UnknownSize {
+                    id,
+                    name: Component::name_of(id),
+                });
+            }
+            if id < 2 {
+                placements.push(Placement {
+                    id,
+                    offset: self.leaf.component(id).offset,
+                    size: self.leaf.component(id).size,
+                });
+                continue;
+            }
+            if g.align64 {
+                loc = (loc + 63) & !63;
+            }
+            placements.push(Placement {
+                id,
+                offset: loc,
+                size: g.size,
+            });
+            loc += g.size;
+        }
+        Ok(FormLayout {
+            form: Form::Compacted,
+            mask: m,
+            size: loc,
+            placements,
+        })
+    }
+
+    /// Places `mask` in the given form.
+    pub fn form(&self, form: Form, mask: u64) -> Result<FormLayout, LayoutError> {
+        match form {
+            Form::Standard => self.standard(mask),
+            Form::Compacted => self.compacted(mask),
+        }
+    }
+
+    /// The standard-form size for every supported user component, as computed here (compare
+    /// [`Leaf0D::max_standard_size`]). Components without a usable geometry are skipped.
+    pub fn max_standard_size(&self) -> u32 {
+        let mut size = EXTENDED_START;
+        for id in bits(self.xcr0_supported()) {
+            let g = self.geometry(id);
+            if let Some(off) = g.standard_offset {
+                if id >= 2 {
+                    size = size.max(off.saturating_add(g.size));
+                }
+            }
+        }
+        size
+    }
+
+    /// Applies the XSETBV rules to an XCR0 value on this CPU. Every broken rule is reported.
+    ///
+    /// ```
+    /// # use xstate::cpuid::{CpuidDump, Regs};
+    /// # use xstate::layout::{Layout, Xcr0Rule};
+    /// let mut d = CpuidDump::new("doc");
+    /// d.insert(0xd, 0, Regs { eax: 0xe7, ebx: 0, ecx: 0, edx: 0 });
+    /// let l = Layout::from_dump(&d);
+    /// assert!(l.check_xcr0(0xe7).is_ok());
+    /// let e = l.check_xcr0(0x67).unwrap_err();
+    /// assert_eq!(e.rules, vec![Xcr0Rule::Avx512AllOrNone]);
+    /// ```
+    pub fn check_xcr0(&self, xcr0: u64) -> Result<(), Xcr0Error> {
+        check_xcr0_rules(xcr0, self.xcr0_supported(), self.leaf.xss_supported())
+    }
+
+    /// Checks an IA32_XSS value: only supported supervisor bits.
+    pub fn check_xss(&self, xss: u64) -> Result<(), XssError> {
+        let bad = xss & !self.xss_supported();
+        if bad != 0 {
+            Err(XssError { value: xss, bad })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reports everything wrong with the CPUID data (empty when consistent). A CPU without
+    /// XSAVE is consistent: it simply has no leaf 0xD.
+    pub fn consistency(&self) -> Vec<Inconsistency> {
+        let mut out = Vec::new();
+        if !self.xsave {
+            return out;
+        }
+        let user = self.leaf.xcr0_supported();
+        let sup = self.leaf.xss_supported();
+        for id in bits((user | sup) & !mask::LEGACY) {
+            if id == 63 {
+                continue;
+            }
+            let c = self.leaf.component(id);
+            if !self.leaf.is_present(id) {
+                out.push(Inconsistency::MissingSubleaf { id });
+            } else if c.size == 0 {
+                out.push(Inconsistency::ZeroSize { id });
+            }
+            let in_both = user & sup & (1 << id) != 0;
+            let flag_wrong = self.leaf.is_present(id)
+                && c.size != 0
+                && c.supervisor != (sup & (1 << id) != 0);
+            if in_both || flag_wrong {
+                out.push(Inconsistency::KindMismatch { id });
+            }
+        }
+        // Standard-form geometry of the user components.
+        let mut spans: Vec<(u8, u32, u32)> = Vec::new();
+        for id in bits(user & !mask::LEGACY) {
+            if id == 63 {
+                continue;
+            }
+            let c = self.leaf.component(id);
+            if c.size == 0 {
+                continue;
+            }
+            if c.offset < EXTENDED_START {
+                out.push(Inconsistency::OffsetInLegacy {
+                    id,
+                    offset: c.offset,
+                });
+                continue;
+            }
+            spans.push((id, c.offset, c.offset.saturating_add(c.size)));
+        }
+        for (i, a) in spans.iter().enumerate() {
+            for b in spans.iter().skip(i + 1) {
+                if a.1 < b.2 && b.1 < a.2 {
+                    out.push(Inconsistency::Overlap { a: a.0, b: b.0 });
+                }
+            }
+        }
+        let computed = self.max_standard_size();
+        let reported = self.leaf.max_standard_size();
+        if computed != reported {
+            out.push(Inconsistency::MaxSizeMismatch { computed, reported });
+        }
+        out
+    }
+
+    /// Components whose CPUID size differs from the catalog's architectural content size
+    /// (for example a 64-byte PKRU on Zen 2): not an error, worth a note.
+    pub fn size_notes(&self) -> Vec<(u8, u32, u32)> {
+        let mut v = Vec::new();
+        for id in bits((self.xcr0_supported() | self.xss_supported()) & !mask::LEGACY) {
+            if let Some(c) = Component::get(id) {
+                let size = self.leaf.component(id).size;
+                if size != 0 && size != c.arch_size {
+                    v.push((id, size, c.arch_size));
+                }
+            }
+        }
+        v
+    }
+
+    /// The IA32_XSS values whose compacted size with `xcr0` equals CPUID.(0xD,1).EBX: on a
+    /// host this reveals which supervisor components the kernel enabled. Empty when none fits.
+    pub fn infer_xss(&self, xcr0: u64) -> Vec<u64> {
+        let target = self.leaf.current_compacted_size();
+        let sup = self.xss_supported();
+        let mut out = Vec::new();
+        if target == 0 || sup.count_ones() > 12 {
+            return out;
+        }
+        // Enumerate subsets of the supported supervisor mask.
+        let mut sub = sup;
+        loop {
+            if let Ok(c) = self.compacted(xcr0 | sub) {
+                if c.size == target {
+                    out.push(sub);
+                }
+            }
+            if sub == 0 {
+                break;
+            }
+            sub = (sub - 1) & sup;
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
+/// The XCR0 rules against explicit supported masks (see [`Layout::check_xcr0`]).
+pub fn check_xcr0_rules(xcr0: u64, user_supported: u64, xss_supported: u64) -> Result<(), Xcr0Error> {
+    let mut rules = Vec::new();
+    let has = |m: u64| xcr0 & m == m;
+    let any = |m: u64| xcr0 & m != 0;
+    if !has(mask::X87) {
+        rules.push(Xcr0Rule::X87Required);
+    }
+    let supervisor = (xss_supported | mask::SUPERVISOR_KNOWN) & !user_supported;
+    if xcr0 & !user_supported & !supervisor != 0 {
+        rules.push(Xcr0Rule::Unsupported);
+    }
+    if any(supervisor) {
+        rules.push(Xcr0Rule::SupervisorBit);
+    }
+    if has(mask::AVX) && !has(mask::SSE) {
+        rules.push(Xcr0Rule::AvxNeedsSse);
+    }
+    if any(mask::AVX512) && !has(mask::AVX512) {
+        rules.push(Xcr0Rule::Avx512AllOrNone);
+    }
+    if any(mask::AVX512) && !has(mask::AVX) {
+        rules.push(Xcr0Rule::Avx512NeedsAvx);
+    }
+    if any(mask::MPX) && !has(mask::MPX) {
+        rules.push(Xcr0Rule::MpxPair);
+    }
+    if any(mask::AMX) && !has(mask::AMX) {
+        rules.push(Xcr0Rule::AmxPair);
+    }
+    if has(mask::APX) && any(mask::MPX) {
+        rules.push(Xcr0Rule::ApxWithMpx);
+    }
+    if rules.is_empty() {
+        Ok(())
+    } else {
+        Err(Xcr0Error { value: xcr0, rules })
+    }
+}

@@ -1,0 +1,26 @@
+//! # xstate
+//!
+//! x86 extended processor state (the XSAVE feature set: x87, SSE, AVX, AVX-512, PKRU, CET, AMX,
+//! APX …) as values a hypervisor can reason about: CPUID leaf 0xD, exact layouts in the
+//! standard and compacted forms, typed images, validation, conversion, an executable model of
+//! the XSAVE instructions and the guest FPU engine.
+//!
+//! The crate is `no_std` + `alloc`. The `std` feature (default) only adds `std::error::Error`
+//! conveniences; the hardware wrappers ([`hw`]) need x86-64 but no OS.
+//!
+//! Module map (one concept each):
+//! - [`components`]: the catalog of state components and their roles;
+//! - [`cpuid`]: raw CPUID tables, dump parsers, the typed leaf 0xD view;
+//! - [`layout`]: standard and compacted layouts, XCR0 rules, consistency of CPUID data;
+//! - [`hw`]: safe wrappers of CPUID and XGETBV on the real CPU.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+pub mod components;
+pub mod cpuid;
+#[cfg(target_arch = "x86_64")]
+pub mod hw;
+pub mod layout;
