@@ -28,6 +28,7 @@ impl CpuSource {
     }
 
     /// True when the data is this machine's.
+    #[allow(dead_code)] // for subcommands that read host-only facts (MXCSR mask, /dev/kvm)
     pub fn is_host(&self) -> bool {
         self.cpuid.is_none()
     }
@@ -74,6 +75,7 @@ pub fn hex(v: u64) -> String {
     format!("{v:#x}")
 }
 
+#[allow(dead_code)] // for subcommands that need XSAVE (image, model, snapshot)
 /// The layout of a dump, refusing a CPU without XSAVE where a layout is required.
 pub fn layout_of(dump: &CpuidDump) -> anyhow::Result<Layout> {
     let l = Layout::from_dump(dump);

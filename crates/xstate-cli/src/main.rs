@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod common;
+mod svg;
 
 /// x86 extended processor state (XSAVE) for hypervisors, VMMs and their operators.
 #[derive(Parser)]

@@ -143,7 +143,9 @@ impl FormLayout {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
     /// The CPU does not report a size for a component of the mask.
-    #[error("component {id} ({name}): CPUID.(0xD,{id}).EAX reports size 0, so it cannot be placed")]
+    #[error(
+        "component {id} ({name}): CPUID.(0xD,{id}).EAX reports size 0, so it cannot be placed"
+    )]
     UnknownSize {
         /// Component number.
         id: u8,
@@ -226,7 +228,9 @@ impl Xcr0Rule {
                 "the AVX-512 bits (opmask, zmm_hi256, hi16_zmm) must be all set or all clear"
             }
             Xcr0Rule::Avx512NeedsAvx => "AVX-512 (bits 5-7) requires AVX (bit 2)",
-            Xcr0Rule::MpxPair => "MPX bits 3 (bndregs) and 4 (bndcsr) must be both set or both clear",
+            Xcr0Rule::MpxPair => {
+                "MPX bits 3 (bndregs) and 4 (bndcsr) must be both set or both clear"
+            }
             Xcr0Rule::AmxPair => {
                 "AMX bits 17 (xtilecfg) and 18 (xtiledata) must be both set or both clear"
             }
@@ -599,9 +603,8 @@ impl Layout {
                 out.push(Inconsistency::ZeroSize { id });
             }
             let in_both = user & sup & (1 << id) != 0;
-            let flag_wrong = self.leaf.is_present(id)
-                && c.size != 0
-                && c.supervisor != (sup & (1 << id) != 0);
+            let flag_wrong =
+                self.leaf.is_present(id) && c.size != 0 && c.supervisor != (sup & (1 << id) != 0);
             if in_both || flag_wrong {
                 out.push(Inconsistency::KindMismatch { id });
             }
@@ -683,7 +686,11 @@ impl Layout {
 }
 
 /// The XCR0 rules against explicit supported masks (see [`Layout::check_xcr0`]).
-pub fn check_xcr0_rules(xcr0: u64, user_supported: u64, xss_supported: u64) -> Result<(), Xcr0Error> {
+pub fn check_xcr0_rules(
+    xcr0: u64,
+    user_supported: u64,
+    xss_supported: u64,
+) -> Result<(), Xcr0Error> {
     let mut rules = Vec::new();
     let has = |m: u64| xcr0 & m == m;
     let any = |m: u64| xcr0 & m != 0;

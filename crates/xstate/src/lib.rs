@@ -24,3 +24,4 @@ pub mod cpuid;
 #[cfg(target_arch = "x86_64")]
 pub mod hw;
 pub mod layout;
+pub mod strategy;

@@ -1,4 +1,14 @@
-//! `xstate host` (placeholder until the host report lands).
+//! `xstate host`: this machine's extended-state report.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde_json::json;
+use xstate::components::mask_names;
+use xstate::strategy::{choose, Caps, Policy};
+
+use crate::cmd::layout::Report;
+use crate::common::{hex, host_dump, print_json};
 
 /// Arguments of `xstate host`.
 #[derive(clap::Args)]
@@ -6,12 +16,183 @@ pub struct Args {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
-    /// Also write this machine's CPUID to FILE as JSON (readable by --cpuid).
+    /// Also write this machine's CPUID to FILE as JSON (readable by `--cpuid FILE`).
     #[arg(long, value_name = "FILE")]
-    dump_cpuid: Option<std::path::PathBuf>,
+    dump_cpuid: Option<PathBuf>,
+}
+
+/// Whether /dev/kvm can be opened read-write, with the reason when not.
+fn kvm_status() -> (bool, String) {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => (true, String::from("/dev/kvm opens read-write")),
+        Err(e) => (false, format!("/dev/kvm: {e}")),
+    }
 }
 
 /// Runs the command.
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("`xstate host` is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let dump = host_dump()?;
+    if let Some(path) = &args.dump_cpuid {
+        let _ = path;
+        anyhow::bail!(
+            "--dump-cpuid needs the CPUID JSON writer, which this build does not have yet"
+        );
+        #[allow(unreachable_code)]
+        std::fs::write(path, "").with_context(|| format!("cannot write {}", path.display()))?;
+        if !args.json {
+            eprintln!("wrote this machine's CPUID to {}", path.display());
+        }
+    }
+    let xcr0 = dump.xcr0.unwrap_or(0);
+    let xinuse = dump.xinuse;
+    // The kernel's IA32_XSS is not readable from user mode; CPUID.(0xD,1).EBX is the compacted
+    // size for XCR0 | IA32_XSS, which tells which supervisor components the kernel enabled.
+    let layout0 = xstate::layout::Layout::from_dump(&dump);
+    let xss_candidates = if layout0.has_xsave() {
+        layout0.infer_xss(xcr0)
+    } else {
+        Vec::new()
+    };
+    let kernel_xss = match xss_candidates.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    };
+    let report = Report::new(
+        &dump,
+        if layout0.has_xsave() && xcr0 != 0 {
+            Some(xcr0)
+        } else {
+            None
+        },
+        kernel_xss,
+    )?;
+    let layout = &report.layout;
+    let leaf = layout.leaf();
+    let user_choice = choose(Caps::of(layout, false), Policy::Linux);
+    let ring0_choice = choose(Caps::of(layout, true), Policy::Linux);
+    let (kvm_ok, kvm_why) = kvm_status();
+    let (family, model, stepping) = dump.family_model_stepping();
+    let kernel_compacted = leaf.current_compacted_size();
+    if args.json {
+        let mut v = report.to_json();
+        v["cpu"] = json!({
+            "vendor": dump.vendor_string(),
+            "brand": dump.brand(),
+            "family": family, "model": model, "stepping": stepping,
+        });
+        v["xsave"] = json!(layout.has_xsave());
+        v["os_xsave"] = json!(dump.os_xsave());
+        v["xcr0_supported"] = json!(hex(layout.xcr0_supported()));
+        v["xss_supported"] = json!(hex(layout.xss_supported()));
+        v["xinuse"] = json!(xinuse.map(hex));
+        v["kernel_xss"] = json!(kernel_xss.map(hex));
+        v["kernel_compacted_size"] = json!(kernel_compacted);
+        v["capabilities"] = json!({
+            "xsaveopt": leaf.has_xsaveopt(), "xsavec": leaf.has_xsavec(),
+            "xgetbv1": leaf.has_xgetbv1(), "xsaves": leaf.has_xsaves(), "xfd": leaf.has_xfd(),
+        });
+        v["save_instruction"] = json!({
+            "user": {"insn": user_choice.insn.name(), "reason": user_choice.reason},
+            "ring0": {"insn": ring0_choice.insn.name(), "reason": ring0_choice.reason},
+        });
+        v["kvm"] = json!({"usable": kvm_ok, "detail": kvm_why});
+        print_json(&v);
+        return Ok(report.status());
+    }
+    println!(
+        "CPU             {} {} (family {family:#x}, model {model:#x}, stepping {stepping})",
+        dump.vendor_string(),
+        dump.brand().unwrap_or_default()
+    );
+    if !layout.has_xsave() {
+        println!("XSAVE           not supported: FXSAVE's 512-byte legacy area only");
+        println!("save            {}", user_choice.reason);
+        println!("KVM             {kvm_why}");
+        return Ok(0);
+    }
+    println!(
+        "XCR0            {} ({})",
+        hex(xcr0),
+        if dump.os_xsave() {
+            mask_names(xcr0)
+        } else {
+            String::from("CR4.OSXSAVE clear: the OS has not enabled XSAVE")
+        }
+    );
+    println!(
+        "XCR0 supported  {} ({})",
+        hex(layout.xcr0_supported()),
+        mask_names(layout.xcr0_supported())
+    );
+    println!(
+        "IA32_XSS supp.  {} ({})",
+        hex(layout.xss_supported()),
+        if layout.xss_supported() == 0 {
+            String::from("none")
+        } else {
+            mask_names(layout.xss_supported())
+        }
+    );
+    match kernel_xss {
+        Some(x) => println!(
+            "IA32_XSS (OS)   {} ({}): CPUID.(0xD,1).EBX = {kernel_compacted} is the compacted size of XCR0|{}",
+            hex(x),
+            if x == 0 { String::from("none") } else { mask_names(x) },
+            hex(x)
+        ),
+        None => println!(
+            "IA32_XSS (OS)   unknown: CPUID.(0xD,1).EBX = {kernel_compacted} matches {} candidate(s)",
+            xss_candidates.len()
+        ),
+    }
+    match xinuse {
+        Some(x) => println!(
+            "XINUSE          {} ({}) as XGETBV(1) saw it in this process",
+            hex(x),
+            mask_names(x)
+        ),
+        None => println!("XINUSE          not available (no XGETBV with ECX=1)"),
+    }
+    println!(
+        "instructions    XSAVEOPT {}  XSAVEC {}  XGETBV1 {}  XSAVES {}  XFD {}",
+        yn(leaf.has_xsaveopt()),
+        yn(leaf.has_xsavec()),
+        yn(leaf.has_xgetbv1()),
+        yn(leaf.has_xsaves()),
+        yn(leaf.has_xfd())
+    );
+    println!(
+        "save (user)     {}: {}",
+        user_choice.insn.name(),
+        user_choice.reason
+    );
+    println!(
+        "save (ring 0)   {}: {}",
+        ring0_choice.insn.name(),
+        ring0_choice.reason
+    );
+    println!(
+        "KVM             {}",
+        if kvm_ok {
+            format!("usable ({kvm_why})")
+        } else {
+            format!("not usable ({kvm_why})")
+        }
+    );
+    report.print_sizes();
+    println!();
+    report.print_table();
+    Ok(report.status())
+}
+
+fn yn(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
 }

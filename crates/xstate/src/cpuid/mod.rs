@@ -23,7 +23,9 @@ use alloc::vec::Vec;
 pub mod parse;
 
 /// The four output registers of one CPUID query.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Regs {
     /// EAX output.
     pub eax: u32,
@@ -53,7 +55,17 @@ pub enum Vendor {
 
 /// Leaves that gate extended-state features and are kept from every source.
 pub const KEPT_LEAVES: [u32; 11] = [
-    0x0, 0x1, 0x7, 0xd, 0x14, 0x19, 0x1d, 0x1e, 0x8000_0000, 0x8000_0001, 0x8000_0008,
+    0x0,
+    0x1,
+    0x7,
+    0xd,
+    0x14,
+    0x19,
+    0x1d,
+    0x1e,
+    0x8000_0000,
+    0x8000_0001,
+    0x8000_0008,
 ];
 
 /// A table of CPUID results keyed by (leaf, subleaf), with where it came from and what the
