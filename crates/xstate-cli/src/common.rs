@@ -1,4 +1,5 @@
 //! Options and helpers shared by the subcommands.
+#![allow(dead_code)] // some helpers are used only by subcommands still to land
 
 use std::path::{Path, PathBuf};
 

@@ -12,7 +12,9 @@
 //! - [`components`]: the catalog of state components and their roles;
 //! - [`cpuid`]: raw CPUID tables, dump parsers, the typed leaf 0xD view;
 //! - [`layout`]: standard and compacted layouts, XCR0 rules, consistency of CPUID data;
-//! - [`hw`]: safe wrappers of CPUID and XGETBV on the real CPU.
+//! - [`hw`]: safe wrappers of CPUID, XGETBV and the XSAVE family on the real CPU, and a
+//!   fork-based sandbox for restores that may fault;
+//! - [`model`]: the executable model of the XSAVE instructions and the backend trait.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -24,4 +26,5 @@ pub mod cpuid;
 #[cfg(target_arch = "x86_64")]
 pub mod hw;
 pub mod layout;
+pub mod model;
 pub mod strategy;

@@ -1,0 +1,370 @@
+//! The [`Backend`] trait: one interface to the XSAVE machinery, implemented by the model
+//! ([`ModelCpu`](super::ModelCpu)), by the user-mode hardware backend ([`HwBackend`]) and, for
+//! kernels and hypervisors, by [`Ring0Backend`](super::ring0::Ring0Backend) (cargo feature
+//! `ring0`).
+//!
+//! The register state a backend operates on is *its* register file: for the model the
+//! modelled registers; for [`HwBackend`] a context image that every operation loads into the
+//! real registers, operates on, and saves back, inside one `asm!` block (compiled Rust code
+//! clobbers vector registers between calls, so the real registers cannot carry state from one
+//! call to the next). Memory operands are plain byte slices: their address is the linear
+//! address the instruction sees (alignment rules apply to it).
+
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
+use super::fault::{Exception, Fault};
+use super::profile::CpuProfile;
+
+/// A save instruction (64-bit forms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveInsn {
+    /// XSAVE: standard form (SDM Vol. 1 §13.7).
+    Xsave,
+    /// XSAVEOPT: standard form with the init and modified optimizations (§13.9).
+    Xsaveopt,
+    /// XSAVEC: compacted form with the init optimization (§13.10).
+    Xsavec,
+    /// XSAVES: compacted form, supervisor components, both optimizations; CPL 0 (§13.11).
+    Xsaves,
+    /// FXSAVE: the 512-byte legacy area (Vol. 2 "FXSAVE").
+    Fxsave,
+}
+
+/// A restore instruction (64-bit forms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreInsn {
+    /// XRSTOR, standard or compacted form as XCOMP_BV[63] says (§13.8).
+    Xrstor,
+    /// XRSTORS: compacted form, supervisor components; CPL 0 (§13.12).
+    Xrstors,
+    /// FXRSTOR: the 512-byte legacy area (Vol. 2 "FXRSTOR").
+    Fxrstor,
+}
+
+impl SaveInsn {
+    /// The mnemonic.
+    pub fn name(self) -> &'static str {
+        match self {
+            SaveInsn::Xsave => "XSAVE",
+            SaveInsn::Xsaveopt => "XSAVEOPT",
+            SaveInsn::Xsavec => "XSAVEC",
+            SaveInsn::Xsaves => "XSAVES",
+            SaveInsn::Fxsave => "FXSAVE",
+        }
+    }
+}
+
+impl RestoreInsn {
+    /// The mnemonic.
+    pub fn name(self) -> &'static str {
+        match self {
+            RestoreInsn::Xrstor => "XRSTOR",
+            RestoreInsn::Xrstors => "XRSTORS",
+            RestoreInsn::Fxrstor => "FXRSTOR",
+        }
+    }
+}
+
+/// The MSRs of the XSAVE feature set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Msr {
+    /// IA32_XSS (0xDA0): supervisor components enabled for XSAVES/XRSTORS.
+    Xss,
+    /// IA32_XFD (0x1C4): extended feature disable.
+    Xfd,
+    /// IA32_XFD_ERR (0x1C5): the XFD-armed components that caused the last #NM.
+    XfdErr,
+}
+
+impl Msr {
+    /// The MSR number.
+    pub fn index(self) -> u32 {
+        match self {
+            Msr::Xss => 0xda0,
+            Msr::Xfd => 0x1c4,
+            Msr::XfdErr => 0x1c5,
+        }
+    }
+}
+
+/// The XSAVE machinery the guest FPU engine and the tests drive. Every operation returns the
+/// fault the instruction would raise as a value.
+///
+pub trait Backend {
+    /// The CPU profile (capabilities, layout, vendor differences).
+    fn profile(&self) -> &CpuProfile;
+
+    /// XGETBV: ECX = 0 reads XCR0, ECX = 1 reads XCR0 & XINUSE (SDM Vol. 2 "XGETBV").
+    fn xgetbv(&mut self, ecx: u32) -> Result<u64, Fault>;
+
+    /// XSETBV: ECX = 0 writes XCR0, checking every rule of SDM Vol. 2 "XSETBV" (CPL 0).
+    fn xsetbv(&mut self, ecx: u32, value: u64) -> Result<(), Fault>;
+
+    /// RDMSR of an XSAVE-related MSR (CPL 0).
+    fn rdmsr(&mut self, msr: Msr) -> Result<u64, Fault>;
+
+    /// WRMSR of an XSAVE-related MSR (CPL 0), with its #GP rules.
+    fn wrmsr(&mut self, msr: Msr, value: u64) -> Result<(), Fault>;
+
+    /// Executes a save instruction to `mem` with EDX:EAX = `rfbm`. Bytes the instruction does
+    /// not write keep their values.
+    fn save(&mut self, insn: SaveInsn, mem: &mut [u8], rfbm: u64) -> Result<(), Fault>;
+
+    /// Executes a restore instruction from `mem` with EDX:EAX = `rfbm` (ignored by FXRSTOR).
+    fn restore(&mut self, insn: RestoreInsn, mem: &[u8], rfbm: u64) -> Result<(), Fault>;
+
+    /// Loads test values into the registers: `state` is a standard-form image read as a
+    /// standard XRSTOR with RFBM = all ones would read it (components whose XSTATE_BV bit is set
+    /// are loaded, the others put in init state), except that MXCSR always comes from bytes
+    /// 24..27. `xinuse`, when given, sets XINUSE (the model honours it exactly; the hardware
+    /// decides its own XINUSE). Never faults on header bits: unknown XSTATE_BV bits, XCOMP_BV
+    /// and reserved bytes are ignored; an MXCSR outside MXCSR_MASK is a #GP.
+    fn load_state(&mut self, state: &[u8], xinuse: Option<u64>) -> Result<(), Fault>;
+
+    /// The user registers as a standard-form image for XCR0 (what XSAVE with RFBM = all ones
+    /// into zeroed memory would write): XSTATE_BV is XINUSE & XCR0.
+    fn read_state(&mut self) -> Result<Vec<u8>, Fault>;
+}
+
+#[cfg(target_arch = "x86_64")]
+pub use hw_backend::HwBackend;
+
+#[cfg(target_arch = "x86_64")]
+mod hw_backend {
+    use super::*;
+    use crate::hw::{AlignedBuf, Host, HwError, Restore, SaveOp, Sequence};
+
+    /// The real CPU in user mode (CPL 3): XSAVE, XSAVEOPT, XSAVEC, XRSTOR, FXSAVE, FXRSTOR and
+    /// XGETBV run on silicon; XSETBV, XSAVES, XRSTORS and the MSRs raise #GP as they would at
+    /// CPL 3.
+    ///
+    /// Its register file is a context image (see the module docs). Consequently XSAVEOPT's
+    /// modified optimization never applies across calls (each call's last XRSTOR is from the
+    /// context image), and a restore image is copied to an aligned buffer after the alignment
+    /// check. Images the OS would intercept (XFD-armed components) are `Refused`.
+    ///
+    /// ```
+    /// use xstate::model::{Backend, HwBackend, SaveInsn};
+    /// if let Some(mut hw) = HwBackend::new() {
+    ///     let mut mem = xstate::model::AlignedBuf::new(hw.profile().layout.max_standard_size() as usize);
+    ///     hw.save(SaveInsn::Xsave, &mut mem, u64::MAX).unwrap();
+    /// }
+    /// ```
+    pub struct HwBackend {
+        host: Host,
+        profile: CpuProfile,
+        ctx: AlignedBuf,
+        spare: AlignedBuf,
+    }
+
+    fn fault(e: HwError) -> Fault {
+        match e {
+            HwError::Unsupported { insn, why } => Fault::with(
+                Exception::Ud,
+                "instruction not supported (CPUID) or not enabled (CR4.OSXSAVE)",
+                alloc::format!("{insn}: {why}"),
+            ),
+            HwError::Misaligned { insn, addr, align } => Fault::with(
+                Exception::Gp,
+                "memory operand not aligned (SDM Vol. 1 §13.7-13.8: 64 bytes; FXSAVE 16)",
+                alloc::format!("{insn} at {addr:#x}, needs {align}"),
+            ),
+            HwError::TooSmall { insn, need, have } => Fault::with(
+                Exception::Pf,
+                "memory operand extends past the end of the buffer",
+                alloc::format!("{insn} touches {need} bytes, buffer has {have}"),
+            ),
+            HwError::WouldFault {
+                insn,
+                field,
+                offset,
+                rule,
+            } => {
+                let ex = if rule.contains("XFD") || rule.contains("PKRU") {
+                    Exception::Refused
+                } else {
+                    Exception::Gp
+                };
+                Fault::with(
+                    ex,
+                    rule,
+                    alloc::format!("{insn}: {field} at offset {offset}"),
+                )
+            }
+        }
+    }
+
+    fn cpl3(what: &'static str) -> Fault {
+        Fault::with(
+            Exception::Gp,
+            "privileged instruction at CPL 3 (SDM Vol. 2: #GP(0) if CPL > 0)",
+            what.to_string(),
+        )
+    }
+
+    impl HwBackend {
+        /// The hardware backend of this CPU, with the current registers as its initial state;
+        /// None when XSAVE is not usable.
+        pub fn new() -> Option<HwBackend> {
+            let host = Host::detect();
+            if !host.xsave_usable() {
+                return None;
+            }
+            let mut profile = CpuProfile::from_dump(&crate::cpuid::CpuidDump::from_host());
+            profile.mxcsr_mask = host.mxcsr_mask();
+            let n = host.standard_size() as usize;
+            let mut ctx = AlignedBuf::new(n);
+            host.xsave(&mut ctx, u64::MAX).ok()?;
+            Some(HwBackend {
+                host,
+                profile,
+                ctx,
+                spare: AlignedBuf::new(n),
+            })
+        }
+
+        /// The hardware wrappers this backend uses.
+        pub fn host(&self) -> &Host {
+            &self.host
+        }
+    }
+
+    impl Backend for HwBackend {
+        fn profile(&self) -> &CpuProfile {
+            &self.profile
+        }
+
+        fn xgetbv(&mut self, ecx: u32) -> Result<u64, Fault> {
+            match ecx {
+                0 => Ok(self.host.xcr0()),
+                1 => {
+                    if !self.host.has_xgetbv1() {
+                        return Err(Fault::gp("XGETBV with ECX = 1 needs CPUID.(0xD,1):EAX[2] (SDM Vol. 2 XGETBV: #GP)"));
+                    }
+                    let r = self
+                        .host
+                        .sequence(Sequence {
+                            pre: Some(&self.ctx),
+                            ..Sequence::default()
+                        })
+                        .map_err(fault)?;
+                    Ok(r.xinuse.unwrap_or(0))
+                }
+                _ => Err(Fault::gp(
+                    "XGETBV with ECX other than 0 or 1 (SDM Vol. 2 XGETBV: #GP)",
+                )),
+            }
+        }
+
+        fn xsetbv(&mut self, _ecx: u32, _value: u64) -> Result<(), Fault> {
+            Err(cpl3("XSETBV"))
+        }
+
+        fn rdmsr(&mut self, _msr: Msr) -> Result<u64, Fault> {
+            Err(cpl3("RDMSR"))
+        }
+
+        fn wrmsr(&mut self, _msr: Msr, _value: u64) -> Result<(), Fault> {
+            Err(cpl3("WRMSR"))
+        }
+
+        fn save(&mut self, insn: SaveInsn, mem: &mut [u8], rfbm: u64) -> Result<(), Fault> {
+            let op = match insn {
+                SaveInsn::Xsave => SaveOp::Xsave,
+                SaveInsn::Xsaveopt => SaveOp::Xsaveopt,
+                SaveInsn::Xsavec => SaveOp::Xsavec,
+                SaveInsn::Fxsave => SaveOp::Fxsave,
+                SaveInsn::Xsaves => return Err(cpl3("XSAVES")),
+            };
+            self.host
+                .sequence(Sequence {
+                    pre: Some(&self.ctx),
+                    save: Some((op, mem, rfbm)),
+                    ..Sequence::default()
+                })
+                .map_err(fault)?;
+            Ok(())
+        }
+
+        fn restore(&mut self, insn: RestoreInsn, mem: &[u8], rfbm: u64) -> Result<(), Fault> {
+            let align = match insn {
+                RestoreInsn::Xrstor => 64,
+                RestoreInsn::Fxrstor => 16,
+                RestoreInsn::Xrstors => return Err(cpl3("XRSTORS")),
+            };
+            let addr = mem.as_ptr() as usize;
+            if addr % align != 0 {
+                return Err(fault(HwError::Misaligned {
+                    insn: insn.name(),
+                    addr,
+                    align,
+                }));
+            }
+            let mut copy = AlignedBuf::from_bytes(mem);
+            let restore = match insn {
+                RestoreInsn::Fxrstor => Restore::Fxrstor { mem: &mut copy },
+                _ => Restore::Xrstor {
+                    mem: &mut copy,
+                    rfbm,
+                },
+            };
+            self.spare.fill(0);
+            self.host
+                .sequence(Sequence {
+                    pre: Some(&self.ctx),
+                    restore: Some(restore),
+                    save: Some((SaveOp::Xsave, &mut self.spare, u64::MAX)),
+                    ..Sequence::default()
+                })
+                .map_err(fault)?;
+            core::mem::swap(&mut self.ctx, &mut self.spare);
+            Ok(())
+        }
+
+        fn load_state(&mut self, state: &[u8], _xinuse: Option<u64>) -> Result<(), Fault> {
+            let n = self.ctx.len();
+            let mut img = AlignedBuf::new(n);
+            let k = state.len().min(n);
+            img[..k].copy_from_slice(&state[..k]);
+            // Header: only XSTATE_BV bits of XCR0; XCOMP_BV and reserved bytes zero.
+            let mut bv = [0u8; 8];
+            bv.copy_from_slice(&img[512..520]);
+            let bv = u64::from_le_bytes(bv) & self.host.xcr0();
+            img[512..520].copy_from_slice(&bv.to_le_bytes());
+            img[520..576].fill(0);
+            let m = u32::from_le_bytes([img[24], img[25], img[26], img[27]]);
+            if m & !self.host.mxcsr_mask() != 0 {
+                return Err(Fault::with(
+                    Exception::Gp,
+                    "MXCSR has bits outside MXCSR_MASK (SDM Vol. 1 §13.8: #GP)",
+                    alloc::format!(
+                        "MXCSR {m:#x} at offset 24, mask {:#x}",
+                        self.host.mxcsr_mask()
+                    ),
+                ));
+            }
+            self.spare.fill(0);
+            self.host
+                .sequence(Sequence {
+                    restore: Some(Restore::Xrstor {
+                        mem: &mut img,
+                        rfbm: u64::MAX,
+                    }),
+                    save: Some((SaveOp::Xsave, &mut self.spare, u64::MAX)),
+                    ..Sequence::default()
+                })
+                .map_err(fault)?;
+            core::mem::swap(&mut self.ctx, &mut self.spare);
+            Ok(())
+        }
+
+        fn read_state(&mut self) -> Result<Vec<u8>, Fault> {
+            let mut out = AlignedBuf::new(self.ctx.len());
+            self.save(SaveInsn::Xsave, &mut out, u64::MAX)?;
+            Ok(out.to_vec())
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The CPU profile: capability bits and the vendor differences that change bytes in memory,
+//! chosen from CPUID.
+
+use crate::cpuid::{CpuidDump, Vendor};
+use crate::layout::Layout;
+
+/// When FXSAVE/XSAVE store the x87 last-instruction pointers FIP, FDP and FOP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum X87Pointers {
+    /// Always stored (Intel; AMD with CPUID.8000_0008:EBX[2] XSaveErPtr).
+    Always,
+    /// Stored only when an unmasked x87 exception is pending (FSW.ES = 1); otherwise the
+    /// fields are written as zero, and restores do not load them (AMD before XSaveErPtr; AMD
+    /// APM Vol. 5 FXSAVE, the "FXSAVE leak" erratum the Linux FXSAVE_LEAK workaround covers).
+    OnlyWithPendingException,
+}
+
+/// A CPU as the model sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CpuProfile {
+    /// Geometry from CPUID leaf 0xD.
+    pub layout: Layout,
+    /// Vendor from CPUID leaf 0.
+    pub vendor: Vendor,
+    /// CPUID.1:ECX.XSAVE.
+    pub xsave: bool,
+    /// CPUID.1:EDX.FXSR.
+    pub fxsr: bool,
+    /// CPUID.(0xD,1):EAX[0] XSAVEOPT.
+    pub xsaveopt: bool,
+    /// CPUID.(0xD,1):EAX[1] XSAVEC and compacted XRSTOR.
+    pub xsavec: bool,
+    /// CPUID.(0xD,1):EAX[2] XGETBV with ECX = 1.
+    pub xgetbv1: bool,
+    /// CPUID.(0xD,1):EAX[3] XSAVES/XRSTORS and IA32_XSS.
+    pub xsaves: bool,
+    /// CPUID.(0xD,1):EAX[4] XFD.
+    pub xfd: bool,
+    /// MXCSR_MASK (SDM Vol. 1 §11.6.6; 0xFFFF with DAZ, 0xFFBF without).
+    pub mxcsr_mask: u32,
+    /// How FIP/FDP/FOP are saved.
+    pub x87_pointers: X87Pointers,
+}
+
+impl CpuProfile {
+    /// The profile of the CPU a dump describes. MXCSR_MASK is not in CPUID: it is taken as
+    /// 0xFFFF (DAZ supported, every CPU since the Pentium 4 and every AMD64 CPU); set the field
+    /// when the real value is known (the hardware backend reads it with FXSAVE).
+    pub fn from_dump(d: &CpuidDump) -> CpuProfile {
+        let layout = Layout::from_dump(d);
+        let leaf = d.leaf_0d();
+        let vendor = d.vendor();
+        let xsave = layout.has_xsave();
+        let amd_like = matches!(vendor, Vendor::Amd | Vendor::Hygon);
+        let erptr = d.get_or_zero(0x8000_0008, 0).ebx & (1 << 2) != 0;
+        CpuProfile {
+            layout,
+            vendor,
+            xsave,
+            fxsr: d.has_fxsr() || d.get(1, 0).is_none(),
+            xsaveopt: xsave && leaf.has_xsaveopt(),
+            xsavec: xsave && leaf.has_xsavec(),
+            xgetbv1: xsave && leaf.has_xgetbv1(),
+            xsaves: xsave && leaf.has_xsaves(),
+            xfd: xsave && leaf.has_xfd(),
+            mxcsr_mask: 0xffff,
+            x87_pointers: if amd_like && !erptr {
+                X87Pointers::OnlyWithPendingException
+            } else {
+                X87Pointers::Always
+            },
+        }
+    }
+
+    /// This machine's profile, MXCSR_MASK included.
+    #[cfg(target_arch = "x86_64")]
+    pub fn host() -> CpuProfile {
+        let mut p = CpuProfile::from_dump(&CpuidDump::from_host());
+        p.mxcsr_mask = crate::hw::Host::detect().mxcsr_mask();
+        p
+    }
+
+    /// The bits of XFD-capable components (CPUID.(0xD,i).ECX[2]).
+    pub fn xfd_capable(&self) -> u64 {
+        let mut m = 0;
+        for i in 2..63u8 {
+            if self.layout.geometry(i).xfd {
+                m |= 1u64 << i;
+            }
+        }
+        m
+    }
+}
