@@ -94,9 +94,10 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// One past the last byte.
+    /// One past the last byte (saturating: the layout engine never builds a placement whose
+    /// end overflows, see [`LayoutError::Overflow`]).
     pub fn end(&self) -> u32 {
-        self.offset + self.size
+        self.offset.saturating_add(self.size)
     }
 
     /// The byte range in the image.
@@ -169,6 +170,15 @@ pub enum LayoutError {
         name: String,
         /// Reported offset.
         offset: u32,
+    },
+    /// CPUID reports an offset and size whose sum does not fit in 32 bits (only corrupt or
+    /// fuzzed data does): the component cannot be placed.
+    #[error("component {id} ({name}): its end (offset + size, or the compacted location + size) exceeds 4 GiB; CPUID.(0xD,{id}) cannot be right")]
+    Overflow {
+        /// Component number.
+        id: u8,
+        /// Display name.
+        name: String,
     },
     /// A mask with bit 63 set was given where component bits were expected.
     #[error("bit 63 is not a component: it is XCOMP_BV's compacted-form flag")]
@@ -477,12 +487,18 @@ impl Layout {
                     offset,
                 });
             }
+            let Some(end) = offset.checked_add(g.size) else {
+                return Err(LayoutError::Overflow {
+                    id,
+                    name: Component::name_of(id),
+                });
+            };
             let p = Placement {
                 id,
                 offset,
                 size: g.size,
             };
-            size = size.max(p.end());
+            size = size.max(end);
             placements.push(p);
         }
         Ok(FormLayout {
@@ -516,15 +532,19 @@ impl Layout {
                 });
                 continue;
             }
+            let overflow = || LayoutError::Overflow {
+                id,
+                name: Component::name_of(id),
+            };
             if g.align64 {
-                loc = (loc + 63) & !63;
+                loc = loc.checked_next_multiple_of(64).ok_or_else(overflow)?;
             }
             placements.push(Placement {
                 id,
                 offset: loc,
                 size: g.size,
             });
-            loc += g.size;
+            loc = loc.checked_add(g.size).ok_or_else(overflow)?;
         }
         Ok(FormLayout {
             form: Form::Compacted,
@@ -726,5 +746,76 @@ pub fn check_xcr0_rules(
         Ok(())
     } else {
         Err(Xcr0Error { value: xcr0, rules })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpuid::Regs;
+
+    /// Corrupt CPUID geometry whose offset + size passes 4 GiB is an error, never an overflow
+    /// panic in debug builds (found reviewing the engine for the fuzz targets, which lay out
+    /// every dump they parse).
+    #[test]
+    fn offsets_near_u32_max_are_errors() {
+        let mut d = CpuidDump::new("corrupt");
+        d.insert(
+            0xd,
+            0,
+            Regs {
+                eax: 0x207,
+                ebx: 0,
+                ecx: u32::MAX,
+                edx: 0,
+            },
+        );
+        d.insert(
+            0xd,
+            1,
+            Regs {
+                eax: 0xf,
+                ebx: 0,
+                ecx: 0,
+                edx: 0,
+            },
+        );
+        d.insert(
+            0xd,
+            2,
+            Regs {
+                eax: 0x100,
+                ebx: u32::MAX - 0x10,
+                ecx: 0,
+                edx: 0,
+            },
+        );
+        d.insert(
+            0xd,
+            9,
+            Regs {
+                eax: u32::MAX,
+                ebx: 0x240,
+                ecx: 2,
+                edx: 0,
+            },
+        );
+        let l = Layout::from_dump(&d);
+        assert!(matches!(
+            l.standard(0x7),
+            Err(LayoutError::Overflow { id: 2, .. })
+        ));
+        assert!(matches!(
+            l.compacted(0x207),
+            Err(LayoutError::Overflow { id: 9, .. })
+        ));
+        assert!(!l.consistency().is_empty());
+        let _ = l.infer_xss(0x207);
+        let p = Placement {
+            id: 2,
+            offset: u32::MAX,
+            size: 2,
+        };
+        assert_eq!(p.end(), u32::MAX);
     }
 }
