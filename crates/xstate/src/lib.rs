@@ -14,7 +14,11 @@
 //! - [`layout`]: standard and compacted layouts, XCR0 rules, consistency of CPUID data;
 //! - [`hw`]: safe wrappers of CPUID, XGETBV and the XSAVE family on the real CPU, and a
 //!   fork-based sandbox for restores that may fault;
-//! - [`model`]: the executable model of the XSAVE instructions and the backend trait.
+//! - [`model`]: the executable model of the XSAVE instructions and the backend trait;
+//! - [`image`]: XSAVE images as values (owned aligned buffer, views, typed registers);
+//! - [`validate`]: the XRSTOR, XRSTORS and KVM_SET_XSAVE acceptance rules, every violation;
+//! - [`convert`]: lossless conversion between forms, layouts and FXSAVE;
+//! - [`diff`]: register-by-register comparison by meaning.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -22,9 +26,15 @@
 extern crate alloc;
 
 pub mod components;
+pub mod convert;
 pub mod cpuid;
+pub mod diff;
 #[cfg(target_arch = "x86_64")]
 pub mod hw;
+pub mod image;
 pub mod layout;
 pub mod model;
 pub mod strategy;
+#[cfg(test)]
+mod testutil;
+pub mod validate;
