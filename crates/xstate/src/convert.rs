@@ -277,7 +277,7 @@ pub fn from_fxsave(fx: &[u8], target: &FormLayout) -> Result<XsaveImage, Convert
         size: crate::image::MIN_SIZE as u32,
         placements: Vec::new(),
     };
-    let src = Xsave::with_geometry(AlignedBuf::copy_of(&legacy), g)?;
+    let src = Xsave::with_geometry(AlignedBuf::from_bytes(&legacy), g)?;
     let mut out = convert(&src, target)?;
     // FXSAVE holds both components: keep them present when the target has room, as an
     // XSAVE of a task that used both would.

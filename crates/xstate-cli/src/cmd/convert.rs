@@ -1,14 +1,105 @@
-//! `xstate convert` (placeholder until its issue lands).
+//! `xstate convert FILE --to {standard,compacted,fxsave} -o OUT [--cpuid FILE | --host]
+//! [--xcr0 HEX] [--xss HEX] [--to-cpuid FILE]`: rebuilds an image in another form, or for
+//! another machine's layout (`--to-cpuid`), losslessly; a target that cannot hold a present
+//! component is an error naming it.
+//!
+//! Target components: the standard form holds XCR0's; the compacted form holds XCR0's, plus
+//! IA32_XSS's when `--xss` is given (supervisor components are for XRSTORS only). XCR0 is
+//! `--xcr0`, else the target machine's (this CPU's, or the XCR0 recorded in the dump, else
+//! every user component it supports).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use xstate::components::mask_names;
+use xstate::convert;
+use xstate::layout::Form;
+
+use super::inspect::{hex_arg, load_image, machine};
+use crate::common::{layout_of, load_dump, CpuSource};
+
+/// The target of a conversion.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Standard form (XSAVE, KVM_GET/SET_XSAVE).
+    Standard,
+    /// Compacted form (XSAVEC/XSAVES).
+    Compacted,
+    /// The 512-byte FXSAVE legacy area (only x87 and SSE).
+    Fxsave,
+}
 
 /// Arguments of `xstate convert`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Arguments (not implemented yet).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    rest: Vec<String>,
+    /// The image file.
+    pub file: PathBuf,
+    /// The target form.
+    #[arg(long, value_enum)]
+    pub to: Target,
+    /// Where to write the result.
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub cpu: CpuSource,
+    /// XCR0 of the target (its components are the standard form's, and the compacted form's).
+    #[arg(long, value_parser = hex_arg, value_name = "HEX")]
+    pub xcr0: Option<u64>,
+    /// IA32_XSS of the target: adds supervisor components to the compacted form.
+    #[arg(long, value_parser = hex_arg, value_name = "HEX")]
+    pub xss: Option<u64>,
+    /// Rebuild for the layout of another machine (a CPUID dump).
+    #[arg(long, value_name = "FILE")]
+    pub to_cpuid: Option<PathBuf>,
 }
 
 /// Runs the command.
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("`xstate convert` is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let src_m = machine(&args.cpu, None, None, None)?;
+    let ld = load_image(&args.file, &src_m.layout)?;
+    if let Some(e) = &ld.geometry_error {
+        anyhow::bail!("{}: {e}", args.file.display());
+    }
+    let (dst_layout, dst_xcr0) = match &args.to_cpuid {
+        Some(p) => {
+            let d = load_dump(p)?;
+            let l = layout_of(&d)?;
+            let x = args.xcr0.or(d.xcr0).unwrap_or_else(|| l.xcr0_supported());
+            (l, x)
+        }
+        None => (src_m.layout.clone(), args.xcr0.unwrap_or(src_m.xcr0)),
+    };
+    let (bytes, what) = match args.to {
+        Target::Fxsave => {
+            let fx = convert::to_fxsave(&ld.image)?;
+            (fx.to_vec(), String::from("FXSAVE, 512 bytes"))
+        }
+        Target::Standard | Target::Compacted => {
+            let form = if args.to == Target::Standard {
+                Form::Standard
+            } else {
+                Form::Compacted
+            };
+            let m = match form {
+                Form::Standard => dst_xcr0,
+                Form::Compacted => dst_xcr0 | args.xss.unwrap_or(0),
+            };
+            let g = dst_layout
+                .form(form, m)
+                .with_context(|| format!("target {form} layout for components {m:#x}"))?;
+            let out = convert::convert(&ld.image, &g)?;
+            let what = format!(
+                "{form}, {} bytes, XSTATE_BV {:#x} ({}), XCOMP_BV {:#x}",
+                out.len(),
+                out.xstate_bv(),
+                mask_names(out.xstate_bv()),
+                out.xcomp_bv()
+            );
+            (out.as_bytes().to_vec(), what)
+        }
+    };
+    std::fs::write(&args.output, &bytes)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!("wrote {}: {what}", args.output.display());
+    Ok(0)
 }

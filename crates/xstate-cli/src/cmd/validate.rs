@@ -1,14 +1,133 @@
-//! `xstate validate` (placeholder until its issue lands).
+//! `xstate validate FILE --profile {xrstor,xrstor-compacted,xrstors,kvm} [--cpuid FILE | --host]
+//! [--xcr0 HEX] [--xss HEX] [--json]`: would XRSTOR, XRSTORS or KVM_SET_XSAVE accept this
+//! image? Exit 0 valid, 1 invalid (every violation printed), 2 usage or I/O error.
+//!
+//! `--host` takes XCR0 (XGETBV), IA32_XSS support (CPUID.(0xD,1):EDX:ECX) and the MXCSR mask
+//! (FXSAVE) from this machine. For `kvm` the supported guest XCR0 is `--xcr0`, else this
+//! machine's XCR0 (KVM offers guests at most the host's XCR0, DESIGN.md §6).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde_json::json;
+use xstate::validate::{self, KvmConfig, Profile, RestoreConfig};
+
+use super::inspect::{hex_arg, machine};
+use crate::common::{hex, print_json, CpuSource};
+
+/// The rule sets `--profile` selects.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileArg {
+    /// XRSTOR of a standard-form image (DESIGN.md §5).
+    Xrstor,
+    /// XRSTOR of a compacted-form image.
+    XrstorCompacted,
+    /// XRSTORS (compacted form, supervisor components, CPL 0).
+    Xrstors,
+    /// KVM_SET_XSAVE (DESIGN.md §6).
+    Kvm,
+}
+
+impl ProfileArg {
+    fn name(self) -> &'static str {
+        match self {
+            ProfileArg::Xrstor => "xrstor",
+            ProfileArg::XrstorCompacted => "xrstor-compacted",
+            ProfileArg::Xrstors => "xrstors",
+            ProfileArg::Kvm => "kvm",
+        }
+    }
+}
 
 /// Arguments of `xstate validate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Arguments (not implemented yet).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    rest: Vec<String>,
+    /// The image file.
+    pub file: PathBuf,
+    /// The rules to apply.
+    #[arg(long, value_enum)]
+    pub profile: ProfileArg,
+    #[command(flatten)]
+    pub cpu: CpuSource,
+    /// XCR0 to check against (for `kvm`: the host-supported guest XCR0).
+    #[arg(long, value_parser = hex_arg, value_name = "HEX")]
+    pub xcr0: Option<u64>,
+    /// IA32_XSS to check against (`xrstors`).
+    #[arg(long, value_parser = hex_arg, value_name = "HEX")]
+    pub xss: Option<u64>,
+    /// The CPU's MXCSR mask (default: FXSAVE's on this machine, else 0xFFFF).
+    #[arg(long, value_parser = hex_arg, value_name = "HEX")]
+    pub mxcsr_mask: Option<u64>,
+    /// `kvm`: the user features of the vCPU's buffer (default: the supported XCR0; leave out
+    /// AMX tile data to model a buffer that has not grown yet).
+    #[arg(long, value_parser = hex_arg, value_name = "HEX")]
+    pub user_features: Option<u64>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs the command.
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("`xstate validate` is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let m = machine(&args.cpu, args.xcr0, args.xss, args.mxcsr_mask)?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read image {}", args.file.display()))?;
+    let rc = RestoreConfig::for_layout(&m.layout, m.xcr0, m.xss, m.mxcsr_mask);
+    let violations = match args.profile {
+        ProfileArg::Xrstor => validate::validate(&bytes, &Profile::Xrstor(rc)),
+        ProfileArg::XrstorCompacted => validate::validate(&bytes, &Profile::XrstorCompacted(rc)),
+        ProfileArg::Xrstors => validate::xrstors_with_layout(&bytes, &rc, Some(&m.layout)),
+        ProfileArg::Kvm => {
+            let mut k = KvmConfig::new(m.xcr0, m.mxcsr_mask);
+            if let Some(u) = args.user_features {
+                k.user_features = u;
+            }
+            validate::validate(&bytes, &Profile::Kvm(k))
+        }
+    };
+    let valid = violations.is_empty();
+    if args.json {
+        print_json(&json!({
+            "file": args.file.display().to_string(),
+            "profile": args.profile.name(),
+            "valid": valid,
+            "xcr0": hex(m.xcr0),
+            "xss": hex(m.xss),
+            "mxcsr_mask": hex(u64::from(m.mxcsr_mask)),
+            "violations": violations,
+        }));
+    } else {
+        let ctx = match args.profile {
+            ProfileArg::Xrstors => format!(
+                "XCR0 {:#x}, IA32_XSS {:#x}, MXCSR mask {:#x}",
+                m.xcr0, m.xss, m.mxcsr_mask
+            ),
+            ProfileArg::Kvm => format!(
+                "supported XCR0 {:#x}, user features {:#x}, MXCSR mask {:#x}",
+                m.xcr0,
+                args.user_features.unwrap_or(m.xcr0),
+                m.mxcsr_mask
+            ),
+            _ => format!("XCR0 {:#x}, MXCSR mask {:#x}", m.xcr0, m.mxcsr_mask),
+        };
+        if valid {
+            println!(
+                "valid: {} accepts {} ({ctx})",
+                args.profile.name(),
+                args.file.display()
+            );
+        } else {
+            println!(
+                "invalid: {} refuses {} ({ctx}): {} violation{}",
+                args.profile.name(),
+                args.file.display(),
+                violations.len(),
+                if violations.len() == 1 { "" } else { "s" }
+            );
+            for v in &violations {
+                println!("  {v}");
+            }
+        }
+    }
+    Ok(if valid { 0 } else { 1 })
 }

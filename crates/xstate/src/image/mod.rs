@@ -45,7 +45,6 @@ pub mod registers;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::fmt;
 
 use crate::components::{bits, mask, Component};
 use crate::layout::{Form, FormLayout, Layout, LayoutError, Placement, EXTENDED_START};
@@ -149,62 +148,25 @@ pub enum ImageError {
     },
 }
 
-/// A heap buffer whose contents start at a 64-byte boundary, as XSAVE/XRSTOR require of their
-/// memory operand (SDM Vol. 1 §13.4; DESIGN.md §5). Safe code only: it over-allocates by 63
-/// bytes and starts at the first aligned byte; the buffer never grows, so it never moves.
-pub struct AlignedBuf {
-    raw: Vec<u8>,
-    start: usize,
-    len: usize,
-}
+pub use crate::model::AlignedBuf;
 
-impl AlignedBuf {
-    /// A zero-filled aligned buffer of `len` bytes.
-    pub fn zeroed(len: usize) -> Self {
-        let raw = vec![0u8; len.saturating_add(63)];
-        let addr = raw.as_ptr() as usize;
-        let start = addr.wrapping_neg() & 63;
-        AlignedBuf { raw, start, len }
-    }
-
-    /// An aligned copy of `bytes`.
-    pub fn copy_of(bytes: &[u8]) -> Self {
-        let mut b = Self::zeroed(bytes.len());
-        b.as_mut().copy_from_slice(bytes);
-        b
-    }
-}
-
+// The owned image stores its bytes in the model's aligned buffer (64-byte aligned as
+// XSAVE/XRSTOR require of their memory operand, SDM Vol. 1 §13.4; built without `unsafe`).
 impl AsRef<[u8]> for AlignedBuf {
     fn as_ref(&self) -> &[u8] {
-        self.raw
-            .get(self.start..self.start + self.len)
-            .unwrap_or(&[])
+        self.as_slice()
     }
 }
 
 impl AsMut<[u8]> for AlignedBuf {
     fn as_mut(&mut self) -> &mut [u8] {
-        let (s, l) = (self.start, self.len);
-        self.raw.get_mut(s..s + l).unwrap_or(&mut [])
-    }
-}
-
-impl Clone for AlignedBuf {
-    fn clone(&self) -> Self {
-        Self::copy_of(self.as_ref())
-    }
-}
-
-impl fmt::Debug for AlignedBuf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AlignedBuf({} bytes)", self.len)
+        self.as_mut_slice()
     }
 }
 
 impl PartialEq for AlignedBuf {
     fn eq(&self, other: &Self) -> bool {
-        self.as_ref() == other.as_ref()
+        self.as_slice() == other.as_slice()
     }
 }
 impl Eq for AlignedBuf {}
@@ -325,7 +287,7 @@ impl XsaveImage {
     pub fn new(geometry: &FormLayout) -> Self {
         let len = (geometry.size as usize).max(MIN_SIZE);
         let mut img = Xsave {
-            bytes: AlignedBuf::zeroed(len),
+            bytes: AlignedBuf::new(len),
             geometry: geometry.clone(),
         };
         let b = img.bytes.as_mut();
@@ -340,7 +302,7 @@ impl XsaveImage {
     /// fewer bytes than the compacted geometry needs.
     pub fn from_bytes(bytes: &[u8], layout: &Layout) -> Result<Self, ImageError> {
         let g = geometry_of(bytes, layout)?;
-        Xsave::with_geometry(AlignedBuf::copy_of(bytes), g)
+        Xsave::with_geometry(AlignedBuf::from_bytes(bytes), g)
     }
 }
 
@@ -405,7 +367,7 @@ impl<B: AsRef<[u8]>> Xsave<B> {
     /// An owned aligned copy.
     pub fn to_owned_image(&self) -> XsaveImage {
         Xsave {
-            bytes: AlignedBuf::copy_of(self.as_bytes()),
+            bytes: AlignedBuf::from_bytes(self.as_bytes()),
             geometry: self.geometry.clone(),
         }
     }

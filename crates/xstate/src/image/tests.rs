@@ -4,7 +4,7 @@ use crate::testutil::{spr, zen5};
 #[test]
 fn aligned_buffer_is_aligned_and_clone_realigns() {
     for len in [0usize, 1, 576, 2432, 10752] {
-        let b = AlignedBuf::zeroed(len);
+        let b = AlignedBuf::new(len);
         assert_eq!(b.as_ref().len(), len);
         assert_eq!(b.as_ref().as_ptr() as usize % 64, 0);
         let c = b.clone();
