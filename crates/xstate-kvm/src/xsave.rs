@@ -8,19 +8,10 @@ use std::fmt;
 
 use xstate::components::{bits, mask};
 use xstate::layout::FormLayout;
+use xstate::validate::{self, normalize_mxcsr_mask, KvmConfig, Violation};
 
-/// Offset of MXCSR in the legacy area.
-pub const MXCSR_OFFSET: usize = 24;
-/// Offset of MXCSR_MASK in the legacy area.
-pub const MXCSR_MASK_OFFSET: usize = 28;
-/// Offset of XSTATE_BV (header byte 0).
-pub const XSTATE_BV_OFFSET: usize = 512;
-/// Offset of XCOMP_BV (header byte 8).
-pub const XCOMP_BV_OFFSET: usize = 520;
-/// The header's reserved bytes KVM requires to be zero: 528..575.
-pub const HEADER_RESERVED: std::ops::Range<usize> = 528..576;
-/// Legacy area plus header: the smallest meaningful image.
-pub const MIN_SIZE: usize = 576;
+use xstate::image::{raw_mxcsr, raw_xcomp_bv, raw_xstate_bv};
+pub use xstate::image::{MIN_SIZE, MXCSR_MASK_OFFSET, MXCSR_OFFSET, XSTATE_BV_OFFSET};
 /// The size of `struct kvm_xsave` and the smallest KVM_CAP_XSAVE2 answer.
 pub const KVM_XSAVE_SIZE: usize = 4096;
 
@@ -38,20 +29,6 @@ impl fmt::Debug for XsaveBuffer {
             .field("xstate_bv", &format_args!("{:#x}", self.xstate_bv()))
             .finish()
     }
-}
-
-fn read_u64(b: &[u8], off: usize) -> u64 {
-    b.get(off..off + 8)
-        .and_then(|s| <[u8; 8]>::try_from(s).ok())
-        .map(u64::from_le_bytes)
-        .unwrap_or(0)
-}
-
-fn read_u32(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .and_then(|s| <[u8; 4]>::try_from(s).ok())
-        .map(u32::from_le_bytes)
-        .unwrap_or(0)
 }
 
 impl XsaveBuffer {
@@ -99,22 +76,26 @@ impl XsaveBuffer {
 
     /// XSTATE_BV (0 when the image is too short to hold it).
     pub fn xstate_bv(&self) -> u64 {
-        read_u64(&self.bytes, XSTATE_BV_OFFSET)
+        raw_xstate_bv(&self.bytes)
     }
 
     /// XCOMP_BV (0 when the image is too short to hold it).
     pub fn xcomp_bv(&self) -> u64 {
-        read_u64(&self.bytes, XCOMP_BV_OFFSET)
+        raw_xcomp_bv(&self.bytes)
     }
 
     /// MXCSR (0 when the image is too short to hold it).
     pub fn mxcsr(&self) -> u32 {
-        read_u32(&self.bytes, MXCSR_OFFSET)
+        raw_mxcsr(&self.bytes)
     }
 
     /// MXCSR_MASK as saved (0 when too short).
     pub fn mxcsr_mask(&self) -> u32 {
-        read_u32(&self.bytes, MXCSR_MASK_OFFSET)
+        self.bytes
+            .get(MXCSR_MASK_OFFSET..MXCSR_MASK_OFFSET + 4)
+            .and_then(|s| <[u8; 4]>::try_from(s).ok())
+            .map(u32::from_le_bytes)
+            .unwrap_or(0)
     }
 
     /// Sets XSTATE_BV. Errors when the image is shorter than the header.
@@ -135,7 +116,8 @@ impl XsaveBuffer {
     }
 }
 
-/// What KVM_SET_XSAVE on one vCPU accepts (DESIGN §6).
+/// What KVM_SET_XSAVE on one vCPU accepts (DESIGN §6): the `kvm` profile of
+/// [`xstate::validate`] plus the size rules of the vCPU's buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvmXsaveRules {
     /// The buffer KVM reads: KVM_CAP_XSAVE2 on the VM (at least 4096).
@@ -157,7 +139,10 @@ pub struct KvmXsaveRules {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Reason {
-    /// Shorter than the legacy area and header, or than a component XSTATE_BV names.
+    /// A rule of KVM_SET_XSAVE itself ([`xstate::validate::kvm`]: XSTATE_BV, XCOMP_BV,
+    /// reserved header bytes, MXCSR).
+    Kvm(Violation),
+    /// Shorter than a component XSTATE_BV names: KVM would load bytes the image lacks.
     TooShort {
         /// Image length.
         len: usize,
@@ -173,74 +158,30 @@ pub enum Reason {
         /// Offset of the first non-zero byte at or beyond `buffer`.
         first_nonzero: usize,
     },
-    /// XCOMP_BV ≠ 0: KVM takes the standard form only.
-    CompactedOrXcompBv {
-        /// The XCOMP_BV value.
-        xcomp_bv: u64,
-    },
-    /// A reserved header byte (528..575) is not zero.
-    ReservedHeaderByte {
-        /// Offset of the first non-zero reserved byte.
-        offset: usize,
-        /// Its value.
-        value: u8,
-    },
-    /// XSTATE_BV names components the guest cannot have (unsupported, supervisor, bit 63).
-    Unsupported {
-        /// XSTATE_BV.
-        xstate_bv: u64,
-        /// The offending bits.
-        bits: u64,
-        /// The guest-supported XCR0.
-        supported: u64,
-    },
-    /// XSTATE_BV names dynamic components without guest permission.
-    NotPermitted {
-        /// The offending bits.
-        bits: u64,
-    },
-    /// MXCSR has bits outside the host MXCSR mask.
-    Mxcsr {
-        /// MXCSR.
-        value: u32,
-        /// The host mask.
-        mask: u32,
-    },
+}
+
+impl Reason {
+    /// The rule identifier (`xstate_bv_unsupported`, `too_short`, `data_beyond_buffer` …).
+    pub fn id(&self) -> &'static str {
+        match self {
+            Reason::Kvm(v) => v.rule.id(),
+            Reason::TooShort { .. } => "too_short",
+            Reason::DataBeyondBuffer { .. } => "data_beyond_buffer",
+        }
+    }
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Reason::Kvm(v) => write!(f, "{v}"),
             Reason::TooShort { len, need } => write!(
                 f,
-                "size: the image has {len} bytes, {need} are needed (legacy area, header and every component in XSTATE_BV)"
+                "[too_short] size: the image has {len} bytes, {need} are needed (legacy area, header and every component in XSTATE_BV)"
             ),
             Reason::DataBeyondBuffer { len, buffer, first_nonzero } => write!(
                 f,
-                "size: the image has {len} bytes but the vCPU's KVM_CAP_XSAVE2 buffer is {buffer}; byte {first_nonzero} beyond it is not zero and would be lost"
-            ),
-            Reason::CompactedOrXcompBv { xcomp_bv } => write!(
-                f,
-                "header offset 520: XCOMP_BV = {xcomp_bv:#x}, KVM_SET_XSAVE takes the standard form only (XCOMP_BV = 0)"
-            ),
-            Reason::ReservedHeaderByte { offset, value } => write!(
-                f,
-                "header offset {offset}: reserved byte is {value:#04x}, bytes 528..575 must be zero"
-            ),
-            Reason::Unsupported { xstate_bv, bits: b, supported } => write!(
-                f,
-                "offset 512: XSTATE_BV = {xstate_bv:#x} has bits {b:#x} ({}) outside the guest-supported XCR0 {supported:#x}",
-                xstate::components::mask_names(*b)
-            ),
-            Reason::NotPermitted { bits: b } => write!(
-                f,
-                "offset 512: XSTATE_BV has dynamic components {b:#x} ({}) this process's guests have no permission for (ARCH_REQ_XCOMP_GUEST_PERM)",
-                xstate::components::mask_names(*b)
-            ),
-            Reason::Mxcsr { value, mask: m } => write!(
-                f,
-                "offset 24: MXCSR = {value:#x} has bits {:#x} outside the host MXCSR mask {m:#x}",
-                value & !m
+                "[data_beyond_buffer] size: the image has {len} bytes but the vCPU's KVM_CAP_XSAVE2 buffer is {buffer}; byte {first_nonzero} beyond it is not zero and would be lost"
             ),
         }
     }
@@ -285,16 +226,20 @@ impl KvmXsaveRules {
     /// img.set_xstate_bv(0x7).unwrap();
     /// assert!(rules.check(&img).is_ok());
     /// img.set_xstate_bv(1 << 9).unwrap(); // PKRU: not supported here
-    /// assert!(rules.check(&img).unwrap_err().to_string().contains("outside the guest-supported XCR0"));
+    /// assert_eq!(rules.check(&img).unwrap_err().reasons[0].id(), "xstate_bv_unsupported");
     /// ```
     pub fn check(&self, img: &XsaveBuffer) -> Result<(), Refused> {
         let b = img.as_bytes();
-        let mut reasons = Vec::new();
+        let cfg = KvmConfig {
+            supported_xcr0: self.supported_xcr0,
+            user_features: self.supported_xcr0 & (!mask::DYNAMIC | self.guest_permitted),
+            mxcsr_mask: normalize_mxcsr_mask(self.mxcsr_mask),
+        };
+        let mut reasons: Vec<Reason> = validate::kvm(b, &cfg)
+            .into_iter()
+            .map(Reason::Kvm)
+            .collect();
         if b.len() < MIN_SIZE {
-            reasons.push(Reason::TooShort {
-                len: b.len(),
-                need: MIN_SIZE,
-            });
             return Err(Refused { reasons });
         }
         if b.len() > self.buffer_size {
@@ -306,41 +251,8 @@ impl KvmXsaveRules {
                 });
             }
         }
-        let xstate_bv = img.xstate_bv();
-        let mxcsr = img.mxcsr();
-        if xstate_bv & (mask::X87 | mask::SSE | mask::AVX) != 0 && mxcsr & !self.mxcsr_mask != 0 {
-            reasons.push(Reason::Mxcsr {
-                value: mxcsr,
-                mask: self.mxcsr_mask,
-            });
-        }
-        let unsupported = xstate_bv & !self.supported_xcr0;
-        if unsupported != 0 {
-            reasons.push(Reason::Unsupported {
-                xstate_bv,
-                bits: unsupported,
-                supported: self.supported_xcr0,
-            });
-        }
-        let not_permitted = xstate_bv & self.supported_xcr0 & mask::DYNAMIC & !self.guest_permitted;
-        if not_permitted != 0 {
-            reasons.push(Reason::NotPermitted {
-                bits: not_permitted,
-            });
-        }
-        let xcomp_bv = img.xcomp_bv();
-        if xcomp_bv != 0 {
-            reasons.push(Reason::CompactedOrXcompBv { xcomp_bv });
-        }
-        if let Some(p) = b[HEADER_RESERVED].iter().position(|&x| x != 0) {
-            let offset = HEADER_RESERVED.start + p;
-            reasons.push(Reason::ReservedHeaderByte {
-                offset,
-                value: b[offset],
-            });
-        }
         // Every supported component XSTATE_BV names must lie inside the image.
-        let need = bits(xstate_bv & self.supported_xcr0)
+        let need = bits(img.xstate_bv() & self.supported_xcr0)
             .filter_map(|id| self.layout.placement(id))
             .map(|p| p.end() as usize)
             .max()
@@ -457,38 +369,36 @@ mod tests {
         assert!(r.check(&i).is_ok());
     }
 
+    fn ids(r: &KvmXsaveRules, i: &XsaveBuffer) -> Vec<&'static str> {
+        r.check(i)
+            .unwrap_err()
+            .reasons
+            .iter()
+            .map(|x| x.id())
+            .collect()
+    }
+
     #[test]
     fn refuses_what_design_9_measured_as_einval() {
         let r = rules();
         let mut i = img(0x3);
         i.as_mut_bytes()[520] = 1;
-        assert!(matches!(
-            r.check(&i).unwrap_err().reasons[0],
-            Reason::CompactedOrXcompBv { .. }
-        ));
+        assert_eq!(ids(&r, &i), ["xcomp_bv_not_zero"]);
         for off in [528, 560, 575] {
             let mut i = img(0x3);
             i.as_mut_bytes()[off] = 1;
-            let e = r.check(&i).unwrap_err();
-            assert_eq!(
-                e.reasons,
-                vec![Reason::ReservedHeaderByte {
-                    offset: off,
-                    value: 1
-                }]
-            );
+            assert_eq!(ids(&r, &i), ["header_reserved"], "byte {off}");
         }
         for bit in [9u32, 11, 63] {
-            let e = r.check(&img(0x3 | 1 << bit)).unwrap_err();
-            assert!(
-                matches!(e.reasons[0], Reason::Unsupported { bits, .. } if bits == 1 << bit),
-                "{e}"
+            assert_eq!(
+                ids(&r, &img(0x3 | 1 << bit)),
+                ["xstate_bv_unsupported"],
+                "bit {bit}"
             );
         }
         let mut i = img(0x3);
         i.as_mut_bytes()[24..28].copy_from_slice(&(0x1f80u32 | 1 << 16).to_le_bytes());
-        let e = r.check(&i).unwrap_err();
-        assert!(e.to_string().contains("MXCSR = 0x11f80"), "{e}");
+        assert_eq!(ids(&r, &i), ["mxcsr_reserved"]);
         // MXCSR is not checked when none of x87, SSE, AVX is in XSTATE_BV.
         let mut i = img(0);
         i.as_mut_bytes()[24..28].copy_from_slice(&(1u32 << 16).to_le_bytes());
@@ -498,14 +408,7 @@ mod tests {
     #[test]
     fn size_rules() {
         let r = rules();
-        let e = r.check(&XsaveBuffer::zeroed(100)).unwrap_err();
-        assert_eq!(
-            e.reasons,
-            vec![Reason::TooShort {
-                len: 100,
-                need: 576
-            }]
-        );
+        assert_eq!(ids(&r, &XsaveBuffer::zeroed(100)), ["too_small"]);
         // Hi16_ZMM ends at 2432.
         let mut short = XsaveBuffer::zeroed(2000);
         short.set_xstate_bv(0xe7).unwrap();
@@ -523,6 +426,7 @@ mod tests {
         assert_eq!(r.fit(&long).unwrap().len(), 4096);
         long.as_mut_bytes()[5000] = 1;
         let e = r.check(&long).unwrap_err();
+        assert_eq!(ids(&r, &long), ["data_beyond_buffer"]);
         assert!(e.to_string().contains("byte 5000"), "{e}");
         // Shorter but complete: padded.
         let mut small = XsaveBuffer::zeroed(2432);
@@ -534,13 +438,12 @@ mod tests {
     fn dynamic_needs_permission() {
         let mut r = rules();
         r.supported_xcr0 |= mask::AMX;
-        let e = r.check(&img(0x3 | mask::XTILEDATA)).unwrap_err();
-        assert!(
-            e.reasons.contains(&Reason::NotPermitted {
-                bits: mask::XTILEDATA
-            }),
-            "{e}"
+        assert_eq!(
+            ids(&r, &img(0x3 | mask::XTILEDATA)),
+            ["xstate_bv_not_permitted"]
         );
+        r.guest_permitted |= mask::XTILEDATA;
+        assert!(r.check(&img(0x3)).is_ok());
     }
 
     #[test]
