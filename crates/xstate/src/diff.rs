@@ -2,7 +2,8 @@
 //! of the values a restore would load (SDM Vol. 1 §13.8).
 //!
 //! Bytes with no meaning are ignored: padding and reserved bytes, the unused upper bytes of
-//! x87 ST slots and of PKRU, MXCSR_MASK (restores ignore it), the header (its meaning is in
+//! x87 ST slots and of PKRU, reserved bits of FCW and FOP (see
+//! [`significant`](crate::image::registers::significant)), MXCSR_MASK (restores ignore it), the header (its meaning is in
 //! which components are present), and the bytes of components absent from XSTATE_BV. A
 //! component absent from XSTATE_BV equals one present holding its init value (DESIGN.md §5),
 //! whatever the forms and layouts of the two images.
@@ -31,7 +32,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::components::{bits, mask, Component};
-use crate::image::registers::{le_hex, registers, RegSpec};
+use crate::image::registers::{le_hex, registers, significant, RegSpec};
 use crate::image::{init_register, ImageError, Xsave};
 
 /// One register whose value differs.
@@ -120,6 +121,8 @@ pub fn diff<A: AsRef<[u8]>, B: AsRef<[u8]>>(
                 } else {
                     value(b, id, spec, i, width)?
                 };
+                significant(id, spec.name, &mut va);
+                significant(id, spec.name, &mut vb);
                 // Whole-component registers of different sizes compare zero-extended.
                 let n = va.len().max(vb.len());
                 va.resize(n, 0);

@@ -48,7 +48,7 @@ use alloc::vec::Vec;
 
 use crate::components::{bits, mask, Component};
 use crate::layout::{Form, FormLayout, Layout, LayoutError, Placement, EXTENDED_START};
-use registers::{registers, RegSpec};
+use registers::{registers, significant, RegSpec};
 
 /// Offset of XSTATE_BV in the image (header byte 0).
 pub const XSTATE_BV_OFFSET: usize = 512;
@@ -709,8 +709,10 @@ impl<B: AsRef<[u8]>> Xsave<B> {
                 continue;
             }
             for i in 0..spec.count as usize {
-                let v = self.register(id, spec.name, i)?;
-                let init = init_register(id, spec.name, v.len());
+                let mut v = self.register(id, spec.name, i)?;
+                let mut init = init_register(id, spec.name, v.len());
+                significant(id, spec.name, &mut v);
+                significant(id, spec.name, &mut init);
                 if v != init {
                     return Ok(false);
                 }

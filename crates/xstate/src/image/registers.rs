@@ -151,3 +151,26 @@ pub fn le_hex(bytes: &[u8]) -> alloc::string::String {
     }
     s
 }
+
+/// Normalizes a register value (little-endian bytes) to the bits that hold state, so that
+/// values a CPU cannot tell apart compare equal: FCW bits 6 (reads as 1) and 13..15 (read as
+/// 0) are reserved and FOP has 11 bits (SDM Vol. 1 §8.1.5, §8.1.8), measured on this project's
+/// machine by restoring and saving x87 state. Other registers are returned unchanged.
+///
+/// ```
+/// use xstate::image::registers::significant;
+/// let mut a = 0xd33fu16.to_le_bytes().to_vec();
+/// significant(0, "fcw", &mut a);
+/// assert_eq!(a, 0x137fu16.to_le_bytes());
+/// ```
+pub fn significant(id: u8, name: &str, value: &mut [u8]) {
+    let (keep, force): (u16, u16) = match (id, name) {
+        (0, "fcw") => (0x1f3f, 0x0040),
+        (0, "fop") => (0x07ff, 0),
+        _ => return,
+    };
+    if let Some(b) = value.get_mut(0..2) {
+        let v = (u16::from_le_bytes([b[0], b[1]]) & keep) | force;
+        b.copy_from_slice(&v.to_le_bytes());
+    }
+}
