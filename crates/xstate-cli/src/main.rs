@@ -43,7 +43,19 @@ enum Command {
     Check(cmd::check::Args),
 }
 
+/// Restores the default SIGPIPE action, so that `xstate … | head` ends quietly like any Unix
+/// tool instead of failing on a write to a closed pipe (Rust ignores SIGPIPE by default).
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: signal(2) with SIG_DFL installs no handler code; it only changes this process's
+    // disposition of SIGPIPE, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
+    default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Host(a) => cmd::host::run(a),

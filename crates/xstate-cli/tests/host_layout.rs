@@ -121,3 +121,86 @@ fn layout_svg_is_written() {
     assert!(svg.contains(">x87<") && svg.contains(">sse<"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+fn fixture(rel: &str) -> String {
+    format!(
+        "{}/../xstate/tests/fixtures/cpuid/{rel}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn layout_of_sapphire_rapids_matches_the_kernel_print() {
+    // DESIGN.md §4: Linux prints, for Sapphire Rapids with XCR0 0x602e7 (no supervisor state
+    // in the task buffer): opmask 832, zmm_hi256 896, hi16_zmm 1408, pkru 2432, xtilecfg 2496,
+    // xtiledata 2560, total 10752.
+    let f = fixture("hwloc/Intel-SapphireRapids-2xXeonMax9460.txt");
+    let v = json(&[
+        "layout", "--cpuid", &f, "--xcr0", "0x602e7", "--xss", "0", "--json",
+    ]);
+    assert_eq!(v["compacted_size"], 10752);
+    assert_eq!(v["consistent"], true);
+    let comps = v["components"].as_array().unwrap();
+    let off = |name: &str| {
+        comps.iter().find(|c| c["name"] == name).unwrap()["compacted_offset"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(
+        [
+            off("opmask"),
+            off("zmm_hi256"),
+            off("hi16_zmm"),
+            off("pkru"),
+            off("xtilecfg"),
+            off("xtiledata")
+        ],
+        [832, 896, 1408, 2432, 2496, 2560]
+    );
+    let tiles = comps.iter().find(|c| c["name"] == "xtiledata").unwrap();
+    assert_eq!(tiles["align64"], true);
+    assert_eq!(tiles["xfd"], true);
+    // Standard size for all supported user components equals CPUID.(0xD,0).ECX.
+    assert_eq!(v["max_standard_size"], v["cpuid_max_standard_size"]);
+}
+
+#[test]
+fn inconsistent_dump_is_reported_not_used() {
+    // AIDA64 dump of a Haswell whose subleaf 2 is all zero although AVX is supported.
+    let f = fixture("aida64/intel-core-i7-4765t-cpu.txt");
+    let (code, out, _) = xstate(&["layout", "--cpuid", &f, "--json"]);
+    assert_eq!(code, 1);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["consistent"], false);
+    assert!(v["standard_size"].is_null());
+    let w = v["warnings"].to_string();
+    assert!(w.contains("avx") && w.contains("size 0"), "{w}");
+}
+
+#[test]
+fn cpu_without_xsave_is_reported_as_such() {
+    let f = fixture("hwloc/Intel-Nehalem-2xXeon-X5550.txt");
+    let v = json(&["layout", "--cpuid", &f, "--json"]);
+    assert_eq!(v["xsave"], false);
+    assert_eq!(v["standard_size"], 512);
+    assert!(v["warnings"].to_string().contains("FXSAVE"));
+}
+
+#[test]
+fn dump_cpuid_round_trips_through_layout() {
+    if !cfg!(target_arch = "x86_64") {
+        println!("skipped: not an x86-64 machine");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("xstate-dump-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("host.json");
+    let p = path.to_str().unwrap();
+    let (code, _, err) = xstate(&["host", "--dump-cpuid", p]);
+    assert!(code == 0 || code == 1, "{err}");
+    let from_file = json(&["layout", "--cpuid", p, "--json"]);
+    let from_host = json(&["layout", "--host", "--json"]);
+    assert_eq!(from_file["components"], from_host["components"]);
+    assert_eq!(from_file["standard_size"], from_host["standard_size"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
