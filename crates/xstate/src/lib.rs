@@ -18,22 +18,28 @@
 //! - [`image`]: XSAVE images as values (owned aligned buffer, views, typed registers);
 //! - [`validate`]: the XRSTOR, XRSTORS and KVM_SET_XSAVE acceptance rules, every violation;
 //! - [`convert`]: lossless conversion between forms, layouts and FXSAVE;
-//! - [`diff`]: register-by-register comparison by meaning.
+//! - [`diff`]: register-by-register comparison by meaning;
+//! - [`snapshot`]: portable `.xsnap` snapshots of a vCPU's extended state;
+//! - [`compat`]: can a snapshot be restored on a destination (every reason it cannot);
+//! - [`guest_cpuid`]: a guest's CPUID leaf 0xD for a chosen set of components.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 extern crate alloc;
 
+pub mod compat;
 pub mod components;
 pub mod convert;
 pub mod cpuid;
 pub mod diff;
+pub mod guest_cpuid;
 #[cfg(target_arch = "x86_64")]
 pub mod hw;
 pub mod image;
 pub mod layout;
 pub mod model;
+pub mod snapshot;
 pub mod strategy;
 #[cfg(test)]
 mod testutil;

@@ -1,14 +1,172 @@
-//! `xstate check` (placeholder until its issue lands).
+//! `xstate check SNAP (--kvm | --cpuid FILE [--xcr0 HEX] [--xss HEX]) [--json]`: can a
+//! snapshot be restored on a destination? Exit 0 compatible, 1 incompatible (every reason
+//! printed), 2 usage or I/O error.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use xstate::compat::{check, Destination, Verdict};
+use xstate::components::mask_names;
+use xstate::snapshot::Snapshot;
+
+use crate::common::{hex, load_dump, parse_hex, print_json};
 
 /// Arguments of `xstate check`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Arguments (not implemented yet).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    rest: Vec<String>,
+    /// The snapshot (`.xsnap`).
+    pub snapshot: PathBuf,
+    /// The destination is this host's KVM (supported guest XCR0, KVM_CAP_XSAVE2, MSR list).
+    #[arg(long, conflicts_with_all = ["cpuid", "xcr0", "xss"], required_unless_present = "cpuid")]
+    pub kvm: bool,
+    /// The destination is the CPU this dump describes.
+    #[arg(long, value_name = "FILE")]
+    pub cpuid: Option<PathBuf>,
+    /// Guest XCR0 mask the destination offers (default: every user component it supports).
+    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "cpuid")]
+    pub xcr0: Option<u64>,
+    /// Guest IA32_XSS mask the destination offers (default: every supervisor component).
+    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "cpuid")]
+    pub xss: Option<u64>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Reads and decodes a snapshot file.
+pub fn load_snapshot(path: &std::path::Path) -> anyhow::Result<Snapshot> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read snapshot {}", path.display()))?;
+    Snapshot::decode(&bytes)
+        .with_context(|| format!("{} is not a readable .xsnap file", path.display()))
+}
+
+/// The destination `--kvm` describes: this host's KVM.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn kvm_destination() -> anyhow::Result<Destination> {
+    kvm_dest::destination()
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn kvm_destination() -> anyhow::Result<Destination> {
+    bail!("--kvm needs Linux on x86-64")
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod kvm_dest {
+    use super::*;
+
+    /// Asks /dev/kvm. Until the `xstate-kvm` crate provides the KVM queries, this reports what
+    /// is missing.
+    pub fn destination() -> anyhow::Result<Destination> {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            bail!("--kvm: /dev/kvm is not present on this machine");
+        }
+        bail!(
+            "--kvm: the KVM queries (xstate-kvm) are not available in this build yet; use --cpuid"
+        )
+    }
 }
 
 /// Runs the command.
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("`xstate check` is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let snap = load_snapshot(&args.snapshot)?;
+    let dest = if args.kvm {
+        kvm_destination()?
+    } else {
+        let Some(p) = &args.cpuid else {
+            bail!("give --kvm or --cpuid FILE");
+        };
+        let dump = load_dump(p)?;
+        if !xstate::layout::Layout::from_dump(&dump).has_xsave() {
+            bail!("{}: the destination CPU has no XSAVE", p.display());
+        }
+        Destination::from_dump(&dump, args.xcr0, args.xss)
+    };
+    let v = check(&snap, &dest);
+    if args.json {
+        print_json(&verdict_json(&args.snapshot, &snap, &dest, &v));
+    } else {
+        print_human(&args.snapshot, &snap, &dest, &v);
+    }
+    Ok(if v.compatible { 0 } else { 1 })
+}
+
+fn verdict_json(
+    path: &std::path::Path,
+    s: &Snapshot,
+    dest: &Destination,
+    v: &Verdict,
+) -> serde_json::Value {
+    json!({
+        "compatible": v.compatible,
+        "snapshot": {
+            "path": path.display().to_string(),
+            "source": {
+                "vendor": s.source.vendor,
+                "family": s.source.family,
+                "model": s.source.model,
+                "stepping": s.source.stepping,
+            },
+            "xcr0": hex(s.xcr0),
+            "xss": hex(s.xss),
+            "xfd": hex(s.xfd),
+            "components": s.present().map(xstate::components::Component::name_of).collect::<Vec<_>>(),
+            "msrs": s.msrs.keys().map(|&i| hex(u64::from(i))).collect::<Vec<_>>(),
+        },
+        "destination": {
+            "name": dest.name,
+            "xcr0_supported": hex(dest.layout.xcr0_supported()),
+            "xss_supported": hex(dest.layout.xss_supported()),
+            "guest_xcr0": hex(dest.xcr0),
+            "guest_xss": hex(dest.xss),
+            "xsave2_size": dest.xsave_size,
+        },
+        "reasons": v.reasons,
+        "notes": v.notes,
+    })
+}
+
+fn print_human(path: &std::path::Path, s: &Snapshot, dest: &Destination, v: &Verdict) {
+    println!(
+        "snapshot:    {} ({} family {:#x} model {:#x}; XCR0 {:#x}, IA32_XSS {:#x}; state: {})",
+        path.display(),
+        if s.source.vendor.is_empty() {
+            "unknown CPU"
+        } else {
+            s.source.vendor.as_str()
+        },
+        s.source.family,
+        s.source.model,
+        s.xcr0,
+        s.xss,
+        s.component_names()
+    );
+    println!(
+        "destination: {} (supports XCR0 {:#x}, IA32_XSS {:#x}; guest offers {} / {:#x}{})",
+        dest.name,
+        dest.layout.xcr0_supported(),
+        dest.layout.xss_supported(),
+        mask_names(dest.xcr0),
+        dest.xss,
+        match dest.xsave_size {
+            Some(n) => format!("; KVM_CAP_XSAVE2 {n}"),
+            None => String::new(),
+        }
+    );
+    if v.compatible {
+        println!("compatible");
+    } else {
+        println!("INCOMPATIBLE: {} reason(s)", v.reasons.len());
+        for r in &v.reasons {
+            match &r.component {
+                Some(c) => println!("  [{}] {c}: {}", r.rule, r.message),
+                None => println!("  [{}] {}", r.rule, r.message),
+            }
+        }
+    }
+    for n in &v.notes {
+        println!("  note: {n}");
+    }
 }

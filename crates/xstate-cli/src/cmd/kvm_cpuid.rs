@@ -1,0 +1,136 @@
+//! `xstate kvm cpuid [--without LIST] [--with LIST] [--cpuid FILE | --host] [--json]`: the guest
+//! CPUID leaf 0xD (and feature leaves 1, 7, 0x14, 0x1D, 0x1E, 0x80000001) a VMM would set for
+//! a chosen set of guest state components.
+//!
+//! Wired from `xstate kvm cpuid` (cmd/kvm.rs) as `kvm_cpuid::run(args)`.
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use xstate::components::{mask_names, parse_list};
+use xstate::guest_cpuid::{guest_cpuid, guest_masks, GuestCpuid};
+
+use crate::common::{hex, layout_of, print_json, CpuSource};
+
+/// Arguments of `xstate kvm cpuid`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct KvmCpuidArgs {
+    /// Components to withhold from the guest (names or numbers; `avx512`, `amx`, `mpx`, `cet`
+    /// name groups), e.g. `--without avx512`.
+    #[arg(long, value_name = "LIST")]
+    pub without: Option<String>,
+    /// Offer exactly these components (x87 is always offered); default: every component the
+    /// source supports, host-only ones (PASID) excepted.
+    #[arg(long, value_name = "LIST")]
+    pub with: Option<String>,
+    /// CPUID source: a dump file (`--cpuid`) or this host (`--host`, the default).
+    #[command(flatten)]
+    pub source: CpuSource,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn list(opt: &Option<String>, what: &str) -> anyhow::Result<Option<u64>> {
+    match opt {
+        None => Ok(None),
+        Some(s) => match parse_list(s) {
+            Ok(m) => Ok(Some(m)),
+            Err(bad) => bail!("--{what}: `{bad}` is not a component name or number"),
+        },
+    }
+}
+
+/// Runs the command; returns the exit status (0, or an error for exit 2).
+pub fn run(args: KvmCpuidArgs) -> anyhow::Result<i32> {
+    let dump = args.source.load()?;
+    let layout = layout_of(&dump)?;
+    let with = list(&args.with, "with")?;
+    let without = list(&args.without, "without")?.unwrap_or(0);
+    let (xcr0, xss) =
+        guest_masks(&layout, with, without).context("cannot choose the guest components")?;
+    let g = guest_cpuid(&dump, xcr0, xss).context("cannot compute the guest CPUID")?;
+    let source = if args.source.is_host() {
+        String::from("host CPUID")
+    } else {
+        dump.source.clone()
+    };
+    if args.json {
+        print_json(&to_json(&g, &source));
+    } else {
+        print_human(
+            &g,
+            &source,
+            layout.xcr0_supported() | layout.xss_supported(),
+        );
+    }
+    Ok(0)
+}
+
+/// The JSON form: masks and sizes, every entry with hex registers, the cleared feature bits.
+pub fn to_json(g: &GuestCpuid, source: &str) -> serde_json::Value {
+    let h32 = |v: u32| format!("{v:#010x}");
+    json!({
+        "source": source,
+        "xcr0": hex(g.xcr0),
+        "xcr0_components": mask_names(g.xcr0),
+        "xss": hex(g.xss),
+        "xss_components": mask_names(g.xss),
+        "standard_size": g.standard_size,
+        "compacted_size": g.compacted_size,
+        "entries": g.entries.iter().map(|e| json!({
+            "function": format!("{:#x}", e.function),
+            "index": format!("{:#x}", e.index),
+            "eax": h32(e.eax), "ebx": h32(e.ebx), "ecx": h32(e.ecx), "edx": h32(e.edx),
+        })).collect::<Vec<_>>(),
+        "cleared": g.cleared.iter().map(|c| json!({
+            "feature": c.feature.name,
+            "leaf": format!("{:#x}", c.feature.leaf),
+            "subleaf": c.feature.subleaf,
+            "reg": c.feature.reg,
+            "bit": c.feature.bit,
+            "because": c.because,
+        })).collect::<Vec<_>>(),
+        "notes": g.notes,
+    })
+}
+
+fn print_human(g: &GuestCpuid, source: &str, supported: u64) {
+    println!("source: {source} (supports {})", mask_names(supported));
+    println!(
+        "guest XCR0 {:#x} ({}), IA32_XSS {:#x} ({})",
+        g.xcr0,
+        mask_names(g.xcr0),
+        g.xss,
+        if g.xss == 0 {
+            String::from("none")
+        } else {
+            mask_names(g.xss)
+        }
+    );
+    println!(
+        "standard size {} bytes, compacted size {} bytes",
+        g.standard_size, g.compacted_size
+    );
+    for n in &g.notes {
+        println!("  {n}");
+    }
+    println!();
+    println!("  leaf       sub   eax        ebx        ecx        edx");
+    for e in &g.entries {
+        println!(
+            "  {:#010x} {:#04x}  {:#010x} {:#010x} {:#010x} {:#010x}",
+            e.function, e.index, e.eax, e.ebx, e.ecx, e.edx
+        );
+    }
+    if !g.cleared.is_empty() {
+        println!();
+        println!("cleared feature bits:");
+        for c in &g.cleared {
+            let f = &c.feature;
+            println!(
+                "  {:<20} CPUID.({:#x},{}).{:?}[{}]  needs {}",
+                f.name, f.leaf, f.subleaf, f.reg, f.bit, c.because
+            );
+        }
+    }
+}
