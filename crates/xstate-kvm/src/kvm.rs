@@ -4,7 +4,19 @@
 //! [`KvmSetup`] is the first stage: it can read what KVM supports and request guest
 //! permissions, but it has no way to create a VM or to read KVM_GET_SUPPORTED_CPUID.
 //! [`KvmSetup::ready`] consumes it and yields [`Kvm`], which can do both and can no longer
-//! request permissions. Wrong order does not compile.
+//! request permissions. Wrong order does not compile:
+//!
+//! ```compile_fail
+//! let setup = xstate_kvm::KvmSetup::open()?;
+//! let vm = setup.create_vm()?; // no VMs before the permission stage ends
+//! # Ok::<(), xstate_kvm::Error>(())
+//! ```
+//!
+//! ```compile_fail
+//! let kvm = xstate_kvm::KvmSetup::open()?.ready()?;
+//! kvm.request_guest_feature(18)?; // no permission requests once VMs can exist
+//! # Ok::<(), xstate_kvm::Error>(())
+//! ```
 
 use std::sync::Arc;
 

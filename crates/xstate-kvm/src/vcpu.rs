@@ -1,6 +1,13 @@
 //! Safe access to one vCPU's extended state: the XSAVE image sized by KVM_CAP_XSAVE2, XCR0
 //! and the extended-state MSRs, and a restore whose order (XCR0, XSS, XFD before the image,
-//! seed 001) is the only one the types allow.
+//! seed 001) is the only one the types allow: an image cannot be written before the controls.
+//!
+//! ```compile_fail
+//! # let vcpu: xstate_kvm::Vcpu = unimplemented!();
+//! # let img = xstate_kvm::XsaveBuffer::zeroed(4096);
+//! vcpu.set_xsave(&img)?; // only `ControlsSet` (from `set_controls`) has `set_xsave`
+//! # Ok::<(), xstate_kvm::Error>(())
+//! ```
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -150,10 +157,25 @@ impl Vcpu {
         Ok(KvmXsaveRules {
             buffer_size: self.xsave_size()?,
             supported_xcr0: supported,
-            guest_permitted: crate::perm::guest_permitted()?,
+            dynamic_in_buffer: self.dynamic_in_buffer()?,
             mxcsr_mask: self.mxcsr_mask()?,
             layout,
         })
+    }
+
+    /// Dynamic components this vCPU's XSAVE buffer holds: permitted for guests and enumerated
+    /// by its guest CPUID leaf 0xD (KVM grows the buffer when KVM_SET_CPUID2 exposes them).
+    pub fn dynamic_in_buffer(&self) -> Result<u64> {
+        let permitted = crate::perm::guest_permitted()? & mask::DYNAMIC;
+        if permitted == 0 {
+            return Ok(0);
+        }
+        let enumerated = self
+            .guest_cpuid()?
+            .get(0xd, 0)
+            .map(|r| u64::from(r.eax) | u64::from(r.edx) << 32)
+            .unwrap_or(0);
+        Ok(permitted & enumerated)
     }
 
     /// XCR0 (KVM_GET_XCRS).
@@ -250,7 +272,22 @@ impl Vcpu {
             .set_xsave_with(&state.xsave, &rules)
     }
 
-    /// Checks controls against this KVM without writing anything.
+    /// The guest CPUID set with KVM_SET_CPUID2 (KVM_GET_CPUID2), as a [`CpuidDump`]; empty
+    /// when none was set yet.
+    ///
+    /// [`CpuidDump`]: xstate::cpuid::CpuidDump
+    pub fn guest_cpuid(&self) -> Result<xstate::cpuid::CpuidDump> {
+        let c = self
+            .fd
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| Error::ioctl("KVM_GET_CPUID2", e))?;
+        Ok(crate::kvm::cpuid_dump(&c, "KVM_GET_CPUID2"))
+    }
+
+    /// Checks controls against this KVM and this vCPU's guest CPUID without writing
+    /// anything: XCR0 valid (XSETBV rules) within the guest-supported XCR0 and within what
+    /// the guest CPUID's leaf 0xD enumerates (KVM_SET_XCRS checks that), every MSR listed by
+    /// KVM.
     pub fn check_controls(&self, c: &XstateControls) -> Result<()> {
         let supported = self.facts.guest_xcr0;
         if let Err(e) = xstate::layout::check_xcr0_rules(c.xcr0, supported, 0) {
@@ -258,6 +295,21 @@ impl Vcpu {
                 "XCR0 {:#x} is not valid for guests of this KVM (guest-supported XCR0 {supported:#x}): {e}",
                 c.xcr0
             )));
+        }
+        if c.xcr0 & !mask::X87 != 0 {
+            let cpuid = self.guest_cpuid()?;
+            let enumerated = match cpuid.get(0xd, 0) {
+                Some(r) => u64::from(r.eax) | u64::from(r.edx) << 32,
+                None => 0,
+            };
+            let missing = c.xcr0 & !enumerated & !mask::X87;
+            if missing != 0 {
+                return Err(Error::Restore(format!(
+                    "XCR0 {:#x} has components {missing:#x} ({}) that this vCPU's guest CPUID leaf 0xD does not enumerate ({enumerated:#x}); set the guest CPUID (KVM_SET_CPUID2) before restoring",
+                    c.xcr0,
+                    xstate::components::mask_names(missing)
+                )));
+            }
         }
         let unlisted: Vec<String> = c
             .msrs

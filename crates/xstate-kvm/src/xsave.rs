@@ -124,9 +124,10 @@ pub struct KvmXsaveRules {
     pub buffer_size: usize,
     /// The guest-supported XCR0 (KVM_X86_XCOMP_GUEST_SUPP): XSTATE_BV must be within it.
     pub supported_xcr0: u64,
-    /// Dynamic components this process's guests are permitted (ARCH_GET_XCOMP_GUEST_PERM):
-    /// a dynamic component in XSTATE_BV needs the permission (and a grown vCPU buffer).
-    pub guest_permitted: u64,
+    /// Dynamic components the vCPU's buffer holds: guest permission (ARCH_REQ_XCOMP_GUEST_PERM)
+    /// *and* a guest CPUID that enumerates them (KVM grows the buffer at KVM_SET_CPUID2). A
+    /// dynamic component in XSTATE_BV outside it is refused (AMX before the buffer grew).
+    pub dynamic_in_buffer: u64,
     /// The host MXCSR mask: MXCSR bits outside it are refused when x87, SSE or AVX is in
     /// XSTATE_BV.
     pub mxcsr_mask: u32,
@@ -218,7 +219,7 @@ impl KvmXsaveRules {
     /// let rules = KvmXsaveRules {
     ///     buffer_size: 4096,
     ///     supported_xcr0: 0x7,
-    ///     guest_permitted: 0x7,
+    ///     dynamic_in_buffer: 0,
     ///     mxcsr_mask: 0xffff,
     ///     layout: Layout::from_dump(&d).standard(0x7).unwrap(),
     /// };
@@ -232,7 +233,7 @@ impl KvmXsaveRules {
         let b = img.as_bytes();
         let cfg = KvmConfig {
             supported_xcr0: self.supported_xcr0,
-            user_features: self.supported_xcr0 & (!mask::DYNAMIC | self.guest_permitted),
+            user_features: self.supported_xcr0 & (!mask::DYNAMIC | self.dynamic_in_buffer),
             mxcsr_mask: normalize_mxcsr_mask(self.mxcsr_mask),
         };
         let mut reasons: Vec<Reason> = validate::kvm(b, &cfg)
@@ -341,7 +342,7 @@ mod tests {
         KvmXsaveRules {
             buffer_size: 4096,
             supported_xcr0: 0xe7,
-            guest_permitted: 0xe7,
+            dynamic_in_buffer: 0,
             mxcsr_mask: 0xffff,
             layout,
         }
@@ -442,7 +443,7 @@ mod tests {
             ids(&r, &img(0x3 | mask::XTILEDATA)),
             ["xstate_bv_not_permitted"]
         );
-        r.guest_permitted |= mask::XTILEDATA;
+        r.dynamic_in_buffer |= mask::XTILEDATA;
         assert!(r.check(&img(0x3)).is_ok());
     }
 

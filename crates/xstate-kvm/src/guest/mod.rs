@@ -118,6 +118,12 @@ impl GuestVm {
     /// # Ok::<(), xstate_kvm::Error>(())
     /// ```
     pub fn new(kvm: &Kvm, xcr0: u64) -> Result<Self> {
+        Self::with_cpuid(kvm, kvm.supported_cpuid(), xcr0)
+    }
+
+    /// Like [`new`](Self::new) with a chosen guest CPUID (for example leaf 0xD for "host minus
+    /// AVX-512"): KVM checks XCR0 against it.
+    pub fn with_cpuid(kvm: &Kvm, cpuid: &kvm_bindings::CpuId, xcr0: u64) -> Result<Self> {
         let vm = kvm.create_vm()?;
         let mut mem = GuestMemory::new(MEM_SIZE)?;
         let region = kvm_userspace_memory_region {
@@ -156,8 +162,8 @@ impl GuestVm {
 
         let vcpu = vm.create_vcpu(0)?;
         vcpu.fd()
-            .set_cpuid2(kvm.supported_cpuid())
-            .map_err(|e| Error::ioctl("KVM_SET_CPUID2 (the supported CPUID)", e))?;
+            .set_cpuid2(cpuid)
+            .map_err(|e| Error::ioctl("KVM_SET_CPUID2", e))?;
 
         let mut s = vcpu
             .fd()

@@ -111,7 +111,10 @@ pub fn image(layout: &FormLayout, size: usize, mxcsr_mask: u32) -> XsaveBuffer {
     let mut b = vec![0u8; size];
     let filled = layout.mask & PATTERNED;
     for fld in fields(layout, filled) {
-        let dst = &mut b[fld.offset..fld.offset + fld.len];
+        // A layout whose size does not cover its placements leaves the field out.
+        let Some(dst) = b.get_mut(fld.offset..fld.offset + fld.len) else {
+            continue;
+        };
         match fld.name.as_str() {
             "FCW" => dst.copy_from_slice(&FCW.to_le_bytes()),
             "FSW" => dst.copy_from_slice(&FSW.to_le_bytes()),
