@@ -189,6 +189,13 @@ pub enum Mid {
     KxorK1,
     /// `LDMXCSR` of 0x1F80 (the init MXCSR).
     LdmxcsrInit,
+    /// `FLD1`: pushes +1.0 on the x87 stack (sets FOP and FIP as every non-control x87
+    /// instruction does).
+    Fld1,
+    /// `FLD qword ptr [rsp-16]`: pushes a double from memory (sets FOP, FIP and FDP).
+    FldMem,
+    /// `FNCLEX`: clears the x87 exception flags, ES and B.
+    Fnclex,
 }
 
 impl Mid {
@@ -202,6 +209,9 @@ impl Mid {
             Mid::VpxorYmm1 => 5,
             Mid::KxorK1 => 6,
             Mid::LdmxcsrInit => 7,
+            Mid::Fld1 => 8,
+            Mid::FldMem => 9,
+            Mid::Fnclex => 10,
         }
     }
 }
@@ -238,6 +248,9 @@ pub struct Sequence<'a> {
     pub patch: Option<(usize, &'a [u8])>,
     /// The save under test: instruction, memory, EDX:EAX.
     pub save: Option<(SaveOp, &'a mut [u8], u64)>,
+    /// Instead of `save`: the save instruction and EDX:EAX, writing into the restore buffer
+    /// itself (same linear address as the restore, as XSAVEOPT's modified optimization needs).
+    pub save_in_place: Option<(SaveOp, u64)>,
 }
 
 impl Default for Sequence<'_> {
@@ -248,6 +261,7 @@ impl Default for Sequence<'_> {
             mid: Mid::None,
             patch: None,
             save: None,
+            save_in_place: None,
         }
     }
 }
@@ -355,9 +369,26 @@ pub(crate) unsafe fn run_sequence(p: &mut SeqParams) {
             "jmp 20f",
             "9:",
             "cmp rax, 7",
-            "jne 20f",
+            "jne 12f",
             "mov dword ptr [rsp - 8], 0x1f80",
             "ldmxcsr [rsp - 8]",
+            "jmp 20f",
+            "12:",
+            "cmp rax, 8",
+            "jne 13f",
+            "fld1",
+            "jmp 20f",
+            "13:",
+            "cmp rax, 10",
+            "jne 14f",
+            "fnclex",
+            "jmp 20f",
+            "14:",
+            "cmp rax, 9",
+            "jne 20f",
+            "mov dword ptr [rsp - 16], 0",
+            "mov dword ptr [rsp - 12], 0x3ff00000",
+            "fld qword ptr [rsp - 16]",
             "20:",
             "cmp qword ptr [r12 + 88], 0",
             "je 21f",
@@ -901,6 +932,7 @@ impl Host {
             mid,
             patch,
             save,
+            save_in_place,
         } = seq;
         let mid_ok = match mid {
             Mid::Vzeroupper | Mid::Vzeroall | Mid::VpxorYmm1 => self.avx,
@@ -913,6 +945,18 @@ impl Host {
                 why: "needs AVX (or AVX-512) enabled in XCR0",
             });
         }
+        // x87 instructions that wait (FLD) raise #MF at once on a pending unmasked exception.
+        if matches!(mid, Mid::Fld1 | Mid::FldMem) {
+            if let Some(m) = pre {
+                check_x87_env(m)?;
+            }
+            match &restore {
+                Some(Restore::Xrstor { mem, .. }) | Some(Restore::Fxrstor { mem }) => {
+                    check_x87_env(mem)?
+                }
+                None => {}
+            }
+        }
         let (pre_ptr, do_pre) = match pre {
             Some(m) => {
                 self.check_restore_for_sequence(m, u64::MAX)?;
@@ -920,12 +964,27 @@ impl Host {
             }
             None => (core::ptr::null(), 0),
         };
+        if save.is_some() && save_in_place.is_some() {
+            return Err(HwError::Unsupported {
+                insn: "sequence",
+                why: "give either `save` or `save_in_place`, not both",
+            });
+        }
+        let mut in_place = None;
         let (src, rrfbm, do_restore, src_len) = match restore {
             Some(Restore::Xrstor { mem, rfbm }) => {
                 self.check_restore_for_sequence(mem, rfbm)?;
+                if let Some((op, r)) = save_in_place {
+                    self.check_save(op, mem, r)?;
+                    in_place = Some((op, r));
+                }
                 (mem.as_mut_ptr(), rfbm, 1u64, mem.len())
             }
             Some(Restore::Fxrstor { mem }) => {
+                if let Some((op, r)) = save_in_place {
+                    self.check_save(op, mem, r)?;
+                    in_place = Some((op, r));
+                }
                 match self.check_fxrstor(mem) {
                     Err(HwError::WouldFault { rule, .. }) if rule.contains("later ordinary") => {}
                     other => other?,
@@ -951,15 +1010,12 @@ impl Host {
         let (dst, srfbm, save_code) = match save {
             Some((op, mem, rfbm)) => {
                 self.check_save(op, mem, rfbm)?;
-                let code = match op {
-                    SaveOp::Xsave => 1,
-                    SaveOp::Xsaveopt => 2,
-                    SaveOp::Xsavec => 3,
-                    SaveOp::Fxsave => 4,
-                };
-                (mem.as_mut_ptr(), rfbm, code)
+                (mem.as_mut_ptr(), rfbm, save_code(op))
             }
-            None => (core::ptr::null_mut(), 0, 0),
+            None => match in_place {
+                Some((op, rfbm)) => (src, rfbm, save_code(op)),
+                None => (core::ptr::null_mut(), 0, 0),
+            },
         };
         let mut ctx = AlignedBuf::new(self.standard_size() as usize);
         let mut p = SeqParams {
@@ -992,11 +1048,20 @@ impl Host {
         })
     }
 
-    fn check_restore_for_sequence(&self, m: &[u8], r: u64) -> Result<(), HwError> {
+    pub(crate) fn check_restore_for_sequence(&self, m: &[u8], r: u64) -> Result<(), HwError> {
         match self.check_xrstor(m, r) {
             Err(HwError::WouldFault { rule, .. }) if rule.contains("later ordinary") => Ok(()),
             other => other,
         }
+    }
+}
+
+fn save_code(op: SaveOp) -> u64 {
+    match op {
+        SaveOp::Xsave => 1,
+        SaveOp::Xsaveopt => 2,
+        SaveOp::Xsavec => 3,
+        SaveOp::Fxsave => 4,
     }
 }
 

@@ -78,6 +78,9 @@ pub enum SandboxError {
     /// The child exited in a way the sandbox does not expect.
     #[error("child exited with status {0}")]
     Child(i32),
+    /// The `pre` image was refused.
+    #[error("pre image refused: {0}")]
+    Pre(super::HwError),
     /// `offset` must be below 4096.
     #[error("offset {0} is not below 4096")]
     Offset(usize),
@@ -146,6 +149,20 @@ pub fn xrstor(
     rfbm: u64,
     offset: usize,
 ) -> Result<Outcome, SandboxError> {
+    xrstor_after(host, None, image, rfbm, offset)
+}
+
+/// Like [`xrstor`], but the child first restores `pre` (a standard-form image, RFBM = all
+/// ones, from a different address) so that the state before the restore under test is known
+/// exactly, and the modified-optimization record points elsewhere. `pre` must pass
+/// [`Host::check_xrstor`] (trap-only rules aside): it is refused otherwise.
+pub fn xrstor_after(
+    host: &Host,
+    pre: Option<&[u8]>,
+    image: &[u8],
+    rfbm: u64,
+    offset: usize,
+) -> Result<Outcome, SandboxError> {
     if !host.xsave_usable() {
         return Err(SandboxError::NoXsave);
     }
@@ -161,6 +178,15 @@ pub fn xrstor(
     let out_len = (64 + std_size + 4095) & !4095;
     let out = Shared::new(out_len)?;
     let mut ctx = super::AlignedBuf::new(std_size);
+    let pre_buf = match pre {
+        Some(p) => {
+            let b = super::AlignedBuf::from_bytes(p);
+            host.check_restore_for_sequence(&b, u64::MAX)
+                .map_err(SandboxError::Pre)?;
+            Some(b)
+        }
+        None => None,
+    };
     let mut p = SeqParams {
         ctx: ctx.as_mut_ptr(),
         src: src.ptr.wrapping_add(offset),
@@ -176,8 +202,8 @@ pub fn xrstor(
         want_xinuse: u64::from(host.has_xgetbv1()),
         xinuse: 0,
         restore_ctx: 0,
-        pre: core::ptr::null(),
-        do_pre: 0,
+        pre: pre_buf.as_ref().map_or(core::ptr::null(), |b| b.as_ptr()),
+        do_pre: u64::from(pre_buf.is_some()),
     };
     // SAFETY: fork in a possibly multi-threaded process: the child only runs the asm sequence,
     // plain stores into memory mapped before the fork, prctl and _exit (no allocation, no
@@ -188,6 +214,7 @@ pub fn xrstor(
     }
     if pid == 0 {
         // SAFETY: in the child. PR_SET_DUMPABLE 0 stops a core dump on the expected SIGSEGV.
+        // The pre image (if any) passed check_restore_for_sequence's fault rules.
         // The sequence restores from the shared source buffer (valid for the largest image
         // the CPU can read: max standard size, at least 16 KiB past `offset`) — a fault here
         // kills only this child, which is the point. XSAVE to `out` (std_size bytes, 64-byte

@@ -9,6 +9,7 @@
 
 pub mod aligned;
 pub mod backend;
+pub mod cpu;
 pub mod fault;
 pub mod profile;
 
@@ -16,5 +17,6 @@ pub use aligned::AlignedBuf;
 #[cfg(target_arch = "x86_64")]
 pub use backend::HwBackend;
 pub use backend::{Backend, Msr, RestoreInsn, SaveInsn};
+pub use cpu::{ModelCpu, SimpleInsn, XrstorInfo, X87};
 pub use fault::{Exception, Fault};
-pub use profile::{CpuProfile, X87Pointers};
+pub use profile::{CpuProfile, X87Pointers, XinuseTracking};

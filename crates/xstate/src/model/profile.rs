@@ -11,9 +11,25 @@ pub enum X87Pointers {
     /// Always stored (Intel; AMD with CPUID.8000_0008:EBX[2] XSaveErPtr).
     Always,
     /// Stored only when an unmasked x87 exception is pending (FSW.ES = 1); otherwise the
-    /// fields are written as zero, and restores do not load them (AMD before XSaveErPtr; AMD
-    /// APM Vol. 5 FXSAVE, the "FXSAVE leak" erratum the Linux FXSAVE_LEAK workaround covers).
+    /// fields are written as zero, and restores do not load them (AMD: the behaviour behind
+    /// the "FXSAVE leak" of K7/K8, and measured on Zen 5 for FXSAVE and XSAVE alike — a masked
+    /// exception does not make them saved either).
     OnlyWithPendingException,
+}
+
+/// How the processor tracks XINUSE (SDM Vol. 1 §13.6 allows XINUSE[i] = 1 for a component in
+/// init state; it requires 0 only after the component was put in init state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XinuseTracking {
+    /// The SDM's reading: a restore with XSTATE_BV[i] = 1 and any write of the component set
+    /// XINUSE[i]; only initialization (XRSTOR with XSTATE_BV[i] = 0, VZEROUPPER for AVX,
+    /// TILERELEASE …) clears it. Not verified on silicon by this project.
+    OnWrite,
+    /// XINUSE[i] = the component is not in its init state, whatever put it there (measured on
+    /// AMD Zen 5: XRSTOR of zeros with XSTATE_BV[i] = 1, or PXOR of the only non-zero XMM
+    /// register, leave XINUSE[i] = 0).
+    ByValue,
 }
 
 /// A CPU as the model sees it.
@@ -42,6 +58,17 @@ pub struct CpuProfile {
     pub mxcsr_mask: u32,
     /// How FIP/FDP/FOP are saved.
     pub x87_pointers: X87Pointers,
+    /// Width of the FIP/FDP registers: loaded values are sign-extended from this bit count
+    /// (57 measured on AMD Zen 5: bits 63:57 read back as copies of bit 56); None keeps all 64.
+    pub x87_pointer_bits: Option<u8>,
+    /// How XINUSE is tracked.
+    pub xinuse_tracking: XinuseTracking,
+    /// FCW bits as stored: `(and, or)` applied to a loaded FCW (AMD Zen 5 measured:
+    /// `(0x1f3f, 0x0040)`: reserved bits 7 and 13-15 read 0, bit 6 reads 1). None: as loaded.
+    pub fcw_fixed: Option<(u16, u16)>,
+    /// A legacy-SSE instruction writing an XMM register while ZMM_Hi256 is in use marks AVX
+    /// in use (XINUSE[2] = 1) even though the YMM upper halves stay zero (measured on Zen 5).
+    pub sse_write_marks_avx: bool,
 }
 
 impl CpuProfile {
@@ -54,7 +81,6 @@ impl CpuProfile {
         let vendor = d.vendor();
         let xsave = layout.has_xsave();
         let amd_like = matches!(vendor, Vendor::Amd | Vendor::Hygon);
-        let erptr = d.get_or_zero(0x8000_0008, 0).ebx & (1 << 2) != 0;
         CpuProfile {
             layout,
             vendor,
@@ -66,10 +92,23 @@ impl CpuProfile {
             xsaves: xsave && leaf.has_xsaves(),
             xfd: xsave && leaf.has_xfd(),
             mxcsr_mask: 0xffff,
-            x87_pointers: if amd_like && !erptr {
+            // Measured on Zen 5 even though it reports CPUID.8000_0008:EBX[2] (XSaveErPtr).
+            x87_pointers: if amd_like {
                 X87Pointers::OnlyWithPendingException
             } else {
                 X87Pointers::Always
+            },
+            x87_pointer_bits: if amd_like { Some(57) } else { None },
+            fcw_fixed: if amd_like {
+                Some((0x1f3f, 0x0040))
+            } else {
+                None
+            },
+            sse_write_marks_avx: amd_like,
+            xinuse_tracking: if amd_like {
+                XinuseTracking::ByValue
+            } else {
+                XinuseTracking::OnWrite
             },
         }
     }
