@@ -31,12 +31,9 @@ enum Sub {
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
     },
-    /// The guest CPUID leaf 0xD KVM would be given (not implemented yet).
-    Cpuid {
-        /// Arguments (not implemented yet).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        rest: Vec<String>,
-    },
+    /// The guest CPUID leaf 0xD (and the feature leaves that must agree with it) a VMM would
+    /// set for a chosen set of guest components.
+    Cpuid(crate::cmd::kvm_cpuid::KvmCpuidArgs),
 }
 
 /// Runs the command.
@@ -44,13 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.cmd {
         Sub::Info { json } => imp::info(json),
         Sub::Demo { json, keep } => imp::demo(json, keep.as_deref()),
-        Sub::Cpuid { .. } => {
-            eprintln!(
-                "xstate kvm cpuid: coming with the guest CPUID work (issue 6, second half); \
-                 `xstate kvm info` shows what KVM supports today"
-            );
-            Ok(2)
-        }
+        Sub::Cpuid(a) => crate::cmd::kvm_cpuid::run(a),
     }
 }
 
