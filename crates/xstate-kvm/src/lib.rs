@@ -51,6 +51,7 @@
 pub mod error;
 pub mod msr;
 pub mod perm;
+pub mod snapshot;
 pub mod state;
 pub mod xsave;
 

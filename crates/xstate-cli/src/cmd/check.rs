@@ -4,12 +4,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+use anyhow::Context;
 use serde_json::json;
 use xstate::compat::{check, Destination, Verdict};
 use xstate::components::mask_names;
 use xstate::snapshot::Snapshot;
 
+use super::xsnap::load_snapshot;
 use crate::common::{hex, load_dump, parse_hex, print_json};
 
 /// Arguments of `xstate check`.
@@ -34,14 +37,6 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Reads and decodes a snapshot file.
-pub fn load_snapshot(path: &std::path::Path) -> anyhow::Result<Snapshot> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read snapshot {}", path.display()))?;
-    Snapshot::decode(&bytes)
-        .with_context(|| format!("{} is not a readable .xsnap file", path.display()))
-}
-
 /// The destination `--kvm` describes: this host's KVM.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn kvm_destination() -> anyhow::Result<Destination> {
@@ -57,15 +52,20 @@ fn kvm_destination() -> anyhow::Result<Destination> {
 mod kvm_dest {
     use super::*;
 
-    /// Asks /dev/kvm. Until the `xstate-kvm` crate provides the KVM queries, this reports what
-    /// is missing.
+    /// Asks /dev/kvm: guest permissions for every dynamic component KVM supports are
+    /// requested first (what a VMM restoring the snapshot would do), then KVM's supported
+    /// guest XCR0, KVM_CAP_XSAVE2 and MSR list describe the destination.
     pub fn destination() -> anyhow::Result<Destination> {
-        if !std::path::Path::new("/dev/kvm").exists() {
-            bail!("--kvm: /dev/kvm is not present on this machine");
+        if let Some(why) = xstate_kvm::unavailable() {
+            bail!("--kvm: {why}");
         }
-        bail!(
-            "--kvm: the KVM queries (xstate-kvm) are not available in this build yet; use --cpuid"
-        )
+        let mut setup = xstate_kvm::KvmSetup::open()?;
+        let all = setup.guest_supported_xcr0()?;
+        setup
+            .request_guest_features(all)
+            .context("requesting guest permissions for dynamic components")?;
+        let kvm = setup.ready()?;
+        Ok(xstate_kvm::snapshot::destination(&kvm))
     }
 }
 

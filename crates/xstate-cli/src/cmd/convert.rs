@@ -1,7 +1,12 @@
-//! `xstate convert FILE --to {standard,compacted,fxsave} -o OUT [--cpuid FILE | --host]
-//! [--xcr0 HEX] [--xss HEX] [--to-cpuid FILE]`: rebuilds an image in another form, or for
-//! another machine's layout (`--to-cpuid`), losslessly; a target that cannot hold a present
-//! component is an error naming it.
+//! `xstate convert FILE --to {standard,compacted,fxsave,snapshot} -o OUT [--cpuid FILE |
+//! --host] [--xcr0 HEX] [--xss HEX] [--to-cpuid FILE]`: rebuilds an image in another form, or
+//! for another machine's layout (`--to-cpuid`), losslessly; a target that cannot hold a
+//! present component is an error naming it.
+//!
+//! Snapshots: `--to snapshot` takes a portable `.xsnap` of the image (the CPU named by
+//! `--cpuid`/`--host` is its source); a `.xsnap` input (detected by its magic) is rebuilt for
+//! the destination named by `--cpuid`/`--host` (or `--to-cpuid`), with the snapshot's XCR0
+//! unless `--xcr0` is given.
 //!
 //! Target components: the standard form holds XCR0's; the compacted form holds XCR0's, plus
 //! IA32_XSS's when `--xss` is given (supervisor components are for XRSTORS only). XCR0 is
@@ -27,6 +32,8 @@ pub enum Target {
     Compacted,
     /// The 512-byte FXSAVE legacy area (only x87 and SSE).
     Fxsave,
+    /// A portable `.xsnap` snapshot (the CPU given by --cpuid/--host is the image's source).
+    Snapshot,
 }
 
 /// Arguments of `xstate convert`.
@@ -55,10 +62,30 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    if super::xsnap::is_snapshot_file(&args.file) {
+        return convert_snapshot(&args);
+    }
     let src_m = machine(&args.cpu, None, None, None)?;
     let ld = load_image(&args.file, &src_m.layout)?;
     if let Some(e) = &ld.geometry_error {
         anyhow::bail!("{}: {e}", args.file.display());
+    }
+    if args.to == Target::Snapshot {
+        // Supervisor components of a compacted image come with their IA32_XSS bits.
+        let xss = args.xss.unwrap_or(match ld.image.header_form() {
+            Form::Compacted => ld.image.xcomp_bv() & src_m.layout.xss_supported(),
+            Form::Standard => 0,
+        });
+        let xcr0 = args.xcr0.unwrap_or(src_m.xcr0);
+        let what = super::xsnap::image_to_snapshot(
+            ld.image.as_bytes(),
+            &src_m.dump,
+            xcr0,
+            xss,
+            &args.output,
+        )?;
+        println!("wrote {}: {what}", args.output.display());
+        return Ok(0);
     }
     let (dst_layout, dst_xcr0) = match &args.to_cpuid {
         Some(p) => {
@@ -74,7 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             let fx = convert::to_fxsave(&ld.image)?;
             (fx.to_vec(), String::from("FXSAVE, 512 bytes"))
         }
-        Target::Standard | Target::Compacted => {
+        Target::Standard | Target::Compacted | Target::Snapshot => {
             let form = if args.to == Target::Standard {
                 Form::Standard
             } else {
@@ -100,6 +127,44 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     std::fs::write(&args.output, &bytes)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!("wrote {}: {what}", args.output.display());
+    Ok(0)
+}
+
+/// `convert SNAP.xsnap --to standard|compacted -o IMG [--cpuid DEST | --host] [--xcr0 HEX]`:
+/// the image rebuilt with the destination's offsets (`--to-cpuid` also names the destination).
+/// XCR0 defaults to the snapshot's.
+fn convert_snapshot(args: &Args) -> anyhow::Result<i32> {
+    let snap = super::xsnap::load_snapshot(&args.file)?;
+    let dest = match &args.to_cpuid {
+        Some(p) => load_dump(p)?,
+        None => args.cpu.load()?,
+    };
+    let layout = layout_of(&dest)?;
+    let what = match args.to {
+        Target::Standard | Target::Compacted => {
+            let form = if args.to == Target::Standard {
+                Form::Standard
+            } else {
+                Form::Compacted
+            };
+            super::xsnap::snapshot_to_image(&snap, &layout, form, args.xcr0, &args.output)?
+        }
+        Target::Snapshot => {
+            let bytes = snap.encode()?;
+            std::fs::write(&args.output, &bytes)
+                .with_context(|| format!("cannot write {}", args.output.display()))?;
+            format!(
+                "snapshot v{}, {} bytes",
+                xstate::snapshot::VERSION,
+                bytes.len()
+            )
+        }
+        Target::Fxsave => anyhow::bail!(
+            "{}: a snapshot converts to --to standard or --to compacted (then to fxsave)",
+            args.file.display()
+        ),
+    };
     println!("wrote {}: {what}", args.output.display());
     Ok(0)
 }

@@ -1,5 +1,6 @@
 //! `xstate inspect FILE [--cpuid FILE | --host] [--json]`: the header and the registers of
-//! every present component of an XSAVE image (or a 512-byte FXSAVE image).
+//! every present component of an XSAVE image (or a 512-byte FXSAVE image, or an `.xsnap`
+//! snapshot, shown on its source CPU's layout with its registers and MSRs).
 //!
 //! The form comes from XCOMP_BV bit 63; offsets from CPUID leaf 0xD of the named CPU. Only
 //! components whose XSTATE_BV bit is set are shown. Registers print as the hex of their value
@@ -42,6 +43,8 @@ pub(crate) struct Loaded {
     pub file_size: usize,
     /// Why the components beyond the legacy area could not be placed, when they could not.
     pub geometry_error: Option<ImageError>,
+    /// The file was a snapshot (`.xsnap`): the image is rebuilt on its source CPU's layout.
+    pub snapshot: Option<xstate::snapshot::Snapshot>,
 }
 
 /// The legacy-only geometry of a form: x87 and SSE, 576 bytes.
@@ -62,6 +65,16 @@ pub(crate) fn load_image(path: &Path, layout: &Layout) -> anyhow::Result<Loaded>
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
     let file_size = bytes.len();
+    if xstate::snapshot::is_snapshot(&bytes) {
+        let snap = super::xsnap::decode(path, &bytes)?;
+        return Ok(Loaded {
+            image: super::xsnap::source_image(path, &snap)?,
+            fxsave: false,
+            file_size,
+            geometry_error: None,
+            snapshot: Some(snap),
+        });
+    }
     if file_size == FXSAVE_SIZE {
         let image = xstate::convert::from_fxsave(&bytes, &legacy_geometry(Form::Standard))
             .with_context(|| format!("{}: FXSAVE image", path.display()))?;
@@ -70,6 +83,7 @@ pub(crate) fn load_image(path: &Path, layout: &Layout) -> anyhow::Result<Loaded>
             fxsave: true,
             file_size,
             geometry_error: None,
+            snapshot: None,
         });
     }
     if file_size < MIN_SIZE {
@@ -84,6 +98,7 @@ pub(crate) fn load_image(path: &Path, layout: &Layout) -> anyhow::Result<Loaded>
             fxsave: false,
             file_size,
             geometry_error: None,
+            snapshot: None,
         }),
         Err(e) => {
             let form = if xstate::image::raw_xcomp_bv(&bytes) & mask::COMPACTED != 0 {
@@ -101,6 +116,7 @@ pub(crate) fn load_image(path: &Path, layout: &Layout) -> anyhow::Result<Loaded>
                 fxsave: false,
                 file_size,
                 geometry_error: Some(e),
+                snapshot: None,
             })
         }
     }
@@ -301,6 +317,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         if let Some(e) = &ld.geometry_error {
             out["error"] = Value::String(e.to_string());
         }
+        if let Some(s) = &ld.snapshot {
+            out["snapshot"] = super::xsnap::meta_json(s);
+        }
         print_json(&out);
         return Ok(0);
     }
@@ -311,6 +330,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         form,
         m.dump.source
     );
+    if let Some(s) = &ld.snapshot {
+        println!("{}", super::xsnap::meta_text(s));
+        println!("image rebuilt on the snapshot's source layout:");
+    }
     println!("XSTATE_BV {:#x} ({})", bv, mask_names(bv));
     let xc = img.xcomp_bv();
     println!("XCOMP_BV  {:#x} ({})", xc, mask_names(xc));

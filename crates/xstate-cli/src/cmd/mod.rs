@@ -14,3 +14,4 @@ pub mod layout;
 pub mod model;
 pub mod sim;
 pub mod validate;
+pub mod xsnap;

@@ -278,7 +278,19 @@ impl Snapshot {
                 }
             }
         }
+        let supported = layout.xcr0_supported() | layout.xss_supported() | mask::LEGACY;
         for id in bits(xstate_bv) {
+            if supported & (1u64 << id) == 0 {
+                return Err(SnapshotError::CannotHold {
+                    id,
+                    name: Component::name_of(id),
+                    why: format!(
+                        "the destination CPU does not support it (CPUID.(0xD,0):EDX:EAX = {:#x}, CPUID.(0xD,1):EDX:ECX = {:#x})",
+                        layout.xcr0_supported(),
+                        layout.xss_supported()
+                    ),
+                });
+            }
             if m & (1u64 << id) == 0 {
                 let why = if id == 1 && present & mask::SSE == 0 {
                     format!(

@@ -1,0 +1,149 @@
+//! Snapshot (`.xsnap`) support shared by the image subcommands: reading a snapshot as an image
+//! (`inspect`, `diff`), `convert --to snapshot`, and `convert SNAP --to standard|compacted`
+//! (rebuilt for the destination's layout: cross-layout restore).
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use xstate::components::{mask, mask_names, Component};
+use xstate::image::XsaveImage;
+use xstate::layout::{Form, Layout};
+use xstate::snapshot::{ControlRegs, Snapshot, SourceCpu};
+
+use crate::common::hex;
+
+/// Reads and decodes a snapshot file.
+pub fn load_snapshot(path: &Path) -> anyhow::Result<Snapshot> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read snapshot {}", path.display()))?;
+    decode(path, &bytes)
+}
+
+/// Decodes snapshot bytes read from `path`.
+pub fn decode(path: &Path, bytes: &[u8]) -> anyhow::Result<Snapshot> {
+    Snapshot::decode(bytes)
+        .with_context(|| format!("{} is not a readable .xsnap file", path.display()))
+}
+
+/// True when the file starts with the `.xsnap` magic (unreadable files are not snapshots).
+pub fn is_snapshot_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map(|_| xstate::snapshot::is_snapshot(&head))
+        .unwrap_or(false)
+}
+
+/// The image a snapshot stands for, on its source CPU's layout (standard form of its XCR0, or
+/// compacted when supervisor components are present).
+pub fn source_image(path: &Path, s: &Snapshot) -> anyhow::Result<XsaveImage> {
+    let bytes = s.to_source_image().with_context(|| {
+        format!(
+            "{}: cannot rebuild the image on its source layout",
+            path.display()
+        )
+    })?;
+    XsaveImage::from_bytes(&bytes, &s.source.layout())
+        .with_context(|| format!("{}: rebuilt image", path.display()))
+}
+
+/// What a snapshot carries besides registers, for `inspect --json`.
+pub fn meta_json(s: &Snapshot) -> Value {
+    json!({
+        "producer": s.producer,
+        "source": {
+            "vendor": s.source.vendor,
+            "family": s.source.family,
+            "model": s.source.model,
+            "stepping": s.source.stepping,
+            "xcr0_supported": hex(s.source.xcr0_supported),
+            "xss_supported": hex(s.source.xss_supported),
+        },
+        "xcr0": hex(s.xcr0),
+        "xss": hex(s.xss),
+        "xfd": hex(s.xfd),
+        "xfd_err": hex(s.xfd_err),
+        "components": s.present().map(Component::name_of).collect::<Vec<_>>(),
+        "msrs": s.msrs.iter().map(|(i, v)| (format!("{i:#x}"), json!(hex(*v)))).collect::<serde_json::Map<_, _>>(),
+        "violations": xstate::snapshot::validate(s),
+    })
+}
+
+/// The human summary line of a snapshot, for `inspect`.
+pub fn meta_text(s: &Snapshot) -> String {
+    let mut t = format!(
+        "snapshot ({}) from {} family {:#x} model {:#x} stepping {}: XCR0 {:#x}, IA32_XSS {:#x}, IA32_XFD {:#x}, IA32_XFD_ERR {:#x}",
+        s.producer,
+        if s.source.vendor.is_empty() { "an unknown CPU" } else { s.source.vendor.as_str() },
+        s.source.family,
+        s.source.model,
+        s.source.stepping,
+        s.xcr0,
+        s.xss,
+        s.xfd,
+        s.xfd_err
+    );
+    for (i, v) in &s.msrs {
+        t.push_str(&format!(", {} {v:#x}", xstate::snapshot::msr_name(*i)));
+    }
+    for v in xstate::snapshot::validate(s) {
+        t.push_str(&format!("\nwarning: {v}"));
+    }
+    t
+}
+
+/// `convert IMAGE --to snapshot -o OUT`: the image laid out by `layout`/`dump` (the source
+/// CPU) with XCR0 `xcr0` and IA32_XSS `xss`.
+pub fn image_to_snapshot(
+    image: &[u8],
+    dump: &xstate::cpuid::CpuidDump,
+    xcr0: u64,
+    xss: u64,
+    out: &Path,
+) -> anyhow::Result<String> {
+    let regs = ControlRegs {
+        xcr0,
+        xss,
+        ..Default::default()
+    };
+    let layout = Layout::from_dump(dump);
+    let s = Snapshot::from_image_with(image, &layout, SourceCpu::from_dump(dump), &regs)
+        .context("cannot take a snapshot of the image")?;
+    let bytes = s.encode()?;
+    std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(format!(
+        "snapshot v{}, {} bytes, XCR0 {:#x}, components {}",
+        xstate::snapshot::VERSION,
+        bytes.len(),
+        xcr0,
+        s.component_names()
+    ))
+}
+
+/// `convert SNAP --to standard|compacted -o IMG`: rebuilt with the destination's offsets.
+/// `mask_` defaults to the snapshot's XCR0 (standard) or XCR0 | IA32_XSS (compacted).
+pub fn snapshot_to_image(
+    s: &Snapshot,
+    dest: &Layout,
+    form: Form,
+    xcr0: Option<u64>,
+    out: &Path,
+) -> anyhow::Result<String> {
+    let m = match form {
+        Form::Standard => xcr0.unwrap_or(s.xcr0),
+        Form::Compacted => xcr0.unwrap_or(s.xcr0) | s.xss,
+    };
+    if m & mask::COMPACTED != 0 {
+        bail!("--xcr0 {m:#x}: bit 63 is not a component");
+    }
+    let img = s.to_image(dest, form, m)?;
+    std::fs::write(out, &img).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(format!(
+        "{form}, {} bytes, components {} ({}) rebuilt with the destination's layout",
+        img.len(),
+        hex(m),
+        mask_names(s.xstate_bv())
+    ))
+}
