@@ -42,6 +42,8 @@
 //! - KVM_SET_CPUID2 with leaf 0xD.0 EAX reduced (e.g. without AVX-512) reads back as 0xe7 via
 //!   KVM_GET_CPUID2 and KVM_SET_XCRS still accepts XCR0 0xe7: this KVM does not honour a
 //!   reduced guest leaf 0xD. With no guest CPUID at all, KVM_SET_XCRS(0xe7) is EINVAL.
+//! - A guest fault with no IDT (XRSTOR of an image with XSTATE_BV bit 63 → #GP) ends in
+//!   KVM_EXIT_SHUTDOWN with RIP still at the XRSTOR.
 //!
 //! On targets other than Linux x86-64 the crate compiles to [`SUPPORTED`] = false and the
 //! portable parts ([`xsave`], [`msr`], [`perm`] errors); every call into KVM is absent.

@@ -341,3 +341,42 @@ fn restore_needs_a_guest_cpuid_that_enumerates_xcr0() {
         .expect_err("KVM_SET_XCRS refuses");
     assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
 }
+
+#[test]
+fn guest_runs_in_64_bit_mode_at_cpl3_and_its_faults_are_reported() {
+    let Some(kvm) = kvm() else { return };
+    use xstate_kvm::guest::{code, EXIT_PORT, SRC_ADDR};
+    let layout = kvm.layout().standard(0x3).expect("layout");
+    let good = pattern::image(&layout, layout.size as usize, 0xffff);
+    let mut g = GuestVm::new(&kvm, 0x3).expect("VM");
+    g.memory_mut()
+        .write(SRC_ADDR, good.as_bytes())
+        .expect("write");
+    g.load_program(&code::xrstor_then_out(0x3, SRC_ADDR as u32, EXIT_PORT))
+        .expect("program");
+    g.run_to_exit_port().expect("run");
+    let s = g.vcpu().fd().get_sregs().expect("sregs");
+    assert_eq!(
+        (s.cs.l, s.cs.dpl, s.ss.dpl),
+        (1, 3, 3),
+        "64-bit code segment at CPL 3"
+    );
+    assert_ne!(s.efer & (1 << 10), 0, "EFER.LMA");
+    // XSTATE_BV bit 63 in a standard-form image: XRSTOR raises #GP; with no IDT the guest
+    // cannot deliver it and the harness reports the exit.
+    let mut bad = good.clone();
+    bad.set_xstate_bv(0x3 | 1 << 63).expect("header");
+    let mut g = GuestVm::new(&kvm, 0x3).expect("VM");
+    g.memory_mut()
+        .write(SRC_ADDR, bad.as_bytes())
+        .expect("write");
+    g.load_program(&code::xrstor_then_out(0x3, SRC_ADDR as u32, EXIT_PORT))
+        .expect("program");
+    let e = g.run_to_exit_port().expect_err("#GP");
+    println!("measured: XRSTOR with XSTATE_BV bit 63 in the guest ends in: {e}");
+    assert!(matches!(e, Error::Guest(_)), "{e}");
+    assert!(
+        e.to_string().contains("0x1000f"),
+        "the faulting XRSTOR (code + 15)'s RIP: {e}"
+    );
+}
