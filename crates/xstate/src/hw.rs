@@ -39,6 +39,8 @@ use crate::components::mask;
 use crate::cpuid::{CpuidDump, Regs};
 use crate::layout::{Layout, EXTENDED_START, LEGACY_SIZE};
 
+#[cfg(feature = "ring0")]
+pub mod ring0;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod sandbox;
 

@@ -1,7 +1,7 @@
 //! The [`Backend`] trait: one interface to the XSAVE machinery, implemented by the model
 //! ([`ModelCpu`](super::ModelCpu)), by the user-mode hardware backend ([`HwBackend`]) and, for
-//! kernels and hypervisors, by [`Ring0Backend`](super::ring0::Ring0Backend) (cargo feature
-//! `ring0`).
+//! kernels and hypervisors, by `Ring0Backend` (`xstate::hw::ring0`, cargo feature `ring0`,
+//! compile-tested only: it needs CPL 0).
 //!
 //! The register state a backend operates on is *its* register file: for the model the
 //! modelled registers; for [`HwBackend`] a context image that every operation loads into the
