@@ -16,4 +16,10 @@ for f in "$fix"/*/*.txt; do
     "$bin" "$f" > "$out"
     cp "$out" "$here/corpus/detect/"
 done
+# snapshot: the committed v1 sample, raw (mode byte 0) and as a bare body (mode byte 1).
+sample="$here/../crates/xstate/tests/data/v1-skylake-sp.xsnap"
+mkdir -p "$here/corpus/snapshot"
+{ printf '\000'; cat "$sample"; } > "$here/corpus/snapshot/v1-raw"
+len=$(($(wc -c < "$sample") - 20))
+{ printf '\001'; tail -c +17 "$sample" | head -c "$len"; } > "$here/corpus/snapshot/v1-body"
 echo "seeded: $(ls "$here"/corpus/* | wc -l) files"

@@ -286,3 +286,54 @@ fn check_usage_and_io_errors_exit_2() {
     ]);
     assert_eq!(code, 2, "--kvm with --cpuid");
 }
+
+#[test]
+fn validate_profile_snapshot_reports_every_violation() {
+    let good = tmp("good.xsnap");
+    spr_snapshot(&good);
+    let (code, o, _) = xstate(&["validate", good.to_str().unwrap(), "--profile", "snapshot"]);
+    assert_eq!(code, 0, "{o}");
+    let mut s = Snapshot::decode(&std::fs::read(&good).unwrap()).unwrap();
+    s.components.insert(9, vec![0; 4]); // PKRU holds 8 bytes
+    s.xcr0 &= !(1 << 18); // TILECFG without TILEDATA
+    s.legacy.mxcsr = 0x1_0000;
+    let bad = tmp("bad.xsnap");
+    std::fs::write(&bad, s.encode().unwrap()).unwrap();
+    let (code, o, _) = xstate(&[
+        "validate",
+        bad.to_str().unwrap(),
+        "--profile",
+        "snapshot",
+        "--json",
+    ]);
+    assert_eq!(code, 1, "{o}");
+    let v: Value = serde_json::from_str(&o).unwrap();
+    let rules: Vec<&str> = v["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["rule"].as_str().unwrap())
+        .collect();
+    for want in [
+        "xcr0.amx_pair",
+        "component.size",
+        "component.not_enabled",
+        "legacy.mxcsr_reserved",
+    ] {
+        assert!(rules.contains(&want), "{want} missing: {rules:?}");
+    }
+    let size = v["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["rule"] == "component.size")
+        .unwrap();
+    assert_eq!(size["location"], "components[9]");
+    // A damaged file: one `decode` violation naming the CRC.
+    let mut bytes = std::fs::read(&good).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&bad, &bytes).unwrap();
+    let (code, o, _) = xstate(&["validate", bad.to_str().unwrap(), "--profile", "snapshot"]);
+    assert_eq!(code, 1);
+    assert!(o.contains("[decode]") && o.contains("CRC-32"), "{o}");
+}

@@ -498,3 +498,66 @@ proptest! {
         }
     }
 }
+
+/// Rewrites the CBOR body of a file with `edit` and fixes the length and the CRC.
+fn rewrite_body(
+    file: &[u8],
+    edit: impl FnOnce(&mut Vec<(ciborium::Value, ciborium::Value)>),
+) -> Vec<u8> {
+    let body = &file[HEADER_LEN..file.len() - 4];
+    let mut v: ciborium::Value = ciborium::from_reader(body).unwrap();
+    let ciborium::Value::Map(m) = &mut v else {
+        panic!("body is not a map")
+    };
+    edit(m);
+    let mut nb = Vec::new();
+    ciborium::into_writer(&v, &mut nb).unwrap();
+    let mut out = file[..HEADER_LEN].to_vec();
+    out[12..16].copy_from_slice(&(nb.len() as u32).to_le_bytes());
+    out.extend_from_slice(&nb);
+    let crc = xstate::snapshot::crc32::crc32(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+#[test]
+fn unknown_keys_are_ignored_missing_or_mistyped_keys_are_errors() {
+    let s = sample_snapshot();
+    let file = s.encode().unwrap();
+    let extra = rewrite_body(&file, |m| {
+        m.push((
+            ciborium::Value::Text("x-future".into()),
+            ciborium::Value::Integer(7.into()),
+        ))
+    });
+    assert_eq!(Snapshot::decode(&extra).unwrap(), s);
+    let missing = rewrite_body(&file, |m| m.retain(|(k, _)| k.as_text() != Some("xfd")));
+    let e = Snapshot::decode(&missing).unwrap_err();
+    assert!(e.to_string().contains("xfd"), "{e}");
+    let mistyped = rewrite_body(&file, |m| {
+        for (k, v) in m.iter_mut() {
+            if k.as_text() == Some("xcr0") {
+                *v = ciborium::Value::Text("0x2ff".into());
+            }
+        }
+    });
+    assert!(matches!(
+        Snapshot::decode(&mistyped),
+        Err(SnapshotError::Body { .. })
+    ));
+    // A legacy field out of its range (FCW is 16 bits).
+    let wide = rewrite_body(&file, |m| {
+        for (k, v) in m.iter_mut() {
+            if k.as_text() == Some("legacy") {
+                if let ciborium::Value::Map(l) = v {
+                    for (lk, lv) in l.iter_mut() {
+                        if lk.as_text() == Some("fcw") {
+                            *lv = ciborium::Value::Integer(0x1_0000.into());
+                        }
+                    }
+                }
+            }
+        }
+    });
+    assert!(Snapshot::decode(&wide).is_err());
+}

@@ -1,6 +1,7 @@
-//! `xstate validate FILE --profile {xrstor,xrstor-compacted,xrstors,kvm} [--cpuid FILE | --host]
-//! [--xcr0 HEX] [--xss HEX] [--json]`: would XRSTOR, XRSTORS or KVM_SET_XSAVE accept this
-//! image? Exit 0 valid, 1 invalid (every violation printed), 2 usage or I/O error.
+//! `xstate validate FILE --profile {xrstor,xrstor-compacted,xrstors,kvm,snapshot} [--cpuid FILE
+//! | --host] [--xcr0 HEX] [--xss HEX] [--json]`: would XRSTOR, XRSTORS or KVM_SET_XSAVE accept
+//! this image — or is this `.xsnap` snapshot well formed (`snapshot`, docs/xsnap.md §5)? Exit 0
+//! valid, 1 invalid (every violation printed), 2 usage or I/O error.
 //!
 //! `--host` takes XCR0 (XGETBV), IA32_XSS support (CPUID.(0xD,1):EDX:ECX) and the MXCSR mask
 //! (FXSAVE) from this machine. For `kvm` the supported guest XCR0 is `--xcr0`, else this
@@ -26,6 +27,8 @@ pub enum ProfileArg {
     Xrstors,
     /// KVM_SET_XSAVE (DESIGN.md §6).
     Kvm,
+    /// Structural checks of a portable `.xsnap` snapshot (docs/xsnap.md §5).
+    Snapshot,
 }
 
 impl ProfileArg {
@@ -35,6 +38,7 @@ impl ProfileArg {
             ProfileArg::XrstorCompacted => "xrstor-compacted",
             ProfileArg::Xrstors => "xrstors",
             ProfileArg::Kvm => "kvm",
+            ProfileArg::Snapshot => "snapshot",
         }
     }
 }
@@ -69,6 +73,9 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    if args.profile == ProfileArg::Snapshot {
+        return super::xsnap::validate_file(&args.file, args.json);
+    }
     let m = machine(&args.cpu, args.xcr0, args.xss, args.mxcsr_mask)?;
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read image {}", args.file.display()))?;
@@ -77,6 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         ProfileArg::Xrstor => validate::validate(&bytes, &Profile::Xrstor(rc)),
         ProfileArg::XrstorCompacted => validate::validate(&bytes, &Profile::XrstorCompacted(rc)),
         ProfileArg::Xrstors => validate::xrstors_with_layout(&bytes, &rc, Some(&m.layout)),
+        ProfileArg::Snapshot => Vec::new(), // handled above
         ProfileArg::Kvm => {
             let mut k = KvmConfig::new(m.xcr0, m.mxcsr_mask);
             if let Some(u) = args.user_features {
