@@ -33,6 +33,7 @@ pub mod components;
 pub mod convert;
 pub mod cpuid;
 pub mod diff;
+pub mod engine;
 pub mod guest_cpuid;
 #[cfg(target_arch = "x86_64")]
 pub mod hw;
