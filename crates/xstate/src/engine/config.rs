@@ -19,7 +19,8 @@
 //! ```
 //! use xstate::cpuid::{CpuidDump, Regs};
 //! use xstate::layout::Layout;
-//! use xstate::engine::config::{Configs, Storage};
+//! use xstate::engine::config::Configs;
+//! use xstate::strategy::SaveInsn;
 //! // A Zen-3-like host: x87, SSE, AVX, PKRU; CET_U and CET_S in IA32_XSS.
 //! let mut d = CpuidDump::new("doc");
 //! d.insert(0xd, 0, Regs { eax: 0x207, ebx: 0x988, ecx: 0x988, edx: 0 });
@@ -28,7 +29,7 @@
 //! d.insert(0xd, 9, Regs { eax: 8, ebx: 0x980, ecx: 0, edx: 0 });
 //! d.insert(0xd, 11, Regs { eax: 16, ebx: 0, ecx: 1, edx: 0 });
 //! d.insert(0xd, 12, Regs { eax: 24, ebx: 0, ecx: 1, edx: 0 });
-//! let c = Configs::new(&Layout::from_dump(&d), 0x207, 0x1800, Storage::Xsaves).unwrap();
+//! let c = Configs::new(&Layout::from_dump(&d), 0x207, 0x1800, SaveInsn::Xsaves).unwrap();
 //! assert_eq!(c.host.max_features, 0xa07);       // CET_S is guest-only
 //! assert_eq!(c.host.max_size, 856);
 //! assert_eq!(c.guest.max_features, 0x1a07);
@@ -41,76 +42,36 @@ use alloc::format;
 use super::error::{err, EngineError, ErrorKind};
 use crate::components::{mask, mask_names};
 use crate::layout::{Form, Layout};
+use crate::strategy::SaveInsn;
 
-/// How the engine stores state in its buffers: follows the save instruction in use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Storage {
-    /// XSAVES/XRSTORS: compacted form, user and supervisor features (CPL 0).
-    Xsaves,
-    /// XSAVEC/XRSTOR: compacted form, user features only.
-    Xsavec,
-    /// XSAVEOPT/XRSTOR: standard form, user features only.
-    Xsaveopt,
-    /// XSAVE/XRSTOR: standard form, user features only.
-    Xsave,
-    /// FXSAVE/FXRSTOR: the 512-byte legacy area (x87 and SSE).
-    Fxsave,
+/// What a buffer stored with `insn` can hold out of `features`: only XSAVES writes supervisor
+/// state (SDM Vol. 1 §13.11); FXSAVE writes the legacy area alone.
+pub fn storable(insn: SaveInsn, features: u64, layout: &Layout) -> u64 {
+    match insn {
+        SaveInsn::Fxsave => features & mask::LEGACY,
+        SaveInsn::Xsaves => features,
+        _ => features & !layout.xss_supported() & !mask::SUPERVISOR_KNOWN,
+    }
 }
 
-impl Storage {
-    /// The image form (`None` for the FXSAVE legacy area).
-    pub fn form(self) -> Option<Form> {
-        match self {
-            Storage::Xsaves | Storage::Xsavec => Some(Form::Compacted),
-            Storage::Xsaveopt | Storage::Xsave => Some(Form::Standard),
-            Storage::Fxsave => None,
-        }
-    }
-
-    /// True when the buffers can hold supervisor features (only XSAVES writes them).
-    pub fn supervisor(self) -> bool {
-        self == Storage::Xsaves
-    }
-
-    /// The lower-case mnemonic of the save instruction.
-    pub fn name(self) -> &'static str {
-        match self {
-            Storage::Xsaves => "xsaves",
-            Storage::Xsavec => "xsavec",
-            Storage::Xsaveopt => "xsaveopt",
-            Storage::Xsave => "xsave",
-            Storage::Fxsave => "fxsave",
-        }
-    }
-
-    /// The features this storage can hold out of `features`.
-    pub fn storable(self, features: u64, layout: &Layout) -> u64 {
-        match self {
-            Storage::Fxsave => features & mask::LEGACY,
-            Storage::Xsaves => features,
-            _ => features & !layout.xss_supported() & !mask::SUPERVISOR_KNOWN,
-        }
-    }
-
-    /// The size of a buffer holding `features` in this storage.
-    pub fn size_of(self, layout: &Layout, features: u64) -> Result<u32, EngineError> {
-        let r = match self.form() {
-            None => return Ok(512),
-            Some(Form::Compacted) => layout.compacted(features),
-            Some(Form::Standard) => layout.standard(features),
-        };
-        r.map(|f| f.size).or_else(|e| {
-            err(
-                ErrorKind::Einval,
-                format!(
-                    "cannot size a {} buffer for features {features:#x} ({}): {e}",
-                    self.name(),
-                    mask_names(features)
-                ),
-            )
-        })
-    }
+/// The size of a buffer holding `features` as `insn` stores them: compacted (SDM §13.4.3) for
+/// XSAVES/XSAVEC, standard (§13.4.2) for XSAVE/XSAVEOPT, 512 bytes for FXSAVE.
+pub fn size_of(insn: SaveInsn, layout: &Layout, features: u64) -> Result<u32, EngineError> {
+    let r = match insn.form() {
+        None => return Ok(512),
+        Some(Form::Compacted) => layout.compacted(features),
+        Some(Form::Standard) => layout.standard(features),
+    };
+    r.map(|f| f.size).or_else(|e| {
+        err(
+            ErrorKind::Einval,
+            format!(
+                "cannot size a {} buffer for features {features:#x} ({}): {e}",
+                insn.name(),
+                mask_names(features)
+            ),
+        )
+    })
 }
 
 /// One configuration: maximum and default features and their buffer sizes.
@@ -131,15 +92,15 @@ pub struct FeatureConfig {
 impl FeatureConfig {
     fn new(
         layout: &Layout,
-        storage: Storage,
+        insn: SaveInsn,
         form: Option<Form>,
         max: u64,
     ) -> Result<Self, EngineError> {
         let default = max & !mask::DYNAMIC;
         let size = |m: u64| -> Result<u32, EngineError> {
             match form {
-                Some(Form::Standard) => Storage::Xsave.size_of(layout, m),
-                _ => storage.size_of(layout, m),
+                Some(Form::Standard) => size_of(SaveInsn::Xsave, layout, m),
+                _ => size_of(insn, layout, m),
             }
         };
         Ok(FeatureConfig {
@@ -159,8 +120,8 @@ pub struct Configs {
     pub xcr0: u64,
     /// The host's IA32_XSS (supervisor features enabled by the host OS).
     pub xss: u64,
-    /// How buffers are stored.
-    pub storage: Storage,
+    /// The save instruction, which decides how buffers are stored.
+    pub insn: SaveInsn,
     /// The host (kernel) configuration.
     pub host: FeatureConfig,
     /// The user (UABI, standard form) configuration.
@@ -175,32 +136,31 @@ pub struct Configs {
 
 impl Configs {
     /// The configurations of a host whose CPU has `layout`, whose OS enabled `xcr0` and
-    /// `xss`, saving with `storage`. `xcr0` must pass the XSETBV rules and `xss` must be
+    /// `xss`, saving with `insn`. `xcr0` must pass the XSETBV rules and `xss` must be
     /// supported (EINVAL otherwise, naming the rule).
-    pub fn new(layout: &Layout, xcr0: u64, xss: u64, storage: Storage) -> Result<Self, EngineError> {
+    pub fn new(layout: &Layout, xcr0: u64, xss: u64, insn: SaveInsn) -> Result<Self, EngineError> {
         if let Err(e) = layout.check_xcr0(xcr0) {
             return err(ErrorKind::Einval, format!("host XCR0: {e}"));
         }
         if let Err(e) = layout.check_xss(xss) {
             return err(ErrorKind::Einval, format!("host IA32_XSS: {e}"));
         }
-        let supervisor = if storage.supervisor() { xss } else { 0 };
-        let enabled = storage.storable(xcr0 | supervisor, layout);
+        let enabled = storable(insn, xcr0 | xss, layout);
         let host_max = enabled & !mask::GUEST_ONLY & !mask::INDEPENDENT;
         let guest_max = (host_max | (enabled & mask::GUEST_ONLY)) & !mask::HOST_ONLY;
-        let form = storage.form();
+        let form = insn.form();
         Ok(Configs {
             xcr0,
             xss,
-            storage,
-            host: FeatureConfig::new(layout, storage, form, host_max)?,
+            insn,
+            host: FeatureConfig::new(layout, insn, form, host_max)?,
             user: FeatureConfig::new(
                 layout,
-                storage,
+                insn,
                 Some(Form::Standard),
-                storage.storable(xcr0, layout),
+                storable(insn, xcr0, layout),
             )?,
-            guest: FeatureConfig::new(layout, storage, form, guest_max)?,
+            guest: FeatureConfig::new(layout, insn, form, guest_max)?,
             independent: (xcr0 | xss) & mask::INDEPENDENT,
             layout: layout.clone(),
         })
@@ -208,12 +168,12 @@ impl Configs {
 
     /// The size of a buffer holding `features` in this host's storage.
     pub fn size_of(&self, features: u64) -> Result<u32, EngineError> {
-        self.storage.size_of(&self.layout, features)
+        size_of(self.insn, &self.layout, features)
     }
 
     /// The standard-form (UABI) size of the user features in `features`.
     pub fn user_size_of(&self, features: u64) -> Result<u32, EngineError> {
-        Storage::Xsave.size_of(&self.layout, features & self.user.max_features)
+        size_of(SaveInsn::Xsave, &self.layout, features & self.user.max_features)
     }
 }
 
@@ -245,7 +205,7 @@ pub(crate) mod tests {
 
     #[test]
     fn spr_xsaves_configs() {
-        let c = Configs::new(&spr_like(), 0x602e7, 0x1800, Storage::Xsaves).unwrap();
+        let c = Configs::new(&spr_like(), 0x602e7, 0x1800, SaveInsn::Xsaves).unwrap();
         assert_eq!(c.host.max_features, 0x60ae7);
         assert_eq!(c.host.default_features, 0x20ae7);
         assert_eq!(c.guest.max_features, 0x61ae7);
@@ -262,19 +222,19 @@ pub(crate) mod tests {
 
     #[test]
     fn user_mode_storage_drops_supervisor_features() {
-        let c = Configs::new(&spr_like(), 0x602e7, 0x1800, Storage::Xsavec).unwrap();
+        let c = Configs::new(&spr_like(), 0x602e7, 0x1800, SaveInsn::Xsavec).unwrap();
         assert_eq!(c.guest.max_features, 0x602e7);
-        let c = Configs::new(&spr_like(), 0x602e7, 0x1800, Storage::Fxsave).unwrap();
+        let c = Configs::new(&spr_like(), 0x602e7, 0x1800, SaveInsn::Fxsave).unwrap();
         assert_eq!(c.guest.max_features, 0x3);
         assert_eq!(c.host.max_size, 512);
     }
 
     #[test]
     fn bad_host_values_are_refused() {
-        let e = Configs::new(&spr_like(), 0x202e7, 0, Storage::Xsaves).unwrap_err();
+        let e = Configs::new(&spr_like(), 0x202e7, 0, SaveInsn::Xsaves).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Einval);
         assert!(e.message.contains("amx_pair"), "{e}");
-        let e = Configs::new(&spr_like(), 0x2e7, 0x400, Storage::Xsaves).unwrap_err();
+        let e = Configs::new(&spr_like(), 0x2e7, 0x400, SaveInsn::Xsaves).unwrap_err();
         assert!(e.message.contains("IA32_XSS"), "{e}");
     }
 }

@@ -16,7 +16,8 @@
 //! ```
 //! use xstate::cpuid::{CpuidDump, Regs};
 //! use xstate::layout::Layout;
-//! use xstate::engine::config::{Configs, Storage};
+//! use xstate::engine::config::Configs;
+//! use xstate::strategy::SaveInsn;
 //! use xstate::engine::perm::{Grant, Permissions, Scope};
 //! use xstate::engine::ErrorKind;
 //! let mut d = CpuidDump::new("doc");
@@ -24,7 +25,7 @@
 //! d.insert(0xd, 2, Regs { eax: 256, ebx: 576, ecx: 0, edx: 0 });
 //! d.insert(0xd, 17, Regs { eax: 64, ebx: 2752, ecx: 2, edx: 0 });
 //! d.insert(0xd, 18, Regs { eax: 8192, ebx: 2816, ecx: 6, edx: 0 });
-//! let cfg = Configs::new(&Layout::from_dump(&d), 0x60007, 0, Storage::Xsave).unwrap();
+//! let cfg = Configs::new(&Layout::from_dump(&d), 0x60007, 0, SaveInsn::Xsave).unwrap();
 //! let mut p = Permissions::new(&cfg);
 //! assert_eq!(p.get(Scope::Guest), 0x20007);
 //! assert_eq!(p.request(Scope::Guest, 18).unwrap(), Grant::Granted);
@@ -217,14 +218,14 @@ impl Permissions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::config::Storage;
+    use crate::strategy::SaveInsn;
 
     fn cfg() -> Configs {
         Configs::new(
             &crate::engine::config::tests::spr_like(),
             0x602e7,
             0x1800,
-            Storage::Xsaves,
+            SaveInsn::Xsaves,
         )
         .unwrap()
     }

@@ -1,0 +1,353 @@
+//! The state container (`fpstate`, DESIGN.md §6 and seed 002): one buffer of register state
+//! plus everything that describes it — size, UABI size, features, user features, the XFD value
+//! to switch to before the buffer is restored, and the guest / confidential / in-use flags.
+//! Swapping the container swaps all of it at once: "when you switch buffers, you need to
+//! switch state information which belongs to the buffer, i.e. features, sizes and xfd"
+//! (seed 002).
+//!
+//! The buffer is exactly the size of its features in the engine's storage form (compacted
+//! for XSAVES/XSAVEC): a container without AMX tile data never pays for its 8 KiB.
+//!
+//! ```
+//! use xstate::cpuid::{CpuidDump, Regs};
+//! use xstate::layout::Layout;
+//! use xstate::engine::config::Configs;
+//! use xstate::engine::fpstate::FpState;
+//! use xstate::strategy::SaveInsn;
+//! let mut d = CpuidDump::new("doc");
+//! d.insert(0xd, 0, Regs { eax: 0x60007, ebx: 0, ecx: 0x2b00, edx: 0 });
+//! d.insert(0xd, 1, Regs { eax: 0x1f, ebx: 0, ecx: 0, edx: 0 });
+//! d.insert(0xd, 2, Regs { eax: 256, ebx: 576, ecx: 0, edx: 0 });
+//! d.insert(0xd, 17, Regs { eax: 64, ebx: 2752, ecx: 2, edx: 0 });
+//! d.insert(0xd, 18, Regs { eax: 8192, ebx: 2816, ecx: 6, edx: 0 });
+//! let cfg = Configs::new(&Layout::from_dump(&d), 0x60007, 0, SaveInsn::Xsavec).unwrap();
+//! let small = FpState::new(&cfg, 0x20007, 0x40000, true, false).unwrap();
+//! assert_eq!(small.size(), 896);       // AVX 576..832, TILECFG 832..896
+//! assert_eq!(small.as_bytes().as_ptr() as usize % 64, 0);
+//! let big = small.resized(&cfg, 0x60007).unwrap();
+//! assert_eq!(big.size(), 896 + 8192);
+//! assert_eq!(big.user_size(), 0x2b00);
+//! ```
+
+use alloc::format;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use super::config::Configs;
+use super::error::{err, EngineError, ErrorKind};
+use crate::components::{bits, mask, mask_names};
+use crate::layout::{FormLayout, Placement};
+use crate::image::XsaveImage;
+use crate::strategy::SaveInsn;
+
+/// Offset of XSTATE_BV in every image (SDM Vol. 1 §13.4.2).
+pub const XSTATE_BV: usize = 512;
+/// Offset of XCOMP_BV.
+pub const XCOMP_BV: usize = 520;
+/// Offset of MXCSR in the legacy area.
+pub const MXCSR: usize = 24;
+/// Offset of MXCSR_MASK in the legacy area.
+pub const MXCSR_MASK: usize = 28;
+/// x87 control word after FNINIT (the init value of component 0, DESIGN.md §5).
+pub const FCW_INIT: u16 = 0x037f;
+/// MXCSR's init value.
+pub const MXCSR_INIT: u32 = 0x1f80;
+
+/// One state container.
+#[derive(Clone, Debug)]
+pub struct FpState {
+    image: XsaveImage,
+    insn: SaveInsn,
+    size: u32,
+    user_size: u32,
+    xfeatures: u64,
+    user_xfeatures: u64,
+    xfd: u64,
+    is_guest: bool,
+    is_confidential: bool,
+    in_use: bool,
+}
+
+/// The bytes of component `id` that are its registers, inside its placement: x87 without
+/// MXCSR/MXCSR_MASK (bytes 24..31 belong to SSE and AVX, DESIGN.md §2), SSE = XMM0-15,
+/// every other component whole.
+pub fn register_ranges(p: Placement) -> Vec<Range<usize>> {
+    let r = p.range();
+    match p.id {
+        0 => alloc::vec![r.start..r.start + MXCSR, r.start + 32..r.end],
+        _ => alloc::vec![r],
+    }
+}
+
+/// The init value of component `id`'s register bytes (see [`register_ranges`]): zero except
+/// the x87 control word 0x037F (DESIGN.md §5).
+pub fn init_bytes(id: u8, len: usize) -> Vec<u8> {
+    let mut v = alloc::vec![0u8; len];
+    if id == 0 && len >= 2 {
+        v[..2].copy_from_slice(&FCW_INIT.to_le_bytes());
+    }
+    v
+}
+
+pub(crate) fn rd_u64(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(s) = b.get(off..off + 8) {
+        a.copy_from_slice(s);
+    }
+    u64::from_le_bytes(a)
+}
+
+pub(crate) fn rd_u32(b: &[u8], off: usize) -> u32 {
+    let mut a = [0u8; 4];
+    if let Some(s) = b.get(off..off + 4) {
+        a.copy_from_slice(s);
+    }
+    u32::from_le_bytes(a)
+}
+
+pub(crate) fn wr(b: &mut [u8], off: usize, v: &[u8]) {
+    if let Some(s) = b.get_mut(off..off + v.len()) {
+        s.copy_from_slice(v);
+    }
+}
+
+/// The geometry of a buffer holding `features` as `insn` stores them.
+pub(crate) fn geometry(cfg: &Configs, insn: SaveInsn, features: u64) -> Result<FormLayout, EngineError> {
+    let r = match insn.form() {
+        Some(form) => cfg.layout.form(form, features),
+        None => cfg.layout.standard(features & mask::LEGACY).map(|mut g| {
+            g.size = 512;
+            g
+        }),
+    };
+    r.or_else(|e| {
+        err(
+            ErrorKind::Einval,
+            format!("features {features:#x} ({}): {e}", mask_names(features)),
+        )
+    })
+}
+
+/// The register bytes of component `id` in an image with geometry `g` and XSTATE_BV `bv`, as a
+/// restore would load them (init values when the bit is clear); `None` when `g` lacks it.
+pub fn component_of(bytes: &[u8], g: &FormLayout, bv: u64, id: u8) -> Option<Vec<u8>> {
+    let p = g.placement(id)?;
+    let ranges = register_ranges(p);
+    let len: usize = ranges.iter().map(|r| r.len()).sum();
+    if bv & (1u64 << id) == 0 {
+        return Some(init_bytes(id, len));
+    }
+    let mut out = Vec::with_capacity(len);
+    for r in ranges {
+        out.extend_from_slice(bytes.get(r)?);
+    }
+    Some(out)
+}
+
+/// Writes the register bytes of component `id` (as returned by [`component_of`]) into an image
+/// with geometry `g`; false when `g` lacks the component or the length is wrong.
+pub fn write_component(bytes: &mut [u8], g: &FormLayout, id: u8, data: &[u8]) -> bool {
+    let Some(p) = g.placement(id) else {
+        return false;
+    };
+    let ranges = register_ranges(p);
+    if ranges.iter().map(|r| r.len()).sum::<usize>() != data.len() {
+        return false;
+    }
+    let mut at = 0;
+    for r in ranges {
+        let n = r.len();
+        match (bytes.get_mut(r), data.get(at..at + n)) {
+            (Some(to), Some(from)) => to.copy_from_slice(from),
+            _ => return false,
+        }
+        at += n;
+    }
+    true
+}
+
+impl FpState {
+    /// A container for `features` (clipped to what the storage can hold), every component in
+    /// its init state (XSTATE_BV = 0; the legacy area holds the init FCW and MXCSR, which a
+    /// standard-form XRSTOR loads even for an init SSE component), with `xfd` to switch to
+    /// before it is restored.
+    pub fn new(
+        cfg: &Configs,
+        features: u64,
+        xfd: u64,
+        is_guest: bool,
+        is_confidential: bool,
+    ) -> Result<FpState, EngineError> {
+        let insn = cfg.insn;
+        let xfeatures = super::config::storable(insn, features | mask::LEGACY, &cfg.layout);
+        let geometry = geometry(cfg, insn, xfeatures)?;
+        let user_xfeatures = xfeatures & cfg.user.max_features;
+        let user_size = cfg.user_size_of(user_xfeatures)?;
+        let size = geometry.size;
+        // XsaveImage::new: XSTATE_BV 0, XCOMP_BV of the geometry, FCW 0x037F, MXCSR 0x1F80.
+        let image = XsaveImage::new(&geometry);
+        Ok(FpState {
+            image,
+            insn,
+            size,
+            user_size,
+            xfeatures,
+            user_xfeatures,
+            xfd,
+            is_guest,
+            is_confidential,
+            in_use: false,
+        })
+    }
+
+    /// A container for `features` holding the state of every component it shares with this one
+    /// (seed 004: a resize never loses the state of a component that is still allowed); the
+    /// other components are in init state. Flags and XFD are kept.
+    pub fn resized(&self, cfg: &Configs, features: u64) -> Result<FpState, EngineError> {
+        let mut n = FpState::new(cfg, features, self.xfd, self.is_guest, self.is_confidential)?;
+        // Components the new container cannot hold are dropped on purpose (the policy no
+        // longer allows them): put them in init state first so the conversion, which refuses
+        // to drop live state silently, moves only what is kept.
+        let mut src = self.image.to_owned_image();
+        for id in bits(self.xstate_bv() & !n.xfeatures) {
+            src.clear_component(id).or_else(|e| err(ErrorKind::Einval, format!("{e}")))?;
+        }
+        if self.insn == SaveInsn::Fxsave {
+            if let (Some(to), Some(from)) =
+                (n.image.as_mut_bytes().get_mut(..512), src.as_bytes().get(..512))
+            {
+                to.copy_from_slice(from);
+            }
+        } else {
+            let mut img = crate::convert::convert(&src, n.image.geometry()).or_else(|e| {
+                err(ErrorKind::Einval, format!("resizing the container from {:#x} to {:#x}: {e}", self.xfeatures, n.xfeatures))
+            })?;
+            // convert() writes the target geometry's XCOMP_BV; keep the buffer's length.
+            if img.len() == n.image.len() {
+                core::mem::swap(&mut n.image, &mut img);
+            }
+        }
+        n.in_use = self.in_use;
+        Ok(n)
+    }
+
+    /// The buffer (64-byte aligned).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.image.as_bytes()
+    }
+
+    pub(crate) fn as_mut_bytes(&mut self) -> &mut [u8] {
+        self.image.as_mut_bytes()
+    }
+
+    /// The buffer as a typed image.
+    pub fn image(&self) -> &XsaveImage {
+        &self.image
+    }
+
+    /// Replaces the buffer with an image of the same geometry (`einval` otherwise).
+    pub(crate) fn replace_image(&mut self, img: XsaveImage) -> Result<(), EngineError> {
+        if img.geometry() != self.image.geometry() || img.len() != self.image.len() {
+            return err(
+                ErrorKind::Einval,
+                format!(
+                    "image of {} bytes for {:#x} does not fit the container ({})",
+                    img.len(),
+                    img.geometry().mask,
+                    self.describe()
+                ),
+            );
+        }
+        self.image = img;
+        Ok(())
+    }
+
+    /// Where each component lives in the buffer.
+    pub fn geometry(&self) -> &FormLayout {
+        self.image.geometry()
+    }
+
+    /// The save instruction the buffer is written by.
+    pub fn insn(&self) -> SaveInsn {
+        self.insn
+    }
+
+    /// Buffer size in bytes.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Standard-form (UABI) size of the user features.
+    pub fn user_size(&self) -> u32 {
+        self.user_size
+    }
+
+    /// The features the buffer holds (its XCOMP_BV in the compacted form).
+    pub fn xfeatures(&self) -> u64 {
+        self.xfeatures
+    }
+
+    /// The user features the buffer holds.
+    pub fn user_xfeatures(&self) -> u64 {
+        self.user_xfeatures
+    }
+
+    /// The IA32_XFD value switched to before this buffer is restored.
+    pub fn xfd(&self) -> u64 {
+        self.xfd
+    }
+
+    pub(crate) fn set_xfd(&mut self, xfd: u64) {
+        self.xfd = xfd;
+    }
+
+    /// A guest's container.
+    pub fn is_guest(&self) -> bool {
+        self.is_guest
+    }
+
+    /// A confidential guest's container: the engine never saves into or restores from it.
+    pub fn is_confidential(&self) -> bool {
+        self.is_confidential
+    }
+
+    /// The container is the current one of the CPU (attached).
+    pub fn in_use(&self) -> bool {
+        self.in_use
+    }
+
+    pub(crate) fn set_in_use(&mut self, v: bool) {
+        self.in_use = v;
+    }
+
+    /// XSTATE_BV of the buffer (bits of components not in init state); for the FXSAVE area,
+    /// x87 and SSE.
+    pub fn xstate_bv(&self) -> u64 {
+        if self.insn == SaveInsn::Fxsave {
+            return mask::LEGACY;
+        }
+        self.image.xstate_bv()
+    }
+
+    /// The register bytes of component `id` as a restore of this buffer would load them (init
+    /// values when its XSTATE_BV bit is clear); `None` when the container does not hold it.
+    pub fn component(&self, id: u8) -> Option<Vec<u8>> {
+        component_of(self.as_bytes(), self.geometry(), self.xstate_bv(), id)
+    }
+
+    /// MXCSR as stored in the buffer.
+    pub fn mxcsr(&self) -> u32 {
+        rd_u32(self.as_bytes(), MXCSR)
+    }
+
+    /// One line for reports: size, features and their names.
+    pub fn describe(&self) -> alloc::string::String {
+        format!(
+            "{} bytes, xfeatures {:#x} ({}), xfd {:#x}",
+            self.size,
+            self.xfeatures,
+            mask_names(self.xfeatures),
+            self.xfd
+        )
+    }
+}
