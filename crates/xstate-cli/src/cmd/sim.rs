@@ -45,7 +45,7 @@ use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value};
 use xstate::components::Component;
 use xstate::cpuid::CpuidDump;
-use xstate::engine::fpstate::init_bytes;
+use xstate::engine::fpstate::{init_bytes, pattern};
 use xstate::engine::{Context, Engine, EngineError, ErrorKind, GuestMsr, GuestPolicy, Options, Scope};
 use xstate::model::{CpuProfile, ModelCpu};
 use xstate::strategy::{Policy, SaveInsn};
@@ -315,7 +315,7 @@ fn run_step(e: &mut Engine<ModelCpu>, script: &Value, step: &Value, i: usize) ->
             let b = num(field(step, "byte", i)?, "byte")?;
             let b = u8::try_from(b).map_err(|_| anyhow!("step {i}: `byte` must fit in 8 bits"))?;
             let len = e.register_len(c).unwrap_or(0);
-            let data = vec![b; len];
+            let data = pattern(c, b, len);
             match vcpu {
                 Some(id) => {
                     let r = e.guest_write(id, c, &data);
@@ -381,7 +381,7 @@ fn check(e: &mut Engine<ModelCpu>, step: &Value, vcpu: Option<u32>, i: usize) ->
             _ => {
                 let b = num(expect, "expect")?;
                 let b = u8::try_from(b).map_err(|_| anyhow!("step {i}: `expect` must be a byte or \"init\""))?;
-                (vec![b; got.len()], format!("{b:#04x} in every byte"))
+                (pattern(c, b, got.len()), format!("pattern {b:#04x}"))
             }
         };
         if got != want {

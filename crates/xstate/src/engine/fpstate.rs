@@ -89,6 +89,29 @@ pub fn init_bytes(id: u8, len: usize) -> Vec<u8> {
     v
 }
 
+/// The register bytes of a test pattern: `byte` in every register byte of component `id`
+/// (`len` bytes, see [`register_ranges`]), except where XRSTORS would refuse the value: CET_U
+/// and CET_S hold MSRs that must be canonical and 4-byte aligned, with IA32_U_CET bits 9:6
+/// clear (SDM Vol. 1 §17.3; DESIGN.md §5), so each of their 8-byte fields keeps the byte only
+/// in bits 12..46.
+///
+/// ```
+/// use xstate::engine::fpstate::pattern;
+/// assert_eq!(pattern(6, 0xab, 4), vec![0xab; 4]);
+/// assert_eq!(pattern(12, 0xff, 8), 0x0000_7fff_ffff_f000u64.to_le_bytes().to_vec());
+/// ```
+pub fn pattern(id: u8, byte: u8, len: usize) -> Vec<u8> {
+    let mut v = alloc::vec![byte; len];
+    if id == 11 || id == 12 {
+        let field = (u64::from_le_bytes([byte; 8]) & 0x0000_7fff_ffff_f000).to_le_bytes();
+        for chunk in v.chunks_mut(8) {
+            let n = chunk.len();
+            chunk.copy_from_slice(&field[..n]);
+        }
+    }
+    v
+}
+
 pub(crate) fn rd_u64(b: &[u8], off: usize) -> u64 {
     let mut a = [0u8; 8];
     if let Some(s) = b.get(off..off + 8) {
