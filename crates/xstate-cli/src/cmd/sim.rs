@@ -46,7 +46,9 @@ use serde_json::{json, Value};
 use xstate::components::Component;
 use xstate::cpuid::CpuidDump;
 use xstate::engine::fpstate::{init_bytes, pattern};
-use xstate::engine::{Context, Engine, EngineError, ErrorKind, GuestMsr, GuestPolicy, Options, Scope};
+use xstate::engine::{
+    Context, Engine, EngineError, ErrorKind, GuestMsr, GuestPolicy, Options, Scope,
+};
 use xstate::model::{CpuProfile, ModelCpu};
 use xstate::strategy::{Policy, SaveInsn};
 
@@ -103,7 +105,9 @@ impl StepResult {
 
 fn num(v: &Value, what: &str) -> anyhow::Result<u64> {
     match v {
-        Value::Number(n) => n.as_u64().ok_or_else(|| anyhow!("{what}: {n} is not a u64")),
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| anyhow!("{what}: {n} is not a u64")),
         Value::String(s) => parse_hex(s).map_err(|e| anyhow!("{what}: {e}")),
         _ => bail!("{what}: expected a number or a hex string, got {v}"),
     }
@@ -249,12 +253,19 @@ fn guest_outcome(
     }
 }
 
-fn run_step(e: &mut Engine<ModelCpu>, script: &Value, step: &Value, i: usize) -> anyhow::Result<(Done, Option<u32>)> {
+fn run_step(
+    e: &mut Engine<ModelCpu>,
+    script: &Value,
+    step: &Value,
+    i: usize,
+) -> anyhow::Result<(Done, Option<u32>)> {
     let action = field(step, "do", i)?
         .as_str()
         .ok_or_else(|| anyhow!("step {i}: `do` must be a string"))?;
     let vcpu = match step.get("vcpu") {
-        Some(v) => Some(u32::try_from(num(v, "vcpu")?).map_err(|_| anyhow!("step {i}: vcpu id too large"))?),
+        Some(v) => Some(
+            u32::try_from(num(v, "vcpu")?).map_err(|_| anyhow!("step {i}: vcpu id too large"))?,
+        ),
         None => None,
     };
     let need_vcpu = || vcpu.ok_or_else(|| anyhow!("step {i} ({action}): missing field `vcpu`"));
@@ -281,7 +292,10 @@ fn run_step(e: &mut Engine<ModelCpu>, script: &Value, step: &Value, i: usize) ->
                 xcr0_max: pick("xcr0_max")?,
                 xss: pick("xss")?,
             };
-            let conf = step.get("confidential").and_then(Value::as_bool).unwrap_or(false);
+            let conf = step
+                .get("confidential")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             from_result(e.create_vcpu(need_vcpu()?, policy, conf).map(|_| ())).1
         }
         "enter" => {
@@ -351,7 +365,12 @@ fn run_step(e: &mut Engine<ModelCpu>, script: &Value, step: &Value, i: usize) ->
     Ok((done, vcpu))
 }
 
-fn check(e: &mut Engine<ModelCpu>, step: &Value, vcpu: Option<u32>, i: usize) -> anyhow::Result<Done> {
+fn check(
+    e: &mut Engine<ModelCpu>,
+    step: &Value,
+    vcpu: Option<u32>,
+    i: usize,
+) -> anyhow::Result<Done> {
     let expect = field(step, "expect", i)?;
     if let Some(m) = step.get("msr") {
         let msr = m
@@ -380,7 +399,8 @@ fn check(e: &mut Engine<ModelCpu>, step: &Value, vcpu: Option<u32>, i: usize) ->
             Some("init") => (init_bytes(c, got.len()), "init".to_string()),
             _ => {
                 let b = num(expect, "expect")?;
-                let b = u8::try_from(b).map_err(|_| anyhow!("step {i}: `expect` must be a byte or \"init\""))?;
+                let b = u8::try_from(b)
+                    .map_err(|_| anyhow!("step {i}: `expect` must be a byte or \"init\""))?;
                 (pattern(c, b, got.len()), format!("pattern {b:#04x}"))
             }
         };
@@ -401,8 +421,8 @@ fn check(e: &mut Engine<ModelCpu>, step: &Value, vcpu: Option<u32>, i: usize) ->
 pub fn replay(path: &Path) -> anyhow::Result<Vec<StepResult>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read script {}", path.display()))?;
-    let script: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let script: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut e = build_engine(&script, dir)?;
     let steps = script
@@ -411,7 +431,11 @@ pub fn replay(path: &Path) -> anyhow::Result<Vec<StepResult>> {
         .ok_or_else(|| anyhow!("{}: no `steps` array", path.display()))?;
     let mut out = Vec::new();
     for (i, step) in steps.iter().enumerate() {
-        let action = step.get("do").and_then(Value::as_str).unwrap_or("").to_string();
+        let action = step
+            .get("do")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let (d, vcpu) = run_step(&mut e, &script, step, i)?;
         let ok = d.error.is_none() && d.mismatch.is_none();
         let error = match (&d.error, &d.mismatch) {
@@ -453,7 +477,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             println!("{}", r.to_json());
             continue;
         }
-        let mut line = format!("{:>3} {:<14} {}", r.step, r.action, if r.ok { "ok" } else { "FAIL" });
+        let mut line = format!(
+            "{:>3} {:<14} {}",
+            r.step,
+            r.action,
+            if r.ok { "ok" } else { "FAIL" }
+        );
         if r.realloc {
             line.push_str(" realloc");
         }

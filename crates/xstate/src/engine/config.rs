@@ -173,7 +173,11 @@ impl Configs {
 
     /// The standard-form (UABI) size of the user features in `features`.
     pub fn user_size_of(&self, features: u64) -> Result<u32, EngineError> {
-        size_of(SaveInsn::Xsave, &self.layout, features & self.user.max_features)
+        size_of(
+            SaveInsn::Xsave,
+            &self.layout,
+            features & self.user.max_features,
+        )
     }
 }
 
@@ -185,8 +189,26 @@ pub(crate) mod tests {
     /// Sapphire Rapids leaf 0xD as Linux prints it (DESIGN.md §4): XCR0 0x602e7, CET in XSS.
     pub(crate) fn spr_like() -> Layout {
         let mut d = CpuidDump::new("spr-like");
-        d.insert(0xd, 0, Regs { eax: 0x602e7, ebx: 0x2b00, ecx: 0x2b00, edx: 0 });
-        d.insert(0xd, 1, Regs { eax: 0x1f, ebx: 0, ecx: 0x1800, edx: 0 });
+        d.insert(
+            0xd,
+            0,
+            Regs {
+                eax: 0x602e7,
+                ebx: 0x2b00,
+                ecx: 0x2b00,
+                edx: 0,
+            },
+        );
+        d.insert(
+            0xd,
+            1,
+            Regs {
+                eax: 0x1f,
+                ebx: 0,
+                ecx: 0x1800,
+                edx: 0,
+            },
+        );
         for (i, size, off, ecx) in [
             (2u32, 256u32, 576u32, 0u32),
             (5, 64, 1088, 0),
@@ -198,7 +220,16 @@ pub(crate) mod tests {
             (17, 64, 2752, 2),
             (18, 8192, 2816, 6),
         ] {
-            d.insert(0xd, i, Regs { eax: size, ebx: off, ecx, edx: 0 });
+            d.insert(
+                0xd,
+                i,
+                Regs {
+                    eax: size,
+                    ebx: off,
+                    ecx,
+                    edx: 0,
+                },
+            );
         }
         Layout::from_dump(&d)
     }

@@ -36,8 +36,8 @@ use core::ops::Range;
 use super::config::Configs;
 use super::error::{err, EngineError, ErrorKind};
 use crate::components::{bits, mask, mask_names};
-use crate::layout::{FormLayout, Placement};
 use crate::image::XsaveImage;
+use crate::layout::{FormLayout, Placement};
 use crate::strategy::SaveInsn;
 
 /// Offset of XSTATE_BV in every image (SDM Vol. 1 §13.4.2).
@@ -135,7 +135,11 @@ pub(crate) fn wr(b: &mut [u8], off: usize, v: &[u8]) {
 }
 
 /// The geometry of a buffer holding `features` as `insn` stores them.
-pub(crate) fn geometry(cfg: &Configs, insn: SaveInsn, features: u64) -> Result<FormLayout, EngineError> {
+pub(crate) fn geometry(
+    cfg: &Configs,
+    insn: SaveInsn,
+    features: u64,
+) -> Result<FormLayout, EngineError> {
     let r = match insn.form() {
         Some(form) => cfg.layout.form(form, features),
         None => cfg.layout.standard(features & mask::LEGACY).map(|mut g| {
@@ -233,17 +237,25 @@ impl FpState {
         // to drop live state silently, moves only what is kept.
         let mut src = self.image.to_owned_image();
         for id in bits(self.xstate_bv() & !n.xfeatures) {
-            src.clear_component(id).or_else(|e| err(ErrorKind::Einval, format!("{e}")))?;
+            src.clear_component(id)
+                .or_else(|e| err(ErrorKind::Einval, format!("{e}")))?;
         }
         if self.insn == SaveInsn::Fxsave {
-            if let (Some(to), Some(from)) =
-                (n.image.as_mut_bytes().get_mut(..512), src.as_bytes().get(..512))
-            {
+            if let (Some(to), Some(from)) = (
+                n.image.as_mut_bytes().get_mut(..512),
+                src.as_bytes().get(..512),
+            ) {
                 to.copy_from_slice(from);
             }
         } else {
             let mut img = crate::convert::convert(&src, n.image.geometry()).or_else(|e| {
-                err(ErrorKind::Einval, format!("resizing the container from {:#x} to {:#x}: {e}", self.xfeatures, n.xfeatures))
+                err(
+                    ErrorKind::Einval,
+                    format!(
+                        "resizing the container from {:#x} to {:#x}: {e}",
+                        self.xfeatures, n.xfeatures
+                    ),
+                )
             })?;
             // convert() writes the target geometry's XCOMP_BV; keep the buffer's length.
             if img.len() == n.image.len() {

@@ -235,7 +235,10 @@ impl<B: Backend> Engine<B> {
             if policy.xss & bit == 0 || held & bit == 0 {
                 return Ok(Outcome::fault(
                     Exception::Gp,
-                    format!("WRMSR to {name} state: the guest CPUID does not expose it (xss {:#x})", policy.xss),
+                    format!(
+                        "WRMSR to {name} state: the guest CPUID does not expose it (xss {:#x})",
+                        policy.xss
+                    ),
                 ));
             }
         } else {

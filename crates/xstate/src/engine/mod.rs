@@ -199,9 +199,7 @@ impl<B: Backend> Engine<B> {
         };
         let xcr0 = match opts.xcr0 {
             Some(v) => v,
-            None if profile.xsave => cpu
-                .xgetbv(0)
-                .map_err(|f| fault_err("reading XCR0", &f))?,
+            None if profile.xsave => cpu.xgetbv(0).map_err(|f| fault_err("reading XCR0", &f))?,
             None => mask::LEGACY,
         };
         if profile.xsave && cpu.xgetbv(0).ok() != Some(xcr0) {
@@ -384,7 +382,11 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Saves the registers into a container (RFBM = its features).
-    pub(crate) fn save_into(cpu: &mut B, stats: &mut Stats, fp: &mut FpState) -> Result<(), EngineError> {
+    pub(crate) fn save_into(
+        cpu: &mut B,
+        stats: &mut Stats,
+        fp: &mut FpState,
+    ) -> Result<(), EngineError> {
         let (s, _) = insns(fp.insn());
         let rfbm = fp.xfeatures();
         cpu.save(s, fp.as_mut_bytes(), rfbm)
@@ -453,9 +455,11 @@ impl<B: Backend> Engine<B> {
                 .cpu
                 .read_state()
                 .map_err(|f| fault_err("reading the registers", &f))?;
-            let g = self.cfg.layout.standard(self.cfg.xcr0).or_else(|e| {
-                err(ErrorKind::Einval, format!("standard layout of XCR0: {e}"))
-            })?;
+            let g = self
+                .cfg
+                .layout
+                .standard(self.cfg.xcr0)
+                .or_else(|e| err(ErrorKind::Einval, format!("standard layout of XCR0: {e}")))?;
             let bv = fpstate::rd_u64(&img, fpstate::XSTATE_BV);
             return fpstate::component_of(&img, &g, bv, id).ok_or_else(|| {
                 EngineError::new(ErrorKind::Einval, format!("component {id} not in XCR0"))
@@ -463,7 +467,10 @@ impl<B: Backend> Engine<B> {
         }
         if bit & self.cfg.xss != 0 && self.cfg.insn == SaveInsn::Xsaves {
             let g = self.cfg.layout.compacted(bit).or_else(|e| {
-                err(ErrorKind::Einval, format!("compacted layout of component {id}: {e}"))
+                err(
+                    ErrorKind::Einval,
+                    format!("compacted layout of component {id}: {e}"),
+                )
             })?;
             let mut img = XsaveImage::new(&g);
             self.cpu
@@ -494,9 +501,11 @@ impl<B: Backend> Engine<B> {
                 Ok(i) => i,
                 Err(f) => return Ok(Err(f)),
             };
-            let g = self.cfg.layout.standard(self.cfg.xcr0).or_else(|e| {
-                err(ErrorKind::Einval, format!("standard layout of XCR0: {e}"))
-            })?;
+            let g = self
+                .cfg
+                .layout
+                .standard(self.cfg.xcr0)
+                .or_else(|e| err(ErrorKind::Einval, format!("standard layout of XCR0: {e}")))?;
             let bv = fpstate::rd_u64(&img, fpstate::XSTATE_BV);
             if !fpstate::write_component(&mut img, &g, id, data) {
                 return err(
@@ -514,7 +523,10 @@ impl<B: Backend> Engine<B> {
         }
         if bit & self.cfg.xss != 0 && self.cfg.insn == SaveInsn::Xsaves {
             let g = self.cfg.layout.compacted(bit).or_else(|e| {
-                err(ErrorKind::Einval, format!("compacted layout of component {id}: {e}"))
+                err(
+                    ErrorKind::Einval,
+                    format!("compacted layout of component {id}: {e}"),
+                )
             })?;
             let mut img = XsaveImage::new(&g);
             if !fpstate::write_component(img.as_mut_bytes(), &g, id, data) {

@@ -236,10 +236,16 @@ mod tests {
         let mut p = Permissions::new(&c);
         assert_eq!(p.supported(), 0x602e7);
         assert_eq!(p.get(Scope::Host), 0x202e7);
-        assert_eq!(p.request(Scope::Host, 63).unwrap_err().kind, ErrorKind::Einval);
+        assert_eq!(
+            p.request(Scope::Host, 63).unwrap_err().kind,
+            ErrorKind::Einval
+        );
         assert_eq!(p.request(Scope::Host, 2).unwrap(), Grant::AlreadyGranted);
         // CET_S is supervisor: never an arch_prctl feature.
-        assert_eq!(p.request(Scope::Guest, 12).unwrap_err().kind, ErrorKind::Eopnotsupp);
+        assert_eq!(
+            p.request(Scope::Guest, 12).unwrap_err().kind,
+            ErrorKind::Eopnotsupp
+        );
         let before = p.sizes(Scope::Guest, &c).unwrap();
         assert_eq!(before.size, 2560);
         assert_eq!(before.uabi_size, 4096);

@@ -58,7 +58,9 @@ impl<B: Backend> Engine<B> {
         if self.attached == Some(id) {
             return err(
                 ErrorKind::Ebusy,
-                format!("vCPU {id} is attached: its state is in the registers, not in its container"),
+                format!(
+                    "vCPU {id} is attached: its state is in the registers, not in its container"
+                ),
             );
         }
         if v.fpstate.is_confidential() {
@@ -135,8 +137,23 @@ impl<B: Backend> Engine<B> {
                 format!("KVM_SET_XSAVE2: {}", violations_text(&v)),
             );
         }
-        let g = self.cfg.layout.standard(fp.user_xfeatures()).map_err(einval)?;
-        let src = Xsave::with_geometry(buf, g).map_err(einval)?;
+        let g = self
+            .cfg
+            .layout
+            .standard(fp.user_xfeatures())
+            .map_err(einval)?;
+        // KVM copies MXCSR only when x87, SSE or AVX is in XSTATE_BV (the same condition
+        // under which it checks it): otherwise MXCSR keeps its init value.
+        let mut own;
+        let mut bytes = buf;
+        if crate::image::raw_xstate_bv(buf) & (mask::X87 | mask::SSE | mask::AVX) == 0 {
+            own = buf.to_vec();
+            if let Some(m) = own.get_mut(24..28) {
+                m.copy_from_slice(&super::fpstate::MXCSR_INIT.to_le_bytes());
+            }
+            bytes = &own[..];
+        }
+        let src = Xsave::with_geometry(bytes, g).map_err(einval)?;
         let supervisor = fp.xstate_bv() & !fp.user_xfeatures() & !mask::COMPACTED;
         let mut img = if fp.insn() == SaveInsn::Fxsave {
             let fx = to_fxsave(&src).map_err(einval)?;
@@ -161,7 +178,7 @@ impl<B: Backend> Engine<B> {
     pub fn get_compacted(&self, id: u32) -> Result<XsaveImage, EngineError> {
         self.detached_accessible(id)?;
         let fp = &self.vcpu(id)?.fpstate;
-        let src = self.container_image(id, u64::MAX & !mask::COMPACTED)?;
+        let src = self.container_image(id, !mask::COMPACTED)?;
         if src.form() == crate::layout::Form::Compacted {
             return Ok(src);
         }
@@ -187,7 +204,10 @@ impl<B: Backend> Engine<B> {
             validate::xrstor_compacted(bytes, &rc)
         };
         if !v.is_empty() {
-            return err(ErrorKind::Einval, format!("compacted image: {}", violations_text(&v)));
+            return err(
+                ErrorKind::Einval,
+                format!("compacted image: {}", violations_text(&v)),
+            );
         }
         let src = XsaveImage::from_bytes(bytes, &self.cfg.layout).map_err(einval)?;
         let extra = src.xcomp_bv() & !mask::COMPACTED & !fp.xfeatures();

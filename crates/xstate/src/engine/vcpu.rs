@@ -100,15 +100,15 @@ pub struct Detached {
 impl<B: Backend> Engine<B> {
     /// The vCPU `id`.
     pub fn vcpu(&self, id: u32) -> Result<&Vcpu, EngineError> {
-        self.vcpus.get(&id).ok_or_else(|| {
-            EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}"))
-        })
+        self.vcpus
+            .get(&id)
+            .ok_or_else(|| EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}")))
     }
 
     pub(crate) fn vcpu_mut(&mut self, id: u32) -> Result<&mut Vcpu, EngineError> {
-        self.vcpus.get_mut(&id).ok_or_else(|| {
-            EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}"))
-        })
+        self.vcpus
+            .get_mut(&id)
+            .ok_or_else(|| EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}")))
     }
 
     /// The ids of every vCPU.
@@ -259,9 +259,10 @@ impl<B: Backend> Engine<B> {
             let v = self.vcpu(id)?;
             self.restore_rfbm(&v.fpstate)
         };
-        let v = self.vcpus.get_mut(&id).ok_or_else(|| {
-            EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}"))
-        })?;
+        let v = self
+            .vcpus
+            .get_mut(&id)
+            .ok_or_else(|| EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}")))?;
         v.fpstate.set_in_use(true);
         v.run_ended = false;
         if !confidential {
@@ -315,9 +316,10 @@ impl<B: Backend> Engine<B> {
             }
         }
         if !realloc && !confidential {
-            let v = self.vcpus.get_mut(&id).ok_or_else(|| {
-                EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}"))
-            })?;
+            let v = self
+                .vcpus
+                .get_mut(&id)
+                .ok_or_else(|| EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}")))?;
             Self::save_into(&mut self.cpu, &mut self.stats, &mut v.fpstate)?;
         }
         if let Ok(v) = self.vcpu_mut(id) {
