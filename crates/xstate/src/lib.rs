@@ -21,7 +21,9 @@
 //! - [`diff`]: register-by-register comparison by meaning;
 //! - [`snapshot`]: portable `.xsnap` snapshots of a vCPU's extended state;
 //! - [`compat`]: can a snapshot be restored on a destination (every reason it cannot);
-//! - [`guest_cpuid`]: a guest's CPUID leaf 0xD for a chosen set of components.
+//! - [`guest_cpuid`]: a guest's CPUID leaf 0xD for a chosen set of components;
+//! - [`engine`]: the guest FPU engine — host/user/guest configurations, permissions, per-vCPU
+//!   state containers swapped on entry and exit, lazy reallocation, policy resizing, UABI.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -123,7 +123,8 @@ impl<B: Backend> Engine<B> {
     /// # d.insert(0xd, 0, Regs { eax: 0x7, ebx: 0x340, ecx: 0x340, edx: 0 });
     /// # d.insert(0xd, 1, Regs { eax: 0x7, ebx: 0x340, ecx: 0, edx: 0 });
     /// # d.insert(0xd, 2, Regs { eax: 256, ebx: 576, ecx: 0, edx: 0 });
-    /// let mut e = Engine::new(ModelCpu::new(CpuProfile::from_dump(&d)), Options::default()).unwrap();
+    /// let opts = Options { xcr0: Some(0x7), ..Options::default() };
+    /// let mut e = Engine::new(ModelCpu::new(CpuProfile::from_dump(&d)), opts).unwrap();
     /// e.create_vcpu(0, GuestPolicy { xcr0_max: 0x7, xss: 0 }, false).unwrap();
     /// e.attach(0).unwrap();
     /// // AVX without SSE breaks an XCR0 rule: #GP, XCR0 unchanged.
