@@ -27,13 +27,27 @@ struct Setup {
 fn setup() -> Option<Setup> {
     let hw = HwBackend::new()?;
     let raw = HwBackend::new()?;
-    let mut engine = Engine::new(hw, Options { ring0: Some(false), ..Options::default() }).ok()?;
+    let mut engine = Engine::new(
+        hw,
+        Options {
+            ring0: Some(false),
+            ..Options::default()
+        },
+    )
+    .ok()?;
     if engine.save_insn().0 != xstate::strategy::SaveInsn::Xsavec {
         return None;
     }
     let xcr0 = engine.config().xcr0 & !mask::AMX;
     engine
-        .create_vcpu(0, GuestPolicy { xcr0_max: xcr0, xss: 0 }, false)
+        .create_vcpu(
+            0,
+            GuestPolicy {
+                xcr0_max: xcr0,
+                xss: 0,
+            },
+            false,
+        )
         .ok()?;
     let host = engine.host_fpstate();
     let guest = engine.vcpu(0).ok()?.fpstate();
@@ -43,7 +57,8 @@ fn setup() -> Option<Setup> {
     let mut raw = raw;
     // Make both raw images valid XSAVEC images first.
     raw.save(SaveInsn::Xsavec, &mut host_buf, host_rfbm).ok()?;
-    raw.save(SaveInsn::Xsavec, &mut guest_buf, guest_rfbm).ok()?;
+    raw.save(SaveInsn::Xsavec, &mut guest_buf, guest_rfbm)
+        .ok()?;
     Some(Setup {
         engine,
         raw,
@@ -61,10 +76,18 @@ fn engine_cycle(s: &mut Setup) {
 }
 
 fn raw_cycle(s: &mut Setup) {
-    s.raw.save(SaveInsn::Xsavec, &mut s.host_buf, s.host_rfbm).unwrap();
-    s.raw.restore(RestoreInsn::Xrstor, &s.guest_buf, s.restore_rfbm).unwrap();
-    s.raw.save(SaveInsn::Xsavec, &mut s.guest_buf, s.guest_rfbm).unwrap();
-    s.raw.restore(RestoreInsn::Xrstor, &s.host_buf, s.restore_rfbm).unwrap();
+    s.raw
+        .save(SaveInsn::Xsavec, &mut s.host_buf, s.host_rfbm)
+        .unwrap();
+    s.raw
+        .restore(RestoreInsn::Xrstor, &s.guest_buf, s.restore_rfbm)
+        .unwrap();
+    s.raw
+        .save(SaveInsn::Xsavec, &mut s.guest_buf, s.guest_rfbm)
+        .unwrap();
+    s.raw
+        .restore(RestoreInsn::Xrstor, &s.host_buf, s.restore_rfbm)
+        .unwrap();
 }
 
 fn bench(c: &mut Criterion) {

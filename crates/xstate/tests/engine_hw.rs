@@ -16,7 +16,14 @@ fn hw_engine(insn: Option<SaveInsn>) -> Option<Engine<HwBackend>> {
         println!("skipped: XSAVE is not usable on this CPU");
         return None;
     };
-    match Engine::new(hw, Options { ring0: Some(false), insn, ..Options::default() }) {
+    match Engine::new(
+        hw,
+        Options {
+            ring0: Some(false),
+            insn,
+            ..Options::default()
+        },
+    ) {
         Ok(e) => Some(e),
         Err(e) => {
             println!("skipped: {e}");
@@ -39,9 +46,16 @@ fn isolation(insn: Option<SaveInsn>) {
     let Some(mut e) = hw_engine(insn) else { return };
     let xcr0 = e.config().xcr0 & !mask::AMX;
     let vc = vec_comp(xcr0);
-    let policy = GuestPolicy { xcr0_max: xcr0, xss: 0 };
+    let policy = GuestPolicy {
+        xcr0_max: xcr0,
+        xss: 0,
+    };
     let pat = |e: &Engine<HwBackend>, b: u8| pattern(vc, b, e.register_len(vc).unwrap());
-    println!("hardware engine: {} ({}), component {vc}", e.save_insn().0.name(), e.save_insn().1);
+    println!(
+        "hardware engine: {} ({}), component {vc}",
+        e.save_insn().0.name(),
+        e.save_insn().1
+    );
     e.host_write(vc, &pat(&e, 0x11)).unwrap();
     e.create_vcpu(0, policy, false).unwrap();
     e.create_vcpu(1, policy, false).unwrap();
@@ -50,7 +64,10 @@ fn isolation(insn: Option<SaveInsn>) {
     for (id, b) in [(0u32, 0xaau8), (1, 0xbb)] {
         e.attach(id).unwrap();
         e.xsetbv(id, xcr0).unwrap();
-        assert_eq!(e.read_component(Context::Vcpu(id), vc).unwrap(), init_bytes(vc, e.register_len(vc).unwrap()));
+        assert_eq!(
+            e.read_component(Context::Vcpu(id), vc).unwrap(),
+            init_bytes(vc, e.register_len(vc).unwrap())
+        );
         assert_eq!(e.guest_write(id, vc, &pat(&e, b)).unwrap().fault, None);
         e.detach(id).unwrap();
         assert_eq!(e.read_component(Context::Host, vc).unwrap(), pat(&e, 0x11));

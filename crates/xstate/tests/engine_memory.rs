@@ -28,7 +28,9 @@ fn fixtures() -> Vec<std::path::PathBuf> {
 /// The XCR0 an OS would enable: every supported user feature, MPX dropped when APX is there.
 fn os_xcr0(l: &xstate::layout::Layout) -> Option<u64> {
     let sup = l.xcr0_supported();
-    [sup, sup & !mask::MPX].into_iter().find(|&x| l.check_xcr0(x).is_ok())
+    [sup, sup & !mask::MPX]
+        .into_iter()
+        .find(|&x| l.check_xcr0(x).is_ok())
 }
 
 #[test]
@@ -49,16 +51,31 @@ fn memory_per_vcpu_over_all_fixtures() {
         let profile = CpuProfile::from_dump(&d);
         let l = profile.layout.clone();
         if !profile.xsave || !l.consistency().is_empty() {
-            println!("{name:<52} (no XSAVE or inconsistent leaf 0xD: {} notes)", l.consistency().len());
+            println!(
+                "{name:<52} (no XSAVE or inconsistent leaf 0xD: {} notes)",
+                l.consistency().len()
+            );
             continue;
         }
         let Some(xcr0) = os_xcr0(&l) else {
             println!("{name:<52} (no valid XCR0)");
             continue;
         };
-        let xss = if l.leaf().has_xsaves() { l.xss_supported() & (mask::CET_U | mask::CET_S) } else { 0 };
+        let xss = if l.leaf().has_xsaves() {
+            l.xss_supported() & (mask::CET_U | mask::CET_S)
+        } else {
+            0
+        };
         let cpu = ModelCpu::new(profile);
-        let mut e = match Engine::new(cpu, Options { xcr0: Some(xcr0), xss: Some(xss), ring0: Some(true), ..Options::default() }) {
+        let mut e = match Engine::new(
+            cpu,
+            Options {
+                xcr0: Some(xcr0),
+                xss: Some(xss),
+                ring0: Some(true),
+                ..Options::default()
+            },
+        ) {
             Ok(e) => e,
             Err(err) => {
                 println!("{name:<52} (engine: {err})");
@@ -66,12 +83,23 @@ fn memory_per_vcpu_over_all_fixtures() {
             }
         };
         let _ = e.request_perm(Scope::Guest, 18);
-        let policy = GuestPolicy { xcr0_max: xcr0, xss };
+        let policy = GuestPolicy {
+            xcr0_max: xcr0,
+            xss,
+        };
         e.create_vcpu(0, policy, false).unwrap();
         let fp = e.vcpu(0).unwrap().fpstate().clone();
         // The container is exactly the compacted (or standard) size of its features.
-        assert_eq!(fp.size(), e.config().size_of(fp.xfeatures()).unwrap(), "{name}");
-        assert_eq!(fp.xfeatures() & mask::XTILEDATA, 0, "{name}: no tiles before AMX is used");
+        assert_eq!(
+            fp.size(),
+            e.config().size_of(fp.xfeatures()).unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            fp.xfeatures() & mask::XTILEDATA,
+            0,
+            "{name}: no tiles before AMX is used"
+        );
         let mut with_amx = fp.size();
         if xcr0 & mask::AMX == mask::AMX {
             e.attach(0).unwrap();
@@ -82,7 +110,10 @@ fn memory_per_vcpu_over_all_fixtures() {
         }
         let fixed_cmp = e.config().guest.max_size;
         let fixed_std = l.leaf().max_standard_size();
-        assert!(fp.size() <= fixed_cmp && fixed_cmp <= fixed_std + 1024, "{name}");
+        assert!(
+            fp.size() <= fixed_cmp && fixed_cmp <= fixed_std + 1024,
+            "{name}"
+        );
         let saved = 100.0 * (1.0 - f64::from(fp.size()) / f64::from(fixed_std.max(1)));
         println!(
             "{name:<52} {xcr0:>#9x} {:>6} {:>8} {:>8} {:>9} {:>9} {:>5.0}%",
