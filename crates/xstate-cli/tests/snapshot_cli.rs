@@ -337,3 +337,81 @@ fn validate_profile_snapshot_reports_every_violation() {
     assert_eq!(code, 1);
     assert!(o.contains("[decode]") && o.contains("CRC-32"), "{o}");
 }
+
+#[test]
+fn kvm_cpuid_host_minus_avx512_on_the_fixtures() {
+    let (code, o, e) = xstate(&[
+        "kvm",
+        "cpuid",
+        "--cpuid",
+        &fixture(SKYLAKE),
+        "--without",
+        "avx512",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{e}");
+    let v: Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(v["xcr0"], "0x21f");
+    let l = Layout::from_dump(&dump(SKYLAKE));
+    assert_eq!(v["standard_size"], l.standard(0x21f).unwrap().size);
+    let d0 = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["function"] == "0xd" && e["index"] == "0x0")
+        .unwrap();
+    assert_eq!(d0["eax"], "0x0000021f");
+    assert_eq!(
+        d0["ecx"],
+        format!("{:#010x}", l.standard(0x21f).unwrap().size)
+    );
+    let cleared: Vec<&str> = v["cleared"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["feature"].as_str().unwrap())
+        .collect();
+    for f in ["AVX512F", "AVX512DQ", "AVX512CD", "AVX512BW", "AVX512VL"] {
+        assert!(cleared.contains(&f), "{f} not cleared: {cleared:?}");
+    }
+    // This machine's kind: 832 bytes without AVX-512.
+    let (code, o, _) = xstate(&[
+        "kvm",
+        "cpuid",
+        "--cpuid",
+        &fixture(ZEN5),
+        "--without",
+        "avx512",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(
+        (v["xcr0"].as_str(), v["standard_size"].as_u64()),
+        (Some("0x7"), Some(832))
+    );
+    // Human output and usage errors.
+    let (code, o, _) = xstate(&[
+        "kvm",
+        "cpuid",
+        "--cpuid",
+        &fixture(SPR),
+        "--with",
+        "x87,sse,avx",
+    ]);
+    assert_eq!(code, 0);
+    assert!(o.contains("guest XCR0 0x7"), "{o}");
+    let (code, _, e) = xstate(&[
+        "kvm",
+        "cpuid",
+        "--cpuid",
+        &fixture(ZEN5),
+        "--without",
+        "ymm",
+    ]);
+    assert_eq!(code, 2);
+    assert!(e.contains("ymm"), "{e}");
+    let (code, _, e) = xstate(&["kvm", "cpuid", "--cpuid", &fixture(ZEN5), "--with", "amx"]);
+    assert_eq!(code, 2);
+    assert!(e.contains("xtilecfg"), "{e}");
+}

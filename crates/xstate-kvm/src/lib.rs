@@ -60,6 +60,8 @@ pub mod xsave;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod guest;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod guest_cpuid;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod kvm;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod sys;

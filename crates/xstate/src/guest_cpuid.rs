@@ -312,8 +312,15 @@ fn reg_mut(r: &mut Regs, reg: Reg) -> &mut u32 {
 
 /// Computes the guest's leaf 0xD and the feature leaves for the guest masks `xcr0`/`xss`
 /// (from [`guest_masks`]) on the host (or KVM-supported) CPUID `host`.
+///
+/// A table that has leaf 0xD is taken to support XSAVE even when its leaf 1 lacks the XSAVE
+/// bit (KVM_GET_SUPPORTED_CPUID filters CPUID.1:ECX.XSAVE on some hosts while XSAVE works).
 pub fn guest_cpuid(host: &CpuidDump, xcr0: u64, xss: u64) -> Result<GuestCpuid, GuestCpuidError> {
-    let layout = Layout::from_dump(host);
+    let layout = if host.get(0xd, 0).is_some() {
+        Layout::from_leaf(host.leaf_0d())
+    } else {
+        Layout::from_dump(host)
+    };
     let leaf = layout.leaf();
     let supported = layout.xcr0_supported() | layout.xss_supported();
     let bad = (xcr0 | xss) & !supported;

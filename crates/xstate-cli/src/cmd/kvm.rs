@@ -209,9 +209,9 @@ mod imp {
         keep_images: bool,
     ) -> anyhow::Result<(demo::Report, PathBuf, u64)> {
         let loaded = demo::run_vm_a(kvm).context("VM A")?;
-        let path = dir.join("vcpu0.xstate.json");
-        let bytes = capture::save(&path, &loaded.state)?;
-        let restored = capture::load(&path)?;
+        let path = dir.join("vcpu0.xsnap");
+        let bytes = capture::save(kvm, &path, &loaded.state)?;
+        let restored = capture::load(kvm, &path)?;
         let image = demo::run_vm_b(kvm, &restored, &loaded.layout).context("VM B")?;
         if keep_images {
             for (name, img) in [
@@ -227,88 +227,42 @@ mod imp {
         Ok((demo::verdict(&loaded, &image), path, bytes))
     }
 
-    /// The capture file between VM A and VM B. A plain JSON rendering of
-    /// [`xstate_kvm::VcpuXstate`] until the portable snapshot format replaces these two
-    /// functions.
+    /// The capture file between VM A and VM B: a portable `.xsnap` snapshot (docs/xsnap.md),
+    /// taken on KVM's layout and rebuilt from it for VM B.
     mod capture {
-        use std::collections::BTreeMap;
         use std::path::Path;
 
-        use anyhow::{bail, Context};
-        use serde_json::json;
-        use xstate_kvm::{VcpuXstate, XsaveBuffer, XstateControls};
+        use anyhow::Context;
+        use xstate::snapshot::Snapshot;
+        use xstate_kvm::snapshot::{snapshot_of, state_of};
+        use xstate_kvm::{Kvm, VcpuXstate};
 
-        use crate::common::{hex, parse_hex};
-
-        const FORMAT: &str = "xstate-kvm-capture/0";
-
-        /// Writes `state` to `path`; returns the file size.
-        pub fn save(path: &Path, state: &VcpuXstate) -> anyhow::Result<u64> {
-            let msrs: serde_json::Map<String, serde_json::Value> = state
-                .controls
-                .msrs
-                .iter()
-                .map(|(i, v)| (format!("{i:#x}"), json!(hex(*v))))
-                .collect();
-            let image: String = state
-                .xsave
-                .as_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            let doc = json!({
-                "format": FORMAT,
-                "xcr0": hex(state.controls.xcr0),
-                "msrs": msrs,
-                "xsave": image,
-            });
-            let text = serde_json::to_string_pretty(&doc)?;
-            std::fs::write(path, &text)
+        /// Writes `state` to `path` as a snapshot; returns the file size.
+        pub fn save(kvm: &Kvm, path: &Path, state: &VcpuXstate) -> anyhow::Result<u64> {
+            let bytes = snapshot_of(kvm, state)
+                .context("cannot take a snapshot of VM A's vCPU")?
+                .encode()?;
+            std::fs::write(path, &bytes)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            Ok(text.len() as u64)
+            Ok(bytes.len() as u64)
         }
 
-        /// Reads a file written by [`save`].
-        pub fn load(path: &Path) -> anyhow::Result<VcpuXstate> {
-            let p = path.display();
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {p}"))?;
-            let doc: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{p}: not JSON"))?;
-            if doc["format"] != FORMAT {
-                bail!("{p}: format is {}, expected {FORMAT}", doc["format"]);
+        /// Reads a snapshot written by [`save`] and rebuilds the state for this KVM.
+        pub fn load(kvm: &Kvm, path: &Path) -> anyhow::Result<VcpuXstate> {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let snap = Snapshot::decode(&bytes)
+                .with_context(|| format!("{}: not a readable snapshot", path.display()))?;
+            let v = xstate::compat::check(&snap, &xstate_kvm::snapshot::destination(kvm));
+            if !v.compatible {
+                let reasons: Vec<String> = v.reasons.iter().map(|r| r.message.clone()).collect();
+                anyhow::bail!(
+                    "{}: cannot be restored here: {}",
+                    path.display(),
+                    reasons.join("; ")
+                );
             }
-            let field = |k: &str| -> anyhow::Result<&str> {
-                doc[k]
-                    .as_str()
-                    .with_context(|| format!("{p}: field `{k}` missing or not a string"))
-            };
-            let xcr0 = parse_hex(field("xcr0")?).map_err(anyhow::Error::msg)?;
-            let mut msrs = BTreeMap::new();
-            if let Some(m) = doc["msrs"].as_object() {
-                for (k, v) in m {
-                    let i = parse_hex(k).map_err(anyhow::Error::msg)?;
-                    let i = u32::try_from(i).with_context(|| format!("{p}: MSR index {k}"))?;
-                    let v = v
-                        .as_str()
-                        .with_context(|| format!("{p}: MSR {k} value is not a string"))?;
-                    msrs.insert(i, parse_hex(v).map_err(anyhow::Error::msg)?);
-                }
-            }
-            let hexs = field("xsave")?;
-            if hexs.len() % 2 != 0 {
-                bail!("{p}: `xsave` has an odd number of hex digits");
-            }
-            let mut bytes = Vec::with_capacity(hexs.len() / 2);
-            for (n, pair) in hexs.as_bytes().chunks(2).enumerate() {
-                let s = std::str::from_utf8(pair).unwrap_or("??");
-                let b = u8::from_str_radix(s, 16)
-                    .with_context(|| format!("{p}: `xsave` byte {n} is not hex"))?;
-                bytes.push(b);
-            }
-            Ok(VcpuXstate {
-                controls: XstateControls { xcr0, msrs },
-                xsave: XsaveBuffer::from_bytes(bytes),
-            })
+            Ok(state_of(kvm, &snap)?)
         }
     }
 }

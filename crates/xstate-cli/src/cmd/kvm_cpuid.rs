@@ -1,6 +1,8 @@
 //! `xstate kvm cpuid [--without LIST] [--with LIST] [--cpuid FILE | --host] [--json]`: the guest
 //! CPUID leaf 0xD (and feature leaves 1, 7, 0x14, 0x1D, 0x1E, 0x80000001) a VMM would set for
-//! a chosen set of guest state components.
+//! a chosen set of guest state components, starting from KVM's supported CPUID (default), this
+//! host's CPUID (`--host`) or a dump (`--cpuid`). `xstate_kvm::guest_cpuid::apply` puts the
+//! result into a KVM_SET_CPUID2 table.
 //!
 //! Wired from `xstate kvm cpuid` (cmd/kvm.rs) as `kvm_cpuid::run(args)`.
 
@@ -22,7 +24,9 @@ pub struct KvmCpuidArgs {
     /// source supports, host-only ones (PASID) excepted.
     #[arg(long, value_name = "LIST")]
     pub with: Option<String>,
-    /// CPUID source: a dump file (`--cpuid`) or this host (`--host`, the default).
+    /// CPUID source: a dump file (`--cpuid`), this host's CPUID (`--host`); by default what
+    /// this host's KVM supports for guests (KVM_GET_SUPPORTED_CPUID), or the host's CPUID
+    /// where /dev/kvm is unavailable.
     #[command(flatten)]
     pub source: CpuSource,
     /// Machine-readable output.
@@ -42,18 +46,19 @@ fn list(opt: &Option<String>, what: &str) -> anyhow::Result<Option<u64>> {
 
 /// Runs the command; returns the exit status (0, or an error for exit 2).
 pub fn run(args: KvmCpuidArgs) -> anyhow::Result<i32> {
-    let dump = args.source.load()?;
-    let layout = layout_of(&dump)?;
+    let (dump, source) = load_source(&args.source)?;
+    // A table with leaf 0xD supports XSAVE even when its leaf 1 hides the bit (KVM's does on
+    // some hosts).
+    let layout = if dump.get(0xd, 0).is_some() {
+        xstate::layout::Layout::from_leaf(dump.leaf_0d())
+    } else {
+        layout_of(&dump)?
+    };
     let with = list(&args.with, "with")?;
     let without = list(&args.without, "without")?.unwrap_or(0);
     let (xcr0, xss) =
         guest_masks(&layout, with, without).context("cannot choose the guest components")?;
     let g = guest_cpuid(&dump, xcr0, xss).context("cannot compute the guest CPUID")?;
-    let source = if args.source.is_host() {
-        String::from("host CPUID")
-    } else {
-        dump.source.clone()
-    };
     if args.json {
         print_json(&to_json(&g, &source));
     } else {
@@ -64,6 +69,41 @@ pub fn run(args: KvmCpuidArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// The CPUID table to start from and its description.
+fn load_source(src: &CpuSource) -> anyhow::Result<(xstate::cpuid::CpuidDump, String)> {
+    if src.cpuid.is_some() {
+        let d = src.load()?;
+        let name = d.source.clone();
+        return Ok((d, name));
+    }
+    if !src.host {
+        if let Some(d) = kvm_supported()? {
+            return Ok((d, String::from("KVM_GET_SUPPORTED_CPUID")));
+        }
+    }
+    Ok((src.load()?, String::from("host CPUID")))
+}
+
+/// KVM's supported CPUID, after requesting guest permission for every dynamic component (as
+/// a VMM would before creating vCPUs); `None` without /dev/kvm.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn kvm_supported() -> anyhow::Result<Option<xstate::cpuid::CpuidDump>> {
+    if xstate_kvm::unavailable().is_some() {
+        return Ok(None);
+    }
+    let mut setup = xstate_kvm::KvmSetup::open()?;
+    let all = setup.guest_supported_xcr0()?;
+    setup
+        .request_guest_features(all)
+        .context("requesting guest permissions for dynamic components")?;
+    Ok(Some(setup.ready()?.supported_cpuid_dump().clone()))
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn kvm_supported() -> anyhow::Result<Option<xstate::cpuid::CpuidDump>> {
+    Ok(None)
 }
 
 /// The JSON form: masks and sizes, every entry with hex registers, the cleared feature bits.

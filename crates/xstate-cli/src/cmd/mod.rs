@@ -7,8 +7,6 @@ pub mod diff;
 pub mod host;
 pub mod inspect;
 pub mod kvm;
-// `xstate kvm cpuid`: cmd/kvm.rs dispatches its `cpuid` arm to `kvm_cpuid::run`.
-#[allow(dead_code)]
 pub mod kvm_cpuid;
 pub mod layout;
 pub mod model;
