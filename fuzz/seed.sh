@@ -23,3 +23,32 @@ mkdir -p "$here/corpus/snapshot"
 len=$(($(wc -c < "$sample") - 20))
 { printf '\001'; tail -c +17 "$sample" | head -c "$len"; } > "$here/corpus/snapshot/v1-body"
 echo "seeded: $(ls "$here"/corpus/* | wc -l) files"
+
+# Image targets: well-formed standard and compacted images of the three layouts of
+# fuzz_targets/image_common.rs (Zen 5, Sapphire Rapids, Skylake-SP), with the selector bytes
+# each target reads first, so that mutations start from images that parse.
+python3 - "$here/corpus" <<'PY'
+import os, struct, sys
+corpus = sys.argv[1]
+cpus = [(0xe7, 2432, 2432), (0x602e7, 11008, 10752), (0x2ff, 2696, 2568)]
+for t in ("image_parse", "validate", "convert"):
+    os.makedirs(os.path.join(corpus, t), exist_ok=True)
+for sel, (xcr0, std, cmp) in enumerate(cpus):
+    for form, size, xcomp in (("std", std, 0), ("cmp", cmp, xcr0 | 1 << 63)):
+        img = bytearray(size)
+        img[0:2] = struct.pack("<H", 0x37F)
+        img[24:28] = struct.pack("<I", 0x1F80)
+        for i in range(160, 416):
+            img[i] = i & 0xFF
+        for i in range(576, size):
+            img[i] = (i * 7) & 0xFF
+        img[512:520] = struct.pack("<Q", xcr0)
+        img[520:528] = struct.pack("<Q", xcomp)
+        name = f"cpu{sel}-{form}"
+        open(os.path.join(corpus, "image_parse", name), "wb").write(bytes([sel]) + img)
+        cfg = bytes([sel, 3]) + struct.pack("<QQ", 0, 0xFFFF) + bytes([48]) + struct.pack("<Q", ~0 & (2**64 - 1))
+        open(os.path.join(corpus, "validate", name), "wb").write(cfg + img)
+        for dst in range(3):
+            open(os.path.join(corpus, "convert", f"{name}-to{dst}"), "wb").write(bytes([sel, dst]) + struct.pack("<Q", 0xFF) + img)
+PY
+echo "seeded image targets"

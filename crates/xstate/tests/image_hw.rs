@@ -123,12 +123,32 @@ fn xsave_and_xsavec_images_convert_into_each_other() {
     let cmp_g = l.compacted(xcr0).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_0001);
     let rounds = 300;
-    let (mut regs_checked, mut with_sse_forced) = (0usize, 0usize);
+    let (mut regs_checked, mut with_sse_forced, mut retried) = (0usize, 0usize, 0usize);
     for round in 0..rounds {
         let src = random_source(&host, &mut rng);
-        let xs = XsaveImage::from_bytes(&restore_then_save(&host, &src, SaveOp::Xsave), l).unwrap();
-        let xc =
-            XsaveImage::from_bytes(&restore_then_save(&host, &src, SaveOp::Xsavec), l).unwrap();
+        // XSAVE and XSAVEC run in two sequences; the OS may switch tasks in between and
+        // XINUSE is the CPU's to track (a kernel XRSTORS of an XSAVES image whose MXCSR is not
+        // 0x1F80 marks SSE in use, DESIGN.md §5), so a round whose two saves disagree on
+        // in-use bits beyond XSAVEC's MXCSR rule is taken again and counted.
+        let (mut xs, mut xc);
+        let mut attempt = 0;
+        loop {
+            xs = XsaveImage::from_bytes(&restore_then_save(&host, &src, SaveOp::Xsave), l).unwrap();
+            xc =
+                XsaveImage::from_bytes(&restore_then_save(&host, &src, SaveOp::Xsavec), l).unwrap();
+            let (bs, bc) = (xs.xstate_bv(), xc.xstate_bv());
+            if ((bs ^ bc) & !2 == 0 && !(bs & 2 != 0 && bc & 2 == 0)) || attempt == 3 {
+                break;
+            }
+            println!(
+                "round {round}: XSAVE XSTATE_BV {:#x} vs XSAVEC {:#x} (source {:#x}); saving again",
+                xs.xstate_bv(),
+                xc.xstate_bv(),
+                src.xstate_bv()
+            );
+            attempt += 1;
+            retried += 1;
+        }
         assert_eq!(xs.form(), xstate::layout::Form::Standard);
         assert_eq!(xc.form(), xstate::layout::Form::Compacted);
         assert_eq!(xc.xcomp_bv(), xcr0 | 1 << 63, "round {round}");
@@ -145,7 +165,12 @@ fn xsave_and_xsavec_images_convert_into_each_other() {
         let bv_c = xc.xstate_bv();
         // XSAVEC sets XSTATE_BV[1] for a non-default MXCSR even when SSE is not in use
         // (DESIGN.md §5); otherwise both report XINUSE & RFBM.
-        assert_eq!(bv_c & !2, bv_s & !2, "round {round}");
+        assert_eq!(
+            bv_c & !2,
+            bv_s & !2,
+            "round {round}: XSAVEC XSTATE_BV {bv_c:#x}, XSAVE XSTATE_BV {bv_s:#x}, source {:#x}",
+            src.xstate_bv()
+        );
         if bv_c & 2 != bv_s & 2 {
             assert_eq!(bv_c & 2, 2);
             assert_ne!(xs.mxcsr(), 0x1f80);
@@ -170,7 +195,7 @@ fn xsave_and_xsavec_images_convert_into_each_other() {
         assert!(diff(&s2c, &xc).unwrap().is_empty(), "round {round}");
     }
     println!(
-        "XSAVE/XSAVEC agreement: {rounds} random register files, {regs_checked} registers compared byte for byte, {with_sse_forced} with XSTATE_BV[1] forced by MXCSR, 0 mismatches"
+        "XSAVE/XSAVEC agreement: {rounds} random register files, {regs_checked} registers compared byte for byte, {with_sse_forced} with XSTATE_BV[1] forced by MXCSR, {retried} saves repeated for differing in-use bits, 0 mismatches"
     );
 }
 

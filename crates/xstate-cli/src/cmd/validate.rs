@@ -4,8 +4,11 @@
 //! valid, 1 invalid (every violation printed), 2 usage or I/O error.
 //!
 //! `--host` takes XCR0 (XGETBV), IA32_XSS support (CPUID.(0xD,1):EDX:ECX) and the MXCSR mask
-//! (FXSAVE) from this machine. For `kvm` the supported guest XCR0 is `--xcr0`, else this
-//! machine's XCR0 (KVM offers guests at most the host's XCR0, DESIGN.md §6).
+//! (FXSAVE) from this machine. For `kvm` the supported guest XCR0 is `--xcr0`, else what
+//! /dev/kvm reports (KVM_X86_XCOMP_GUEST_SUPP) when it can be opened, else this machine's XCR0
+//! (KVM offers guests at most the host's XCR0, DESIGN.md §6); the vCPU buffer's user features
+//! are `--user-features`, else the supported XCR0 without dynamic features (a vCPU whose
+//! buffer has not grown for AMX tile data).
 
 use std::path::PathBuf;
 
@@ -80,18 +83,26 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read image {}", args.file.display()))?;
     let rc = RestoreConfig::for_layout(&m.layout, m.xcr0, m.xss, m.mxcsr_mask);
+    let kvm_cfg = {
+        let supported = match args.xcr0 {
+            Some(x) => x,
+            None if args.profile == ProfileArg::Kvm && args.cpu.is_host() => {
+                kvm_guest_xcr0().unwrap_or(m.xcr0)
+            }
+            None => m.xcr0,
+        };
+        let mut k = KvmConfig::new(supported, m.mxcsr_mask);
+        k.user_features = args
+            .user_features
+            .unwrap_or(supported & !xstate::components::mask::DYNAMIC);
+        k
+    };
     let violations = match args.profile {
         ProfileArg::Xrstor => validate::validate(&bytes, &Profile::Xrstor(rc)),
         ProfileArg::XrstorCompacted => validate::validate(&bytes, &Profile::XrstorCompacted(rc)),
         ProfileArg::Xrstors => validate::xrstors_with_layout(&bytes, &rc, Some(&m.layout)),
         ProfileArg::Snapshot => Vec::new(), // handled above
-        ProfileArg::Kvm => {
-            let mut k = KvmConfig::new(m.xcr0, m.mxcsr_mask);
-            if let Some(u) = args.user_features {
-                k.user_features = u;
-            }
-            validate::validate(&bytes, &Profile::Kvm(k))
-        }
+        ProfileArg::Kvm => validate::validate(&bytes, &Profile::Kvm(kvm_cfg)),
     };
     let valid = violations.is_empty();
     if args.json {
@@ -99,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "file": args.file.display().to_string(),
             "profile": args.profile.name(),
             "valid": valid,
-            "xcr0": hex(m.xcr0),
+            "xcr0": hex(if args.profile == ProfileArg::Kvm { kvm_cfg.supported_xcr0 } else { m.xcr0 }),
             "xss": hex(m.xss),
             "mxcsr_mask": hex(u64::from(m.mxcsr_mask)),
             "violations": violations,
@@ -111,10 +122,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 m.xcr0, m.xss, m.mxcsr_mask
             ),
             ProfileArg::Kvm => format!(
-                "supported XCR0 {:#x}, user features {:#x}, MXCSR mask {:#x}",
-                m.xcr0,
-                args.user_features.unwrap_or(m.xcr0),
-                m.mxcsr_mask
+                "supported guest XCR0 {:#x}, vCPU user features {:#x}, MXCSR mask {:#x}",
+                kvm_cfg.supported_xcr0, kvm_cfg.user_features, kvm_cfg.mxcsr_mask
             ),
             _ => format!("XCR0 {:#x}, MXCSR mask {:#x}", m.xcr0, m.mxcsr_mask),
         };
@@ -138,4 +147,17 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     }
     Ok(if valid { 0 } else { 1 })
+}
+
+/// The guest XCR0 /dev/kvm supports (KVM_X86_XCOMP_GUEST_SUPP), when /dev/kvm opens.
+fn kvm_guest_xcr0() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        if xstate_kvm::unavailable().is_none() {
+            if let Ok(k) = xstate_kvm::KvmSetup::open() {
+                return k.guest_supported_xcr0().ok();
+            }
+        }
+    }
+    None
 }
