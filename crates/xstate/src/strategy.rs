@@ -21,6 +21,25 @@
 //! * A user-mode program (this crate's hardware backend) cannot run XSAVES: the best it has
 //!   is XSAVEC.
 //!
+//! What the choice means for the guest FPU engine ([`crate::engine`], which takes a
+//! [`Policy`] or a forced instruction in its `Options`):
+//!
+//! * its containers are stored in the instruction's form, so the *memory* per vCPU follows
+//!   the choice: compacted (XSAVES, XSAVEC) holds exactly the enabled features — 2560 bytes for
+//!   a Sapphire Rapids guest without AMX —, standard (XSAVE, XSAVEOPT) pays for the holes up
+//!   to the highest enabled component (2816 bytes for the same guest); FXSAVE holds x87 and
+//!   SSE only;
+//! * only XSAVES stores supervisor state: with any other instruction the guest configuration
+//!   has no CET_S/CET_U (a policy exposing them is refused with `eopnotsupp`), so CET guests
+//!   need CPL 0 and XSAVES;
+//! * compacted restores let the engine put every component a container lacks in init state
+//!   in the same instruction (RFBM = all enabled features, XCOMP_BV bit i = 0 ⇒ init): the
+//!   XSA-62 protection costs nothing; with the standard form the protection rests on the
+//!   container always holding every feature the guest can enable;
+//! * XSAVEOPT's modified optimization is sound for the engine's pattern (a container is
+//!   saved to the address it was restored from, on the same CPU), but a VMM that migrates
+//!   containers between CPUs or restores them elsewhere should use the Xen order.
+//!
 //! ```
 //! use xstate::strategy::{choose, Caps, Policy, SaveInsn};
 //! let caps = Caps { xsave: true, xsaveopt: true, xsavec: true, xsaves: true, ring0: false };

@@ -36,7 +36,7 @@ fn os_xcr0(l: &xstate::layout::Layout) -> Option<u64> {
 #[test]
 fn memory_per_vcpu_over_all_fixtures() {
     println!(
-        "{:<52} {:>9} {:>6} {:>8} {:>8} {:>9} {:>9} {:>6}",
+        "{:<52} {:>18} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}",
         "fixture", "xcr0", "insn", "no AMX", "AMX on", "fixed-cmp", "fixed-std", "saved"
     );
     let mut rows = 0;
@@ -116,7 +116,7 @@ fn memory_per_vcpu_over_all_fixtures() {
         );
         let saved = 100.0 * (1.0 - f64::from(fp.size()) / f64::from(fixed_std.max(1)));
         println!(
-            "{name:<52} {xcr0:>#9x} {:>6} {:>8} {:>8} {:>9} {:>9} {:>5.0}%",
+            "{name:<52} {xcr0:>#18x} {:>8} {:>8} {:>8} {:>9} {:>9} {:>5.0}%",
             e.save_insn().0.name(),
             fp.size(),
             with_amx,

@@ -77,6 +77,8 @@ pub struct StepResult {
     pub error: Option<String>,
     /// The exception the guest received.
     pub guest_fault: Option<String>,
+    /// Why the guest received it (text output only).
+    pub fault_detail: String,
     /// The step reallocated a container.
     pub realloc: bool,
     /// The vCPU after the step.
@@ -204,6 +206,7 @@ fn vcpu_json(e: &Engine<ModelCpu>, id: Option<u32>) -> Option<Value> {
 struct Done {
     error: Option<EngineError>,
     fault: Option<String>,
+    fault_detail: String,
     realloc: bool,
     mismatch: Option<String>,
 }
@@ -235,6 +238,7 @@ fn guest_outcome(
         Ok(o) => {
             let mut d = Done {
                 fault: o.fault.map(|f| f.mnemonic().to_string()),
+                fault_detail: o.detail.clone(),
                 realloc: o.realloc,
                 ..Done::default()
             };
@@ -456,6 +460,7 @@ pub fn replay(path: &Path) -> anyhow::Result<Vec<StepResult>> {
             ok,
             error,
             guest_fault: d.fault,
+            fault_detail: d.fault_detail,
             realloc: d.realloc,
             vcpu: vcpu_json(&e, vcpu),
             host_size: e.host_fpstate().size(),
@@ -500,6 +505,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         line.push_str(&format!("  host {}", r.host_size));
         println!("{line}");
+        if r.guest_fault.is_some() && !r.fault_detail.is_empty() {
+            println!("      guest fault: {}", r.fault_detail);
+        }
         if let Some(e) = &r.error {
             let note = if r.as_expected { " (expected)" } else { "" };
             println!("      {e}{note}");

@@ -112,6 +112,11 @@ pub fn pattern(id: u8, byte: u8, len: usize) -> Vec<u8> {
     v
 }
 
+/// The mask bit of component `id`; 0 for ids that are not components (≥ 63).
+pub fn bit(id: u8) -> u64 {
+    1u64.checked_shl(u32::from(id)).unwrap_or(0) & !mask::COMPACTED
+}
+
 pub(crate) fn rd_u64(b: &[u8], off: usize) -> u64 {
     let mut a = [0u8; 8];
     if let Some(s) = b.get(off..off + 8) {
@@ -161,7 +166,7 @@ pub fn component_of(bytes: &[u8], g: &FormLayout, bv: u64, id: u8) -> Option<Vec
     let p = g.placement(id)?;
     let ranges = register_ranges(p);
     let len: usize = ranges.iter().map(|r| r.len()).sum();
-    if bv & (1u64 << id) == 0 {
+    if bv & bit(id) == 0 {
         return Some(init_bytes(id, len));
     }
     let mut out = Vec::with_capacity(len);

@@ -223,7 +223,7 @@ impl<B: Backend> Engine<B> {
     /// [`Engine::register_len`]), as its code would.
     pub fn guest_write(&mut self, vcpu: u32, id: u8, data: &[u8]) -> Result<Outcome, EngineError> {
         self.running(vcpu)?;
-        let bit = 1u64.checked_shl(u32::from(id)).unwrap_or(0) & !mask::COMPACTED;
+        let bit = super::fpstate::bit(id);
         let (xcr0, xfd, policy, held) = {
             let v = self.vcpu(vcpu)?;
             (v.xcr0, v.fpstate.xfd(), v.policy, v.fpstate.xfeatures())

@@ -27,7 +27,7 @@
 //! * attach saves the host only if its registers are live, switches XFD *before* the restore
 //!   and restores the guest; detach saves the guest and restores the host; no copy;
 //! * restores in the compacted form use every enabled feature as RFBM, so any component a
-//!   container does not hold is put in init state (SDM Vol. 1 §13.8: XCOMP_BV[i] = 0 ⇒ init):
+//!   container does not hold is put in init state (SDM Vol. 1 §13.8: XCOMP_BV bit i = 0 ⇒ init):
 //!   registers never carry another context's values (XSA-62, DESIGN.md §7);
 //! * a failed allocation leaves the old container and the guest state in place and reaches
 //!   the caller as `enomem`.
@@ -449,7 +449,7 @@ impl<B: Backend> Engine<B> {
 
     /// Reads the register bytes of component `id` from the live registers.
     fn live_read(&mut self, id: u8) -> Result<Vec<u8>, EngineError> {
-        let bit = 1u64 << id;
+        let bit = fpstate::bit(id);
         if bit & self.cfg.xcr0 != 0 {
             let img = self
                 .cpu
@@ -495,7 +495,7 @@ impl<B: Backend> Engine<B> {
     /// Writes the register bytes of component `id` into the live registers, as code using
     /// the registers would. Faults (e.g. #NM for an XFD-armed component) are returned.
     fn live_write(&mut self, id: u8, data: &[u8]) -> Result<Result<(), Fault>, EngineError> {
-        let bit = 1u64 << id;
+        let bit = fpstate::bit(id);
         if bit & self.cfg.xcr0 != 0 {
             let mut img = match self.cpu.read_state() {
                 Ok(i) => i,
@@ -559,7 +559,7 @@ impl<B: Backend> Engine<B> {
             );
         }
         self.schedule_in()?;
-        let bit = 1u64.checked_shl(u32::from(id)).unwrap_or(0) & !mask::COMPACTED;
+        let bit = fpstate::bit(id);
         let in_host = bit & self.host.xfeatures() != 0;
         let dynamic = bit & mask::DYNAMIC & self.cfg.host.max_features != 0;
         if bit == 0 || (!in_host && !dynamic) {
@@ -620,7 +620,7 @@ impl<B: Backend> Engine<B> {
         match ctx {
             Context::Host => {
                 if self.attached.is_none() && self.host_live {
-                    if self.host.xfeatures() & (1u64 << (id & 63)) == 0 {
+                    if self.host.xfeatures() & fpstate::bit(id) == 0 {
                         return Err(not_held(&self.host));
                     }
                     self.live_read(id)
@@ -636,7 +636,7 @@ impl<B: Backend> Engine<B> {
                         format!("vCPU {v} is confidential: its registers are not accessible"),
                     );
                 }
-                if vc.fpstate().xfeatures() & (1u64 << (id & 63)) == 0 {
+                if vc.fpstate().xfeatures() & fpstate::bit(id) == 0 {
                     return Err(not_held(vc.fpstate()));
                 }
                 if self.attached == Some(v) {
