@@ -319,6 +319,7 @@ struct Counts {
     fxsave: usize,
     retried: usize,
     xinuse_synced: usize,
+    after_fxrstor: usize,
 }
 
 /// Runs one save case on hardware and model; returns a description of the mismatch, if any.
@@ -334,7 +335,9 @@ fn save_case(
     let pre = valid_image(e, rng, pre_bv, None);
     // The restore under test.
     let restore = rng.gen_bool(0.85);
-    let compacted = restore && e.host.has_xsavec() && rng.gen_bool(0.35);
+    // FXRSTOR of the image's legacy area instead of XRSTOR, sometimes.
+    let fx = restore && rng.gen_bool(0.12);
+    let compacted = restore && !fx && e.host.has_xsavec() && rng.gen_bool(0.35);
     let xcomp = if compacted {
         Some(subset(rng, e.xcr0) | if rng.gen_bool(0.5) { e.xcr0 } else { 0 })
     } else {
@@ -387,8 +390,12 @@ fn save_case(
     let mut ma = a0.to_vec();
     let md = d0.to_vec();
     if restore {
-        cpu.xrstor(&ma, a_addr, rrfbm)
-            .map_err(|f| format!("model restore faulted: {f}"))?;
+        if fx {
+            cpu.fxrstor(&ma, a_addr)
+        } else {
+            cpu.xrstor(&ma, a_addr, rrfbm)
+        }
+        .map_err(|f| format!("model restore faulted: {f}"))?;
     }
     if let Some(i) = insn {
         cpu.exec(i)
@@ -408,13 +415,13 @@ fn save_case(
             .host
             .sequence(Sequence {
                 pre: Some(&pre),
-                restore: if restore {
-                    Some(Restore::Xrstor {
+                restore: match (restore, fx) {
+                    (true, true) => Some(Restore::Fxrstor { mem: &mut a }),
+                    (true, false) => Some(Restore::Xrstor {
                         mem: &mut a,
                         rfbm: rrfbm,
-                    })
-                } else {
-                    None
+                    }),
+                    _ => None,
                 },
                 mid,
                 patch: patch.as_ref().map(|(o, b)| (*o, &b[..])),
@@ -498,7 +505,7 @@ fn save_case(
             continue;
         }
         let mut msg = format!(
-            "{op:?} in_place={in_place} restore={restore} compacted={compacted} rrfbm={rrfbm:#x} bv={bv:#x} mid={mid:?} srfbm={srfbm:#x} patch={:?}: ",
+            "{op:?} in_place={in_place} restore={restore} fxrstor={fx} compacted={compacted} rrfbm={rrfbm:#x} bv={bv:#x} mid={mid:?} srfbm={srfbm:#x} patch={:?}: ",
             patch.as_ref().map(|(o, b)| (*o, b.len()))
         );
         if let Some(i) = diff {
@@ -522,6 +529,7 @@ fn save_case(
         return Err(msg);
     }
     match op {
+        _ if fx => counts.after_fxrstor += 1,
         SaveOp::Xsave => counts.xsave += 1,
         SaveOp::Xsaveopt if in_place => counts.xsaveopt_in_place += 1,
         SaveOp::Xsaveopt => counts.xsaveopt += 1,
