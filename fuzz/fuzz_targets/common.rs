@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! What every target does with a dump that parsed: lay it out every way the tools do, and
 //! check that the project's JSON carries it unchanged. A panic here is a bug.
 
@@ -25,7 +26,7 @@ pub fn run(data: &[u8], format: Option<DumpFormat>) {
     }
 }
 
-fn exercise(d: &CpuidDump) {
+pub fn exercise(d: &CpuidDump) {
     let l = Layout::from_dump(d);
     let _ = l.consistency();
     let _ = l.size_notes();

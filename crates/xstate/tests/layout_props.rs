@@ -151,6 +151,31 @@ proptest! {
         }
     }
 
+    /// Arbitrary leaf 0xD geometry (sizes and offsets up to u32::MAX, any flags) never makes
+    /// the engine panic or overflow; what it places obeys the compacted-form rules.
+    #[test]
+    fn layout_never_panics_on_arbitrary_geometry(
+        subs in prop::collection::vec((0u32..64, prop_oneof![any::<u32>(), 0u32..0x3000, Just(u32::MAX), (u32::MAX - 0x1000)..=u32::MAX], prop_oneof![any::<u32>(), 0u32..0x3000], 0u32..8, any::<u32>()), 0..24),
+        xsave in any::<bool>(),
+    ) {
+        let mut d = CpuidDump::new("arbitrary");
+        d.insert(1, 0, xstate::cpuid::Regs { eax: 0, ebx: 0, ecx: u32::from(xsave) << 26, edx: 1 << 24 });
+        for (sub, eax, ebx, ecx, edx) in subs {
+            d.insert(0xd, sub, xstate::cpuid::Regs { eax, ebx, ecx, edx });
+        }
+        check_parsed(&d)?;
+        let l = Layout::from_dump(&d);
+        if let Ok(c) = l.compacted(l.xcr0_supported() | l.xss_supported()) {
+            let mut end = EXTENDED_START;
+            for p in c.placements.iter().filter(|p| p.id >= 2) {
+                prop_assert!(p.offset >= end);
+                prop_assert!(p.offset.checked_add(p.size).is_some());
+                end = p.end();
+            }
+            prop_assert_eq!(c.size, end);
+        }
+    }
+
     #[test]
     fn parsers_never_panic_on_random_text(s in any::<String>()) {
         let _ = CpuidDump::parse(&s, "random");
