@@ -281,6 +281,29 @@ impl<B: Backend> Engine<B> {
     /// the policy still allows; every component kept keeps its state. The guest's XCR0, XFD,
     /// XFD_ERR and XSS lose the bits the policy no longer allows. Returns true when the
     /// container was resized; on `enomem` nothing changed.
+    ///
+    /// ```
+    /// # use xstate::cpuid::CpuidDump;
+    /// # use xstate::engine::{Engine, GuestPolicy, Options, Scope};
+    /// # use xstate::model::{CpuProfile, ModelCpu};
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"),
+    /// #     "/tests/fixtures/cpuid/hwloc/Intel-SapphireRapids-2xXeonMax9460.txt");
+    /// # let d = CpuidDump::parse(&std::fs::read_to_string(path).unwrap(), "spr").unwrap();
+    /// // Sapphire Rapids (AMX, CET) on the model, XSAVES.
+    /// let cpu = ModelCpu::new(CpuProfile::from_dump(&d));
+    /// let opts = Options { xcr0: Some(0x602e7), xss: Some(0x1800), ..Options::default() };
+    /// let mut e = Engine::new(cpu, opts).unwrap();
+    /// e.request_perm(Scope::Guest, 18).unwrap();
+    /// e.create_vcpu(0, GuestPolicy { xcr0_max: 0x602e7, xss: 0x1800 }, false).unwrap();
+    /// e.attach(0).unwrap();
+    /// e.xsetbv(0, 0xe7).unwrap();
+    /// e.guest_write(0, 6, &[0xab; 512]).unwrap();                // ZMM_Hi256
+    /// e.detach(0).unwrap();
+    /// // Shrink to AVX-512 without PKRU, AMX and CET: 2432 bytes, ZMM kept.
+    /// assert!(e.set_policy(0, GuestPolicy { xcr0_max: 0xe7, xss: 0 }).unwrap());
+    /// assert_eq!(e.vcpu(0).unwrap().fpstate().size(), 2432);
+    /// assert_eq!(e.vcpu(0).unwrap().fpstate().component(6).unwrap(), vec![0xab; 512]);
+    /// ```
     pub fn set_policy(&mut self, id: u32, policy: GuestPolicy) -> Result<bool, EngineError> {
         if self.attached == Some(id) {
             return err(

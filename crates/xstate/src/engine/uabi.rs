@@ -91,6 +91,33 @@ impl<B: Backend> Engine<B> {
     /// least [`uabi_size`](Self::uabi_size) bytes) and returns the number of bytes written.
     ///
     /// Errors: `enoent`, `ebusy` (attached), `einval` (confidential, short buffer).
+    ///
+    /// ```
+    /// # use xstate::cpuid::CpuidDump;
+    /// # use xstate::engine::{Engine, GuestPolicy, Options, Scope};
+    /// # use xstate::model::{CpuProfile, ModelCpu};
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"),
+    /// #     "/tests/fixtures/cpuid/hwloc/Intel-SapphireRapids-2xXeonMax9460.txt");
+    /// # let d = CpuidDump::parse(&std::fs::read_to_string(path).unwrap(), "spr").unwrap();
+    /// // Sapphire Rapids (AMX, CET) on the model, XSAVES.
+    /// let cpu = ModelCpu::new(CpuProfile::from_dump(&d));
+    /// let opts = Options { xcr0: Some(0x602e7), xss: Some(0x1800), ..Options::default() };
+    /// let mut e = Engine::new(cpu, opts).unwrap();
+    /// e.request_perm(Scope::Guest, 18).unwrap();
+    /// e.create_vcpu(0, GuestPolicy { xcr0_max: 0x602e7, xss: 0x1800 }, false).unwrap();
+    /// assert_eq!(e.uabi_size().unwrap(), 11008);                // KVM_CAP_XSAVE2
+    /// e.attach(0).unwrap();
+    /// e.xsetbv(0, 0xe7).unwrap();
+    /// e.guest_write(0, 6, &[0xab; 512]).unwrap();
+    /// e.detach(0).unwrap();
+    /// let mut buf = vec![0u8; 11008];
+    /// e.get_xsave2(0, &mut buf).unwrap();
+    /// assert_eq!(&buf[1152..1152 + 512], &[0xab; 512][..]);     // standard offset on SPR
+    /// assert_eq!(&buf[520..528], &[0; 8]);                       // XCOMP_BV = 0
+    /// buf[520] = 1;
+    /// let err = e.set_xsave2(0, &buf).unwrap_err();
+    /// assert!(err.to_string().starts_with("einval:") && err.message.contains("offset 520"));
+    /// ```
     pub fn get_xsave2(&mut self, id: u32, buf: &mut [u8]) -> Result<usize, EngineError> {
         self.detached_accessible(id)?;
         let size = self.uabi_size()? as usize;

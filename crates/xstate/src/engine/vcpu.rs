@@ -276,6 +276,31 @@ impl<B: Backend> Engine<B> {
     /// into it, frees the old one. If that allocation fails, the guest is saved into its old
     /// container, the host is restored as usual, and `enomem` is returned: the vCPU is
     /// detached, its state intact, the request still pending (the next attach retries).
+    ///
+    /// ```
+    /// # use xstate::cpuid::CpuidDump;
+    /// # use xstate::engine::{Engine, GuestPolicy, Options, Scope};
+    /// # use xstate::model::{CpuProfile, ModelCpu};
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"),
+    /// #     "/tests/fixtures/cpuid/hwloc/Intel-SapphireRapids-2xXeonMax9460.txt");
+    /// # let d = CpuidDump::parse(&std::fs::read_to_string(path).unwrap(), "spr").unwrap();
+    /// // Sapphire Rapids (AMX, CET) on the model, XSAVES.
+    /// let cpu = ModelCpu::new(CpuProfile::from_dump(&d));
+    /// let opts = Options { xcr0: Some(0x602e7), xss: Some(0x1800), ..Options::default() };
+    /// let mut e = Engine::new(cpu, opts).unwrap();
+    /// e.request_perm(Scope::Guest, 18).unwrap();
+    /// e.create_vcpu(0, GuestPolicy { xcr0_max: 0x602e7, xss: 0x1800 }, false).unwrap();
+    /// assert_eq!(e.vcpu(0).unwrap().fpstate().size(), 2560);   // no tiles yet
+    /// e.attach(0).unwrap();
+    /// let o = e.xsetbv(0, 0x602e7).unwrap();                    // AMX on, XFD clear
+    /// assert!(o.realloc);                                        // the run ends
+    /// e.fail_next_alloc();
+    /// assert_eq!(e.detach(0).unwrap_err().kind, xstate::engine::ErrorKind::Enomem);
+    /// assert_eq!(e.vcpu(0).unwrap().fpstate().size(), 2560);   // old container kept
+    /// assert!(e.attach(0).unwrap());                             // the retry reallocates
+    /// assert_eq!(e.detach(0).unwrap().realloc, false);
+    /// assert_eq!(e.vcpu(0).unwrap().fpstate().size(), 10752);
+    /// ```
     pub fn detach(&mut self, id: u32) -> Result<Detached, EngineError> {
         if self.attached != Some(id) {
             return err(
