@@ -231,6 +231,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         (r, cpu.state_image())
     };
     if let Err(f) = result {
+        if f.exception == xstate::model::Exception::Refused {
+            bail!("the model cannot run this: {f}");
+        }
         return Ok(fault_exit(&f, a.json));
     }
     std::fs::write(&a.out, &out).with_context(|| format!("cannot write {}", a.out.display()))?;

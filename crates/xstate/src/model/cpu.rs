@@ -701,8 +701,8 @@ impl ModelCpu {
         };
         let layout = self.profile.layout.standard(rfbm).map_err(|e| {
             Fault::with(
-                Exception::Gp,
-                "RFBM has a component CPUID does not describe",
+                Exception::Refused,
+                "RFBM has a component CPUID does not describe (the profile cannot model it)",
                 format!("{e}"),
             )
         })?;
@@ -790,8 +790,8 @@ impl ModelCpu {
         let unmodified = |id: u8| modopt && self.xmodified & (1u64 << id) == 0;
         let layout = self.profile.layout.compacted(rfbm).map_err(|e| {
             Fault::with(
-                Exception::Gp,
-                "RFBM has a component CPUID does not describe",
+                Exception::Refused,
+                "RFBM has a component CPUID does not describe (the profile cannot model it)",
                 format!("{e}"),
             )
         })?;
@@ -897,8 +897,8 @@ impl ModelCpu {
             };
             let layout = self.profile.layout.standard(rfbm).map_err(|e| {
                 Fault::with(
-                    Exception::Gp,
-                    "RFBM has a component CPUID does not describe",
+                    Exception::Refused,
+                    "RFBM has a component CPUID does not describe (the profile cannot model it)",
                     format!("{e}"),
                 )
             })?;
@@ -990,8 +990,8 @@ impl ModelCpu {
         let comp = xcomp_bv & !mask::COMPACTED;
         let layout = self.profile.layout.compacted(comp).map_err(|e| {
             Fault::with(
-                Exception::Gp,
-                "XCOMP_BV has a component CPUID does not describe",
+                Exception::Refused,
+                "XCOMP_BV has a component CPUID does not describe (the profile cannot model it)",
                 format!("{e}"),
             )
         })?;
@@ -1087,8 +1087,8 @@ impl ModelCpu {
                 Some(p) => end = end.max(p.end() as usize),
                 None => {
                     return Err(Fault::with(
-                        Exception::Gp,
-                        "component to load has no place in the image layout",
+                        Exception::Refused,
+                        "component to load has no place in the image layout (the profile cannot model it)",
                         format!("component {id}"),
                     ))
                 }
@@ -1284,8 +1284,8 @@ impl ModelCpu {
         self.mxcsr_check(mxcsr, 24)?;
         let layout = self.profile.layout.standard(user).map_err(|e| {
             Fault::with(
-                Exception::Gp,
-                "CPUID does not describe every user component",
+                Exception::Refused,
+                "CPUID does not describe every user component (the profile cannot model it)",
                 format!("{e}"),
             )
         })?;
