@@ -476,9 +476,11 @@ fn canonical(v: u64, bits: u8) -> bool {
 /// XCOMP_BV[62:0], header bytes 16..63 are not zero, MXCSR sets bits outside the mask while SSE
 /// is restored, or a restored supervisor component holds a value its MSR refuses. Supervisor
 /// values checked (the CET MSR rules, SDM Vol. 1 §17.3 and Vol. 4 MSR list): IA32_U_CET bits
-/// 9:6 reserved and EB_LEG_BITMAP_BASE canonical; IA32_PL0..3_SSP 4-byte aligned and
-/// canonical. Those need component offsets, so `layout` places CET_U and CET_S in the
-/// compacted form the header names; without it they are not checked.
+/// 9:6 reserved, SUPPRESS and TRACKER not both set, EB_LEG_BITMAP_BASE canonical;
+/// IA32_PL0..3_SSP 4-byte aligned and canonical. Those need component offsets, so `layout`
+/// places CET_U and CET_S in the compacted form the header names; without it they are not
+/// checked. XRSTORS runs only at CPL 0, so unlike the XRSTOR profiles this one is not checked
+/// against the CPU of this project's machines.
 pub fn xrstors(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
     xrstors_with_layout(bytes, cfg, None)
 }
@@ -551,13 +553,16 @@ fn supervisor_values(bytes: &[u8], cfg: &RestoreConfig, l: &Layout, out: &mut Ve
         if let Some(p) = g.placement(11) {
             let off = p.offset as usize;
             let u = word(bytes, off);
-            if u & 0x3c0 != 0 || !canonical(u & !0xfff, la) {
+            // Bit 10 SUPPRESS and bit 11 TRACKER (WAIT_FOR_ENDBRANCH) together are a
+            // reserved combination.
+            let both = u & 0xc00 == 0xc00;
+            if u & 0x3c0 != 0 || both || !canonical(u & !0xfff, la) {
                 out.push(v(
                     Rule::SupervisorValue,
                     off,
                     u,
                     format!(
-                        "IA32_U_CET {u:#x}: bits 9:6 are reserved and EB_LEG_BITMAP_BASE (bits 63:12) must be canonical"
+                        "IA32_U_CET {u:#x}: bits 9:6 are reserved, SUPPRESS (bit 10) and TRACKER (bit 11) cannot both be set, and EB_LEG_BITMAP_BASE (bits 63:12) must be canonical"
                     ),
                 ));
             }
@@ -578,6 +583,19 @@ fn supervisor_values(bytes: &[u8], cfg: &RestoreConfig, l: &Layout, out: &mut Ve
 /// host-supported XCR0 or outside the vCPU buffer's user features, XCOMP_BV ≠ 0, any byte of
 /// 528..575 ≠ 0, or MXCSR sets bits outside the host mask while FP, SSE or AVX is in
 /// XSTATE_BV. Nothing else is checked (bytes 416..511 are ignored).
+///
+/// ```
+/// use xstate::validate::{kvm, KvmConfig, Rule};
+/// let cfg = KvmConfig::new(0xe7, 0xffff); // this project's machines (DESIGN.md §9)
+/// let mut img = vec![0u8; 4096];
+/// img[464] = 0xaa;                        // software bytes: ignored
+/// assert!(kvm(&img, &cfg).is_empty());
+/// img[512 + 1] = 0x02;                    // XSTATE_BV bit 9 (PKRU): not supported here
+/// img[560] = 1;                           // reserved header byte
+/// let v = kvm(&img, &cfg);
+/// assert_eq!(v[0].rule, Rule::XstateBvUnsupported);
+/// assert_eq!((v[1].rule, v[1].offset), (Rule::HeaderReserved, 560));
+/// ```
 pub fn kvm(bytes: &[u8], cfg: &KvmConfig) -> Vec<Violation> {
     let mut out = Vec::new();
     if let Some(t) = too_small(bytes) {
@@ -790,7 +808,7 @@ mod tests {
         set64(&mut b, 512, 0x1800);
         assert!(xrstors_with_layout(&b, &cfg, Some(&l)).is_empty());
         // CET_U at 2432, CET_S at 2448 in the compacted form of 0x18e7.
-        set64(&mut b, 2432, 1 << 6);
+        set64(&mut b, 2432, 0xc00); // SUPPRESS and TRACKER
         set64(&mut b, 2440, 2);
         set64(&mut b, 2448 + 16, 1 << 60);
         let v = xrstors_with_layout(&b, &cfg, Some(&l));
@@ -805,6 +823,35 @@ mod tests {
         assert_eq!(rules(&xrstors(&b, &cfg))[0], Rule::NotCompacted);
         cfg.xsaves = false;
         assert_eq!(rules(&xrstors(&b, &cfg)), [Rule::XrstorsUnsupported]);
+    }
+
+    #[test]
+    fn cet_u_values_one_by_one() {
+        let l = crate::testutil::zen5();
+        let cfg = RestoreConfig::for_layout(&l, 0xe7, 0x1800, MASK);
+        let check = |u_cet: u64, ssp: u64| {
+            let mut b = vec![0u8; 2472];
+            set64(&mut b, 520, 1 << 63 | 0x18e7);
+            set64(&mut b, 512, 0x800);
+            set64(&mut b, 2432, u_cet);
+            set64(&mut b, 2440, ssp);
+            xrstors_with_layout(&b, &cfg, Some(&l)).len()
+        };
+        assert_eq!(check(0x1 | 0x4 | 0x400, 0x7fff_ffff_f000), 0);
+        assert_eq!(check(0x800, 0), 0);
+        assert_eq!(check(1 << 7, 0), 1); // reserved bit
+        assert_eq!(check(0xc00, 0), 1); // SUPPRESS + TRACKER
+        assert_eq!(check(0x8000_0000_0000_0000, 0), 1); // bitmap base not canonical
+        assert_eq!(check(0xffff_8000_0000_0000, 0), 0); // canonical high half
+        assert_eq!(check(0, 1), 1); // SSP not 4-byte aligned
+        assert_eq!(check(0, 0x0000_8000_0000_0000), 1); // SSP not canonical (48-bit)
+        let mut la57 = cfg;
+        la57.linear_address_bits = 57;
+        let mut b = vec![0u8; 2472];
+        set64(&mut b, 520, 1 << 63 | 0x18e7);
+        set64(&mut b, 512, 0x800);
+        set64(&mut b, 2440, 0x0000_8000_0000_0000);
+        assert!(xrstors_with_layout(&b, &la57, Some(&l)).is_empty());
     }
 
     #[test]

@@ -300,6 +300,31 @@ impl XsaveImage {
     /// Copies image bytes into an aligned buffer; the geometry comes from `layout` (see
     /// [`geometry_of`]). Errors: fewer than 576 bytes, an XCOMP_BV the layout cannot place, or
     /// fewer bytes than the compacted geometry needs.
+    ///
+    /// ```
+    /// use xstate::cpuid::{CpuidDump, Regs};
+    /// use xstate::image::{ImageError, XsaveImage};
+    /// use xstate::layout::{Form, Layout};
+    /// let mut d = CpuidDump::new("doc");
+    /// d.insert(0xd, 0, Regs { eax: 0x27, ebx: 0x380, ecx: 0x380, edx: 0 });
+    /// d.insert(0xd, 2, Regs { eax: 256, ebx: 576, ecx: 0, edx: 0 });
+    /// d.insert(0xd, 5, Regs { eax: 64, ebx: 832, ecx: 0, edx: 0 });
+    /// let l = Layout::from_dump(&d);
+    /// let mut bytes = vec![0u8; 896];
+    /// bytes[512] = 0x20;                                        // XSTATE_BV: opmask
+    /// bytes[832] = 0xff;                                        // k0
+    /// let img = XsaveImage::from_bytes(&bytes, &l).unwrap();
+    /// assert_eq!((img.form(), img.k(0).unwrap()), (Form::Standard, 0xff));
+    /// // Compacted header: opmask moves to 576, right after the header.
+    /// bytes[520..528].copy_from_slice(&(0x23u64 | 1 << 63).to_le_bytes());
+    /// bytes[576] = 0x0f;
+    /// let img = XsaveImage::from_bytes(&bytes, &l).unwrap();
+    /// assert_eq!((img.form(), img.k(0).unwrap()), (Form::Compacted, 0x0f));
+    /// assert_eq!(
+    ///     XsaveImage::from_bytes(&bytes[..100], &l).unwrap_err(),
+    ///     ImageError::TooSmall { len: 100 }
+    /// );
+    /// ```
     pub fn from_bytes(bytes: &[u8], layout: &Layout) -> Result<Self, ImageError> {
         let g = geometry_of(bytes, layout)?;
         Xsave::with_geometry(AlignedBuf::from_bytes(bytes), g)
