@@ -101,7 +101,7 @@ impl CpuidDump {
     }
 
     /// The result of CPUID(leaf, subleaf) if the source had it. Leaves without subleaves are
-    /// stored at subleaf 0 and also answer any subleaf.
+    /// stored at subleaf 0 and are asked for at subleaf 0.
     pub fn get(&self, leaf: u32, subleaf: u32) -> Option<Regs> {
         self.entries.get(&(leaf, subleaf)).copied()
     }
