@@ -339,3 +339,74 @@ fn guest_mask_rules_and_errors() {
     assert_eq!(g.entry(1, 0).unwrap().ecx & (1 << 28), 0);
     assert_eq!(g.entry(0xd, 0).unwrap().ecx, 576);
 }
+
+/// Every fixture dump whose leaf 0xD is consistent: for several withheld sets, the guest's
+/// 0xD.0 ECX/EBX and 0xD.1 EBX equal the layout engine's sizes, the guest table is itself a
+/// consistent leaf 0xD, and no feature bit of a withheld component survives.
+#[test]
+fn guest_tables_of_every_consistent_fixture() {
+    use xstate::guest_cpuid::FEATURE_BITS;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cpuid");
+    let mut checked = 0;
+    for dir in ["hwloc", "aida64", "cpuid-r"] {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for p in files {
+            let Ok(d) = CpuidDump::parse(
+                &std::fs::read_to_string(&p).unwrap(),
+                &p.display().to_string(),
+            ) else {
+                continue;
+            };
+            let host = Layout::from_dump(&d);
+            if !host.has_xsave() || !host.consistency().is_empty() || host.xcr0_supported() == 0 {
+                continue;
+            }
+            for without in [
+                0,
+                mask::AVX512,
+                mask::AMX,
+                mask::PKRU,
+                mask::AVX,
+                mask::CET_U | mask::CET_S,
+            ] {
+                let (xcr0, xss) = guest_masks(&host, None, without).unwrap();
+                let g = guest_cpuid(&d, xcr0, xss).unwrap();
+                let s0 = g.entry(0xd, 0).unwrap();
+                let std_size = host.standard(xcr0).unwrap().size;
+                assert_eq!((s0.ebx, s0.ecx), (std_size, std_size), "{}", p.display());
+                assert_eq!(
+                    g.entry(0xd, 1).unwrap().ebx,
+                    host.compacted(xcr0 | xss).unwrap().size
+                );
+                let gl = Layout::from_dump(&g.to_dump());
+                assert_eq!(gl.xcr0_supported(), xcr0);
+                assert!(
+                    gl.consistency().is_empty(),
+                    "{}: {:?}",
+                    p.display(),
+                    gl.consistency()
+                );
+                let withheld = (host.xcr0_supported() | host.xss_supported()) & !(xcr0 | xss);
+                for f in FEATURE_BITS.iter().filter(|f| f.needs & withheld != 0) {
+                    if let Some(e) = g.entry(f.leaf, f.subleaf) {
+                        let r = match f.reg {
+                            xstate::guest_cpuid::Reg::Eax => e.eax,
+                            xstate::guest_cpuid::Reg::Ebx => e.ebx,
+                            xstate::guest_cpuid::Reg::Ecx => e.ecx,
+                            xstate::guest_cpuid::Reg::Edx => e.edx,
+                        };
+                        assert_eq!(r & (1 << f.bit), 0, "{}: {} survives", p.display(), f.name);
+                    }
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} fixtures checked");
+    println!("guest tables checked on {checked} fixture CPUs");
+}

@@ -328,7 +328,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         args.file.display(),
         ld.file_size,
         form,
-        m.dump.source
+        if ld.snapshot.is_some() {
+            "the snapshot's source CPU"
+        } else {
+            m.dump.source.as_str()
+        }
     );
     if let Some(s) = &ld.snapshot {
         println!("{}", super::xsnap::meta_text(s));
