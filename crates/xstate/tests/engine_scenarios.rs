@@ -1251,3 +1251,115 @@ fn compacted_interface_carries_supervisor_state() {
         e.detach(1).unwrap();
     }
 }
+
+/// XSA-62 through the realloc path, for every save instruction: vCPU 0 leaves live tiles in
+/// the registers; vCPU 1 (no tiles in its container) enables AMX; the detach that grows its
+/// container must not save vCPU 0's tiles into it. Same for the host's first use of AMX.
+#[test]
+fn realloc_never_saves_another_contexts_registers() {
+    let h = spr();
+    for insn in [
+        SaveInsn::Xsaves,
+        SaveInsn::Xsavec,
+        SaveInsn::Xsaveopt,
+        SaveInsn::Xsave,
+    ] {
+        let mut e = engine_with(&h, Some(insn));
+        let xss = if insn == SaveInsn::Xsaves { 0x1800 } else { 0 };
+        e.request_perm(Scope::Guest, 18).unwrap();
+        e.request_perm(Scope::Host, 18).unwrap();
+        for id in 0..2 {
+            e.create_vcpu(
+                id,
+                GuestPolicy {
+                    xcr0_max: 0x602e7,
+                    xss,
+                },
+                false,
+            )
+            .unwrap();
+        }
+        e.attach(0).unwrap();
+        assert!(e.xsetbv(0, 0x602e7).unwrap().realloc);
+        e.detach(0).unwrap();
+        e.attach(0).unwrap();
+        e.guest_write(0, TILES, &pat(&e, TILES, 0x5a)).unwrap();
+        e.detach(0).unwrap();
+        // The host's first use of AMX: its new tiles start in init state.
+        e.host_write(ZMM, &pat(&e, ZMM, 0x11)).unwrap();
+        let mut seen = e.backend_mut().read_state().unwrap();
+        let t = e.config().layout.geometry(TILES).standard_offset.unwrap() as usize;
+        let host_tiles_before = seen.get(t..t + 8192).map(|s| s.to_vec());
+        assert!(
+            e.host_write(TILES, &pat(&e, TILES, 0x22)).unwrap(),
+            "{insn:?}: host first use reallocates"
+        );
+        seen = e.backend_mut().read_state().unwrap();
+        assert_eq!(seen.get(t..t + 8), Some(&[0x22u8; 8][..]));
+        let _ = host_tiles_before;
+        e.attach(1).unwrap();
+        assert!(e.xsetbv(1, 0x602e7).unwrap().realloc);
+        e.detach(1).unwrap();
+        let tiles = e.read_component(Context::Vcpu(1), TILES).unwrap();
+        assert!(
+            tiles == init_bytes(TILES, 8192),
+            "{insn:?}: vCPU 1's new tiles must be init, not vCPU 0's or the host's (byte 0 = {:#x})",
+            tiles[0]
+        );
+        e.attach(1).unwrap();
+        // Live: what the guest would read.
+        let tiles = e.read_component(Context::Vcpu(1), TILES).unwrap();
+        assert!(
+            tiles == init_bytes(TILES, 8192),
+            "{insn:?}: live byte 0 = {:#x}",
+            tiles[0]
+        );
+        e.detach(1).unwrap();
+        assert_eq!(
+            e.read_component(Context::Vcpu(0), TILES).unwrap(),
+            pat(&e, TILES, 0x5a)
+        );
+        assert_eq!(
+            e.read_component(Context::Host, TILES).unwrap(),
+            pat(&e, TILES, 0x22)
+        );
+    }
+}
+
+/// The host's first use of AMX after a guest left live tiles: the host must not see them.
+#[test]
+fn host_first_use_starts_in_init() {
+    let h = spr();
+    for insn in [SaveInsn::Xsaves, SaveInsn::Xsave] {
+        let mut e = engine_with(&h, Some(insn));
+        let xss = if insn == SaveInsn::Xsaves { 0x1800 } else { 0 };
+        e.request_perm(Scope::Guest, 18).unwrap();
+        e.request_perm(Scope::Host, 18).unwrap();
+        e.create_vcpu(
+            0,
+            GuestPolicy {
+                xcr0_max: 0x602e7,
+                xss,
+            },
+            false,
+        )
+        .unwrap();
+        e.attach(0).unwrap();
+        e.xsetbv(0, 0x602e7).unwrap();
+        e.detach(0).unwrap();
+        e.attach(0).unwrap();
+        e.guest_write(0, TILES, &pat(&e, TILES, 0x5a)).unwrap();
+        e.detach(0).unwrap();
+        // First host use of tile data: TILECFG write (not dynamic) then a read of the tiles the
+        // host now owns.
+        assert!(e.host_write(TILES, &pat(&e, TILES, 0x22)).unwrap());
+        let fp = e.host_fpstate().clone();
+        assert_eq!(fp.xfeatures() & mask::XTILEDATA, mask::XTILEDATA);
+        let t = fp.component(TILES).unwrap();
+        assert!(
+            t == init_bytes(TILES, 8192),
+            "{insn:?}: saved at first use: init, not the guest's ({:#x})",
+            t[0]
+        );
+    }
+}

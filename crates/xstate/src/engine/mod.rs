@@ -28,7 +28,10 @@
 //!   and restores the guest; detach saves the guest and restores the host; no copy;
 //! * restores in the compacted form use every enabled feature as RFBM, so any component a
 //!   container does not hold is put in init state (SDM Vol. 1 §13.8: XCOMP_BV bit i = 0 ⇒ init):
-//!   registers never carry another context's values (XSA-62, DESIGN.md §7);
+//!   registers never carry another context's values (XSA-62, DESIGN.md §7); and when a
+//!   container grows (a guest's realloc, the host's first use of AMX), the added components
+//!   are put in init state in the registers before the save, so a standard-form engine never
+//!   saves another context's tiles into the new container either;
 //! * a failed allocation leaves the old container and the guest state in place and reaches
 //!   the caller as `enomem`.
 //!
@@ -588,7 +591,10 @@ impl<B: Backend> Engine<B> {
             let features = self.host.xfeatures() | bit;
             let xfd = self.host.xfd() & !bit;
             let mut n = self.alloc(features, xfd, false, false, None)?;
-            // The registers are live: save them into the new container, then disarm XFD.
+            // The registers are live: put the new component in init state (it may hold a
+            // guest's values: restores in the standard form do not cover it), save them into
+            // the new container, then disarm XFD.
+            Self::restore_from(&mut self.cpu, &mut self.stats, &n, bit)?;
             Self::save_into(&mut self.cpu, &mut self.stats, &mut n)?;
             n.set_in_use(true);
             self.host = n;

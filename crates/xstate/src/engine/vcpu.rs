@@ -329,6 +329,13 @@ impl<B: Backend> Engine<B> {
             match self.alloc(features, xfd, true, confidential, None) {
                 Ok(mut n) => {
                     if !confidential {
+                        // The added components are in init state for this guest (seed 002:
+                        // "the XFD controlled component is in init state at that point"), but
+                        // the registers may still hold another context's values for them
+                        // (a standard-form restore only covers the old container's features):
+                        // put them in init state from the fresh container, then save.
+                        let added = n.xfeatures() & req;
+                        Self::restore_from(&mut self.cpu, &mut self.stats, &n, added)?;
                         Self::save_into(&mut self.cpu, &mut self.stats, &mut n)?;
                     }
                     let v = self.vcpu_mut(id)?;
