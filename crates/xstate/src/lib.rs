@@ -5,8 +5,9 @@
 //! standard and compacted forms, typed images, validation, conversion, an executable model of
 //! the XSAVE instructions and the guest FPU engine.
 //!
-//! The crate is `no_std` + `alloc`. The `std` feature (default) only adds `std::error::Error`
-//! conveniences; the hardware wrappers ([`hw`]) need x86-64 but no OS.
+//! The crate is `no_std` + `alloc`. The `std` feature (default) adds what needs an operating
+//! system: the fork-based sandbox of [`hw`] and the CBOR codec of [`snapshot`]. The hardware
+//! wrappers ([`hw`]) need x86-64 but no OS; the `ring0` feature adds the CPL-0 backend.
 //!
 //! Module map (one concept each):
 //! - [`components`]: the catalog of state components and their roles;
