@@ -1,5 +1,5 @@
 //! A vCPU's captured extended state ([`VcpuXstate`]) as a portable [`Snapshot`] (`.xsnap`,
-//! `docs/xsnap.md`) and back, and this KVM as a compatibility [`Destination`].
+//! `docs/xsnap.md`) and back, and this KVM as a compatibility [`Destination`](xstate::compat::Destination).
 //!
 //! The snapshot keeps each component's architectural content, XCR0, IA32_XSS, IA32_XFD,
 //! IA32_XFD_ERR, the other extended-state MSRs and the source CPU's leaf 0xD; the image a

@@ -561,3 +561,28 @@ fn unknown_keys_are_ignored_missing_or_mistyped_keys_are_errors() {
     });
     assert!(Snapshot::decode(&wide).is_err());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Two independent implementations agree: the image model's cross-layout conversion
+    /// (`xstate::convert::convert`) and the snapshot path (image → snapshot → image), from every
+    /// fixture layout to every other, into the standard and the compacted form.
+    #[test]
+    fn snapshot_path_agrees_with_the_image_converter(a in 0usize..3, b in 0usize..3, bv in any::<u64>(), seed in any::<u64>(), compacted in any::<bool>()) {
+        let ds = dumps();
+        let (la, lb) = (Layout::from_dump(&ds[a]), Layout::from_dump(&ds[b]));
+        let common = la.xcr0_supported() & lb.xcr0_supported();
+        prop_assume!(la.check_xcr0(common).is_ok());
+        let bv = bv & common;
+        let img = random_standard(&la, common, bv, seed);
+        let form = if compacted { Form::Compacted } else { Form::Standard };
+        let target = lb.form(form, common).unwrap();
+        let theirs = xstate::convert::convert(&xstate::image::XsaveImage::from_bytes(&img, &la).unwrap(), &target).unwrap();
+        let snap = Snapshot::from_image(&img, &ds[a], &ControlRegs::with_xcr0(common)).unwrap();
+        let ours = snap.to_image(&lb, form, common).unwrap();
+        prop_assert_eq!(theirs.as_bytes().len(), ours.len());
+        let d: Vec<usize> = (0..ours.len()).filter(|&i| theirs.as_bytes()[i] != ours[i]).take(8).collect();
+        prop_assert!(d.is_empty(), "differ at {:?} ({:?} form, {} -> {})", d, form, a, b);
+    }
+}

@@ -49,10 +49,10 @@ impl Snapshot {
     ///
     /// The form comes from XCOMP_BV bit 63 (byte 527). Components whose XSTATE_BV bit is set
     /// are kept, each as its architectural content; the others are in their init state and
-    /// left out. x87 fields are read when XSTATE_BV[0] = 1 (init otherwise). MXCSR is read the
+    /// left out. x87 fields are read when XSTATE_BV\[0\] = 1 (init otherwise). MXCSR is read the
     /// way a restore of the image would load it (SDM Vol. 1 §13.7–13.8, DESIGN.md §5): in the
     /// standard form whenever XCR0 enables SSE or AVX, in the compacted form only with
-    /// XSTATE_BV[1] = 1 (0x1F80 otherwise).
+    /// XSTATE_BV\[1\] = 1 (0x1F80 otherwise).
     ///
     /// Errors name the component: an XSTATE_BV bit outside XCR0 | IA32_XSS (or, compacted,
     /// outside XCOMP_BV), a component the layout cannot place, an image too short.
@@ -215,12 +215,12 @@ impl Snapshot {
     }
 
     /// Rebuilds an XSAVE image for a destination layout: `form` and `mask` (the XCR0 of a
-    /// standard image, XCOMP_BV[62:0] of a compacted one; bit 63 is ignored) choose the
+    /// standard image, XCOMP_BV\[62:0\] of a compacted one; bit 63 is ignored) choose the
     /// geometry, every offset comes from the destination's CPUID (DESIGN.md §7).
     ///
     /// Components absent from the snapshot get XSTATE_BV = 0 and, in the standard form, their
     /// init value (DESIGN.md §5). In the compacted form an MXCSR other than 0x1F80 needs the
-    /// SSE component (compacted restores load MXCSR only with it), so XSTATE_BV[1] is then set
+    /// SSE component (compacted restores load MXCSR only with it), so XSTATE_BV\[1\] is then set
     /// with XMM registers at init when the snapshot had none. The image is exactly the
     /// geometry's size; pad it with zeros for a bigger buffer (KVM_GET_XSAVE2's size).
     ///

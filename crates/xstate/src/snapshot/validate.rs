@@ -18,7 +18,7 @@ use crate::layout::check_xcr0_rules;
 pub struct Violation {
     /// Rule identifier (`xcr0.avx_needs_sse`, `component.size`, …).
     pub rule: String,
-    /// The field (`xcr0`, `components[9]`, `legacy.mxcsr`, `msrs[0xda0]`, …).
+    /// The field (`xcr0`, `components\[9\]`, `legacy.mxcsr`, `msrs[0xda0]`, …).
     pub location: String,
     /// The offending value, as hex or a byte count.
     pub value: String,
