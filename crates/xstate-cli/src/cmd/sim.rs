@@ -56,6 +56,14 @@ use crate::common::{hex, parse_hex};
 
 /// Arguments of `xstate sim`.
 #[derive(clap::Args)]
+#[command(
+    after_help = "Script: {\"host\": {\"cpuid\": PATH | \"host\", \"xss\": HEX}, \"guest\": {\"xcr0_max\": HEX, \"xss\": HEX}, \"steps\": [...]}\n\
+Steps (\"do\"): request_perm {scope, feature}, create_vcpu {vcpu[, confidential]}, enter/exit/destroy_vcpu {vcpu},\n\
+  xsetbv {vcpu, value}, wrmsr {vcpu, msr: xfd|xfd_err|xss, value}, dirty {[vcpu,] component, byte},\n\
+  check {[vcpu,] component|msr, expect: byte|\"init\"|value}, fail_next_alloc, set_policy {vcpu, xcr0_max, xss}.\n\
+Any step may carry \"expect_error\": KIND. Examples and what each shows: examples/sim/README.md.\n\
+Exit status: 0 every step as expected, 1 otherwise, 2 unreadable script."
+)]
 pub struct Args {
     /// The scenario script (JSON; paths inside are relative to it).
     pub script: PathBuf,

@@ -62,7 +62,7 @@ pub fn size_of(insn: SaveInsn, layout: &Layout, features: u64) -> Result<u32, En
         Some(Form::Compacted) => layout.compacted(features),
         Some(Form::Standard) => layout.standard(features),
     };
-    r.map(|f| f.size).or_else(|e| {
+    let size = r.map(|f| f.size).or_else(|e| {
         err(
             ErrorKind::Einval,
             format!(
@@ -71,8 +71,23 @@ pub fn size_of(insn: SaveInsn, layout: &Layout, features: u64) -> Result<u32, En
                 mask_names(features)
             ),
         )
-    })
+    })?;
+    if size > MAX_BUFFER {
+        return err(
+            ErrorKind::Einval,
+            format!(
+                "CPUID leaf 0xD describes a {size}-byte {} area for features {features:#x} ({}): implausible (every known CPU needs under 16 KiB), refused above {MAX_BUFFER} bytes",
+                insn.name(),
+                mask_names(features)
+            ),
+        );
+    }
+    Ok(size)
 }
+
+/// The largest buffer the engine allocates (1 MiB): real CPUs need under 16 KiB (AMX: 11008
+/// bytes standard); a dump reporting more is broken or hostile.
+pub const MAX_BUFFER: u32 = 1 << 20;
 
 /// One configuration: maximum and default features and their buffer sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -258,6 +273,34 @@ pub(crate) mod tests {
         let c = Configs::new(&spr_like(), 0x602e7, 0x1800, SaveInsn::Fxsave).unwrap();
         assert_eq!(c.guest.max_features, 0x3);
         assert_eq!(c.host.max_size, 512);
+    }
+
+    #[test]
+    fn implausible_sizes_are_refused() {
+        let mut d = CpuidDump::new("huge");
+        d.insert(
+            0xd,
+            0,
+            Regs {
+                eax: 0x7,
+                ebx: 0,
+                ecx: 0,
+                edx: 0,
+            },
+        );
+        d.insert(
+            0xd,
+            2,
+            Regs {
+                eax: 0x7fff_0000,
+                ebx: 576,
+                ecx: 0,
+                edx: 0,
+            },
+        );
+        let e = Configs::new(&Layout::from_dump(&d), 0x7, 0, SaveInsn::Xsave).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Einval);
+        assert!(e.message.contains("implausible"), "{e}");
     }
 
     #[test]
