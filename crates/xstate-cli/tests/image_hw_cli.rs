@@ -12,21 +12,32 @@ use xstate::hw::{AlignedBuf, Host, Restore, SaveOp, Sequence};
 use xstate::image::registers::{le_hex, registers};
 use xstate::image::XsaveImage;
 
-fn inspect_json(bytes: &[u8], name: &str) -> Value {
+fn file(bytes: &[u8], name: &str) -> String {
     let dir = std::env::temp_dir().join(format!("xstate-image-hw-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
+    p.display().to_string()
+}
+
+fn xstate(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_xstate"))
-        .args(["inspect", p.to_str().unwrap(), "--host", "--json"])
+        .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn inspect_json(bytes: &[u8], name: &str) -> Value {
+    let p = file(bytes, name);
+    let (code, out) = xstate(&["inspect", &p, "--host", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(&out).unwrap()
 }
 
 #[test]
@@ -70,6 +81,7 @@ fn inspect_shows_the_values_written_by_xrstor() {
     } else {
         println!("skipped: XSAVEC part (CPUID.(0xD,1):EAX[1] = 0)");
     }
+    let mut saved: Vec<(SaveOp, Vec<u8>)> = Vec::new();
     for (op, size) in ops {
         let mut mem = AlignedBuf::from_bytes(src.as_bytes());
         let mut dst = AlignedBuf::new(size as usize);
@@ -125,5 +137,38 @@ fn inspect_shows_the_values_written_by_xrstor() {
             "{}: inspect shows all {checked} registers written",
             op.name()
         );
+        saved.push((op, dst.to_vec()));
+    }
+    // validate --host accepts what this CPU saved, with the profile of its form, and refuses
+    // it after a reserved header byte is set; diff --host finds XSAVE and XSAVEC equal.
+    for (op, bytes) in &saved {
+        let profile = if *op == SaveOp::Xsavec {
+            "xrstor-compacted"
+        } else {
+            "xrstor"
+        };
+        let f = file(bytes, &format!("{}-v", op.name()));
+        let (code, out) = xstate(&["validate", &f, "--profile", profile, "--host"]);
+        assert_eq!(code, 0, "{out}");
+        let mut bad = bytes.clone();
+        bad[530] = 1;
+        let fb = file(&bad, &format!("{}-bad", op.name()));
+        let (code, out) = xstate(&["validate", &fb, "--profile", profile, "--host"]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("[header_reserved] offset 528"), "{out}");
+    }
+    if let [(_, a), (_, b)] = &saved[..] {
+        let (fa, fb) = (file(a, "diff-a"), file(b, "diff-b"));
+        let (code, out) = xstate(&["diff", &fa, &fb, "--host"]);
+        assert_eq!(code, 0, "{out}");
+    }
+    match xstate_kvm::unavailable() {
+        Some(why) => println!("skipped: validate --profile kvm --host ({why})"),
+        None => {
+            let f = file(&saved[0].1, "kvm");
+            let (code, out) = xstate(&["validate", &f, "--profile", "kvm", "--host"]);
+            assert_eq!(code, 0, "{out}");
+            println!("{}", out.trim());
+        }
     }
 }
