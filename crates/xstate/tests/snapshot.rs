@@ -586,3 +586,20 @@ proptest! {
         prop_assert!(d.is_empty(), "differ at {:?} ({:?} form, {} -> {})", d, form, a, b);
     }
 }
+
+#[test]
+fn absurd_source_geometry_is_an_error_not_an_allocation() {
+    let mut s = sample_snapshot();
+    if let Some(c) = s.source.components.get_mut(&7) {
+        c.size = 0x7fff_ffff;
+    }
+    let v = validate(&s);
+    assert!(v.iter().any(|x| x.rule.starts_with("source.")), "{v:?}");
+    assert!(s.to_source_image().is_err());
+    let mut s = sample_snapshot();
+    if let Some(c) = s.source.components.get_mut(&5) {
+        c.offset = 0xffff_fff0;
+    }
+    assert!(s.to_source_image().is_err());
+    assert!(validate(&s).iter().any(|x| x.rule == "source.layout"));
+}

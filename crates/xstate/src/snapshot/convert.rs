@@ -423,9 +423,10 @@ impl Snapshot {
     }
 }
 
-/// Largest component size or standard offset accepted from CPUID data (16 MiB): far above any
-/// real CPU (AMX tile data is 8 KiB), low enough that no sum of 63 of them overflows a `u32`.
-const MAX_GEOMETRY: u32 = 1 << 24;
+/// Largest component size or standard offset accepted from CPUID data (1 MiB): far above any
+/// real CPU (AMX tile data is 8 KiB; a whole Sapphire Rapids image is 11008 bytes), low enough
+/// that an image of 63 such components stays a 64 MiB allocation at most.
+pub(crate) const MAX_GEOMETRY: u32 = 1 << 20;
 
 /// Refuses CPUID geometry so large that placing it would overflow or allocate absurdly: data
 /// from a damaged dump or snapshot must give an error, never a panic.

@@ -260,7 +260,7 @@ pub fn validate(s: &Snapshot) -> Vec<Violation> {
         for id in bits(user & !mask::LEGACY) {
             let size = src.size_of(id);
             let off = src.components.get(&id).map_or(0, |c| c.offset);
-            if size > (1 << 24) || off > (1 << 24) {
+            if size > super::convert::MAX_GEOMETRY || off > super::convert::MAX_GEOMETRY {
                 out.push(v(
                     "source.layout",
                     format!("source.components[{id}]"),
