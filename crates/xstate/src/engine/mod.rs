@@ -16,6 +16,8 @@
 //! * [`uabi`]: `KVM_GET_XSAVE2` / `KVM_SET_XSAVE2` copy-out/copy-in and the compacted-form
 //!   interface that also carries supervisor state.
 //!
+//! The design, the rules and what was measured are written up in `docs/engine.md`.
+//!
 //! One [`Engine`] models one host thread (the VMM's vCPU thread) on one CPU: the thread's own
 //! container, the process's permissions, the vCPUs it created; at most one vCPU is attached
 //! at a time. The save instruction is chosen by [`crate::strategy`] (Linux or Xen order) or
@@ -85,7 +87,8 @@ use perm::Permissions;
 /// How to set up an [`Engine`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Options {
-    /// The host's XCR0. `None`: what the backend's XCR0 is now (XGETBV).
+    /// The host's XCR0. `None`: what the backend's XCR0 is now (XGETBV) — on a fresh
+    /// `ModelCpu` that is the RESET value 1, so give it there.
     pub xcr0: Option<u64>,
     /// The host's IA32_XSS. `None`: what the backend's is now, 0 when it cannot be read.
     pub xss: Option<u64>,
