@@ -51,9 +51,20 @@ fn inspect_shows_the_values_written_by_xrstor() {
     let xcr0 = host.xcr0();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut src = XsaveImage::new(&l.standard(xcr0).unwrap());
-    // Every component of XCR0 with random non-zero values; exceptions masked.
+    // Every component of XCR0 with random non-zero values; exceptions masked, PKRU allowing
+    // key 0, no component the OS may arm with XFD (its restore would raise #NM) and no AMX
+    // (TILECFG must be a valid configuration).
+    let xfd = if host.has_xfd() {
+        bits(xcr0)
+            .filter(|&id| l.geometry(id).xfd)
+            .fold(0u64, |m, id| m | 1 << id)
+    } else {
+        0
+    } | (xcr0 & xstate::components::mask::AMX);
+    let xcr0 = xcr0 & !xfd;
     for id in bits(xcr0) {
         match id {
+            9 => src.set_pkru((rng.gen::<u32>() & !3) | 4).unwrap(),
             0 => {
                 src.set_fcw((rng.gen::<u16>() & 0x1f3f) | 0x7f);
                 for i in 0..8 {
