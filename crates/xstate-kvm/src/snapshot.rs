@@ -119,13 +119,19 @@ mod kvm_side {
     /// This KVM as a compatibility destination: its layout (supported CPUID leaf 0xD), the
     /// guest-supported XCR0 less dynamic components this process may not give guests, the
     /// supervisor components its supported CPUID offers, KVM_CAP_XSAVE2 and the
-    /// extended-state MSRs it lists. KVM restores standard-form images.
+    /// extended-state MSRs it lists, the host MXCSR_MASK (read from a throwaway vCPU). KVM
+    /// restores standard-form images.
     pub fn destination(kvm: &Kvm) -> Destination {
         let layout = kvm.layout().clone();
         let not_permitted = mask::DYNAMIC & !kvm.guest_permitted();
         let xcr0 = kvm.guest_supported_xcr0() & !not_permitted;
         let xss = layout.xss_supported();
         let size = kvm.xsave2_size();
+        // KVM reports the host MXCSR_MASK in every vCPU's image (bytes 28..31).
+        let mxcsr_mask = kvm
+            .create_vm()
+            .and_then(|vm| vm.create_vcpu(0)?.mxcsr_mask())
+            .ok();
         Destination {
             name: String::from("this host's KVM"),
             layout,
@@ -138,6 +144,7 @@ mod kvm_side {
                 size
             }),
             msrs: Some(kvm.xstate_msrs().to_vec()),
+            mxcsr_mask,
         }
     }
 }

@@ -16,6 +16,7 @@
 //! - `destination.xcr0.*`, `destination.xss`: the offered guest masks themselves are invalid;
 //! - `xss.no_xsaves`, `xfd.unsupported`: IA32_XSS or IA32_XFD state without the feature;
 //! - `msr.unavailable`: an MSR the snapshot carries is not in the destination's list;
+//! - `mxcsr.unsupported_bits`: MXCSR has bits outside the destination's MXCSR_MASK;
 //! - `size.xsave2`: the standard image needs more than KVM_CAP_XSAVE2 bytes;
 //! - `image.rebuild`: rebuilding the image with the destination's offsets fails.
 //!
@@ -46,6 +47,7 @@ use crate::cpuid::CpuidDump;
 use crate::layout::{check_xcr0_rules, Form, Layout, Xcr0Rule};
 use crate::snapshot::{
     content_len, msr_name, validate, Snapshot, MSR_IA32_XFD, MSR_IA32_XFD_ERR, MSR_IA32_XSS,
+    MXCSR_DEFAULT_MASK,
 };
 
 /// Where a snapshot is to be restored.
@@ -67,6 +69,9 @@ pub struct Destination {
     pub xsave_size: Option<u32>,
     /// The MSR indices the destination can restore (KVM_GET_MSR_INDEX_LIST), when known.
     pub msrs: Option<Vec<u32>>,
+    /// The destination CPU's MXCSR_MASK (FXSAVE byte 28; 0 means the default 0xFFBF), when
+    /// known: a restore of an MXCSR with other bits raises #GP, KVM_SET_XSAVE returns EINVAL.
+    pub mxcsr_mask: Option<u32>,
 }
 
 impl Destination {
@@ -82,6 +87,7 @@ impl Destination {
             form: None,
             xsave_size: None,
             msrs: None,
+            mxcsr_mask: None,
         }
     }
 }
@@ -295,6 +301,22 @@ pub fn check(s: &Snapshot, dest: &Destination) -> Verdict {
             None,
             String::from("supervisor components are present but the destination has no XRSTORS"),
         ));
+    }
+
+    // MXCSR must fit the destination's MXCSR_MASK (SDM Vol. 1 §11.6.6; DESIGN.md §5, §6).
+    if let Some(m) = dest.mxcsr_mask {
+        let eff = if m == 0 { MXCSR_DEFAULT_MASK } else { m };
+        let bad = s.legacy.mxcsr & !eff;
+        if bad != 0 {
+            reasons.push(reason(
+                "mxcsr.unsupported_bits",
+                Some(1),
+                format!(
+                    "MXCSR {:#x} has bits {bad:#x} outside the destination's MXCSR_MASK {eff:#x}: XRSTOR raises #GP and KVM_SET_XSAVE returns EINVAL",
+                    s.legacy.mxcsr
+                ),
+            ));
+        }
     }
 
     // MSRs the destination must accept.

@@ -156,6 +156,24 @@ fn every_kind_of_reason() {
     assert!(msr.iter().any(|r| r.message.contains("IA32_U_CET")));
     assert!(msr.iter().any(|r| r.message.contains("IA32_XSS")));
 
+    // MXCSR with DAZ (bit 6) where the destination's MXCSR_MASK lacks it.
+    let mut s = snap_of(&common::zen5(), 0xe7, 0x3);
+    s.legacy.mxcsr = 0x1fc0;
+    s.legacy.mxcsr_mask = 0xffff; // the source CPU has DAZ
+    let mut dest = zen5_kvm();
+    assert!(check(&s, &dest).compatible, "mask unknown: not checked");
+    dest.mxcsr_mask = Some(0);
+    let v = check(&s, &dest);
+    assert_eq!(v.reasons.len(), 1, "{:#?}", v.reasons);
+    assert_eq!(v.reasons[0].rule, "mxcsr.unsupported_bits");
+    assert!(
+        v.reasons[0].message.contains("0x40"),
+        "{}",
+        v.reasons[0].message
+    );
+    dest.mxcsr_mask = Some(0xffff);
+    assert!(check(&s, &dest).compatible);
+
     // A snapshot that breaks its own profile is refused with the profile's rule.
     let mut s = snap_of(&common::zen5(), 0xe7, 0x3);
     s.components.insert(2, vec![0; 3]);

@@ -1,4 +1,5 @@
-//! `xstate check SNAP (--kvm | --cpuid FILE [--xcr0 HEX] [--xss HEX]) [--json]`: can a
+//! `xstate check SNAP (--kvm | --cpuid FILE [--xcr0 HEX] [--xss HEX] [--mxcsr-mask HEX])
+//! [--json]`: can a
 //! snapshot be restored on a destination? Exit 0 compatible, 1 incompatible (every reason
 //! printed), 2 usage or I/O error.
 
@@ -32,6 +33,9 @@ pub struct Args {
     /// Guest IA32_XSS mask the destination offers (default: every supervisor component).
     #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "cpuid")]
     pub xss: Option<u64>,
+    /// The destination CPU's MXCSR_MASK (FXSAVE byte 28); checked only when given.
+    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "cpuid")]
+    pub mxcsr_mask: Option<u64>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -82,7 +86,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         if !xstate::layout::Layout::from_dump(&dump).has_xsave() {
             bail!("{}: the destination CPU has no XSAVE", p.display());
         }
-        Destination::from_dump(&dump, args.xcr0, args.xss)
+        let mut d = Destination::from_dump(&dump, args.xcr0, args.xss);
+        if let Some(m) = args.mxcsr_mask {
+            d.mxcsr_mask = Some(
+                u32::try_from(m)
+                    .map_err(|_| anyhow::anyhow!("--mxcsr-mask {m:#x} does not fit in 32 bits"))?,
+            );
+        }
+        d
     };
     let v = check(&snap, &dest);
     if args.json {
@@ -122,6 +133,7 @@ fn verdict_json(
             "guest_xcr0": hex(dest.xcr0),
             "guest_xss": hex(dest.xss),
             "xsave2_size": dest.xsave_size,
+            "mxcsr_mask": dest.mxcsr_mask.map(|m| hex(u64::from(m))),
         },
         "reasons": v.reasons,
         "notes": v.notes,
