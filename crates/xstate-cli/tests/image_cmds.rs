@@ -97,6 +97,15 @@ fn inspect_json_contract() {
         "{out}"
     );
     assert!(out.contains("DAZ"), "{out}");
+    // Vector registers assembled from XMM and the YMM upper halves.
+    assert!(
+        out.contains("ymm2        0x102030405060708090a0b0c0d0e0f10\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("ymm15       0xff{}\n", "0".repeat(62))),
+        "{out}"
+    );
 }
 
 #[test]

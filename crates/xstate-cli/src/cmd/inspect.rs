@@ -401,7 +401,37 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             }
         }
     }
+    print_vectors(img);
     Ok(0)
+}
+
+/// The full vector registers as software sees them, assembled from their pieces (XMM in the
+/// legacy area, the YMM upper halves of AVX, the ZMM upper halves of ZMM_Hi256, ZMM16-31 of
+/// Hi16_ZMM), when any of AVX or AVX-512 is present. Absent pieces are their init value (0).
+fn print_vectors<B: AsRef<[u8]>>(img: &Xsave<B>) {
+    let bv = img.xstate_bv();
+    let avx512 = bv & (mask::ZMM_HI256 | mask::HI16_ZMM) != 0 && img.placement(6).is_ok();
+    if bv & (mask::AVX | mask::ZMM_HI256 | mask::HI16_ZMM) == 0 || img.placement(2).is_err() {
+        return;
+    }
+    println!("vector registers (assembled):");
+    for i in 0..16 {
+        let mut v = Vec::new();
+        v.extend_from_slice(&img.register(1, "xmm", i).unwrap_or_default());
+        v.extend_from_slice(&img.register(2, "ymm_hi", i).unwrap_or_default());
+        if avx512 {
+            v.extend_from_slice(&img.register(6, "zmm_hi", i).unwrap_or_default());
+            println!("  zmm{i:<8} {}", le_hex(&v));
+        } else {
+            println!("  ymm{i:<8} {}", le_hex(&v));
+        }
+    }
+    if avx512 && img.placement(7).is_ok() {
+        for i in 0..16 {
+            let v = img.register(7, "zmm", i).unwrap_or_default();
+            println!("  zmm{:<8} {}", i + 16, le_hex(&v));
+        }
+    }
 }
 
 #[cfg(test)]
