@@ -603,3 +603,30 @@ fn absurd_source_geometry_is_an_error_not_an_allocation() {
     assert!(s.to_source_image().is_err());
     assert!(validate(&s).iter().any(|x| x.rule == "source.layout"));
 }
+
+#[test]
+fn tags_and_indefinite_lengths_are_accepted() {
+    let s = sample_snapshot();
+    let file = s.encode().unwrap();
+    // A tag around XCR0's value.
+    let tagged = rewrite_body(&file, |m| {
+        for (k, v) in m.iter_mut() {
+            if k.as_text() == Some("xcr0") {
+                *v = ciborium::Value::Tag(6, Box::new(v.clone()));
+            }
+        }
+    });
+    assert_eq!(Snapshot::decode(&tagged).unwrap(), s);
+    // The top-level map written with an indefinite length (0xbf … 0xff).
+    let body = &file[HEADER_LEN..file.len() - 4];
+    assert_eq!(body[0], 0xa9, "a definite map of 9 keys");
+    let mut nb = vec![0xbf];
+    nb.extend_from_slice(&body[1..]);
+    nb.push(0xff);
+    let mut out = file[..HEADER_LEN].to_vec();
+    out[12..16].copy_from_slice(&(nb.len() as u32).to_le_bytes());
+    out.extend_from_slice(&nb);
+    let crc = xstate::snapshot::crc32::crc32(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    assert_eq!(Snapshot::decode(&out).unwrap(), s);
+}
