@@ -326,3 +326,34 @@ fn bad_source_headers() {
         ConvertError::BadHeader(_)
     ));
 }
+
+#[test]
+fn supervisor_state_moves_between_compacted_layouts() {
+    // The kernel's Zen 5 format (DESIGN.md §9: features 0x18e7, 2472 bytes) to a Sapphire
+    // Rapids compacted form with CET: CET_U and CET_S follow their components, never the
+    // standard form (which has no place for supervisor state).
+    let (z, i) = (zen5(), spr());
+    let mut src = XsaveImage::new(&z.compacted(0x18e7).unwrap());
+    assert_eq!(src.len(), 2472);
+    src.set_u_cet(0x5).unwrap();
+    src.set_pl3_ssp(0x7fff_0000_1000).unwrap();
+    src.set_pl_ssp(2, 0x7fff_0000_2000).unwrap();
+    src.set_k(1, 1).unwrap();
+    assert_eq!(src.placement(11).unwrap().offset, 2432);
+    let dst = convert(&src, &i.compacted(0x18e7).unwrap()).unwrap();
+    assert_eq!(
+        (dst.u_cet().unwrap(), dst.pl3_ssp().unwrap()),
+        (0x5, 0x7fff_0000_1000)
+    );
+    assert_eq!(dst.pl_ssp(2).unwrap(), 0x7fff_0000_2000);
+    assert!(diff(&src, &dst).unwrap().is_empty());
+    let e = convert(&src, &z.standard(0xe7).unwrap()).unwrap_err();
+    assert!(matches!(e, ConvertError::NoRoom { id: 11, .. }), "{e}");
+    // Without its supervisor state the image converts to the standard form.
+    let mut user = src.clone();
+    user.clear_component(11).unwrap();
+    user.clear_component(12).unwrap();
+    let s = convert(&user, &z.standard(0xe7).unwrap()).unwrap();
+    assert_eq!(s.k(1).unwrap(), 1);
+    assert_eq!(s.xstate_bv(), 1 << 5);
+}
