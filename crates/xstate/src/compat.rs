@@ -395,9 +395,11 @@ pub fn check(s: &Snapshot, dest: &Destination) -> Verdict {
             }
         }
     }
-    let dest_vendor = dest_vendor_note(s, dest);
-    if let Some(n) = dest_vendor {
-        notes.push(n);
+    if !s.source.vendor.is_empty() {
+        notes.push(format!(
+            "source CPU: {} family {:#x} model {:#x} stepping {}",
+            s.source.vendor, s.source.family, s.source.model, s.source.stepping
+        ));
     }
 
     Verdict {
@@ -405,15 +407,4 @@ pub fn check(s: &Snapshot, dest: &Destination) -> Verdict {
         reasons,
         notes,
     }
-}
-
-fn dest_vendor_note(s: &Snapshot, dest: &Destination) -> Option<String> {
-    let _ = dest;
-    if s.source.vendor.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "source CPU: {} family {:#x} model {:#x} stepping {}",
-        s.source.vendor, s.source.family, s.source.model, s.source.stepping
-    ))
 }

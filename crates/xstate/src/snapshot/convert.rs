@@ -6,9 +6,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{
-    content_len, ControlRegs, Legacy, Snapshot, SnapshotError, SourceCpu, FCW_INIT, MXCSR_INIT,
-};
+use super::{content_len, ControlRegs, Legacy, Snapshot, SnapshotError, SourceCpu, MXCSR_INIT};
 use crate::components::{bits, mask, Component};
 use crate::cpuid::CpuidDump;
 use crate::layout::{Form, Layout, LayoutError, EXTENDED_START};
@@ -345,7 +343,6 @@ impl Snapshot {
         img[16..24].copy_from_slice(&l.fdp.to_le_bytes());
         img[24..28].copy_from_slice(&l.mxcsr.to_le_bytes());
         img[28..32].copy_from_slice(&l.mxcsr_mask.to_le_bytes());
-        debug_assert_eq!(FCW_INIT, Legacy::init(0).fcw);
 
         for (&id, data) in &self.components {
             let want = content_len(id, self.source.size_of(id)) as usize;
