@@ -9,7 +9,7 @@
 //! - components absent from XSTATE_BV are written with their init value in the standard form
 //!   and omitted in the compacted form (DESIGN.md §5);
 //! - MXCSR keeps its effective value across forms: the standard form loads it from the image
-//!   even with XSTATE_BV[1] clear, the compacted form only with the SSE component, so a
+//!   even with XSTATE_BV\[1\] clear, the compacted form only with the SSE component, so a
 //!   non-default MXCSR makes the compacted image carry SSE, exactly as XSAVEC does
 //!   (DESIGN.md §5);
 //! - MXCSR_MASK and bytes 416..511 of the legacy area are copied verbatim; the target header is

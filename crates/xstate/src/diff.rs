@@ -3,7 +3,7 @@
 //!
 //! Bytes with no meaning are ignored: padding and reserved bytes, the unused upper bytes of
 //! x87 ST slots and of PKRU, reserved bits of FCW and FOP (see
-//! [`significant`](crate::image::registers::significant)), MXCSR_MASK (restores ignore it), the header (its meaning is in
+//! [`crate::image::registers::significant`]), MXCSR_MASK (restores ignore it), the header (its meaning is in
 //! which components are present), and the bytes of components absent from XSTATE_BV. A
 //! component absent from XSTATE_BV equals one present holding its init value (DESIGN.md §5),
 //! whatever the forms and layouts of the two images.

@@ -51,11 +51,11 @@ pub enum Rule {
     /// Reserved header bytes must be zero (XRSTOR standard: 16..23; compacted, XRSTORS and
     /// KVM: 16..63).
     HeaderReserved,
-    /// The compacted form needs XSAVEC support (CPUID.(0xD,1):EAX[1]).
+    /// The compacted form needs XSAVEC support (CPUID.(0xD,1):EAX\[1\]).
     CompactedUnsupported,
     /// A compacted-form profile was given an image with XCOMP_BV bit 63 clear.
     NotCompacted,
-    /// XCOMP_BV[62:0] has a bit not enabled (XCR0, or XCR0 | IA32_XSS for XRSTORS).
+    /// XCOMP_BV\[62:0\] has a bit not enabled (XCR0, or XCR0 | IA32_XSS for XRSTORS).
     XcompBvNotEnabled,
     /// XSTATE_BV has a bit not in XCOMP_BV.
     XstateBvNotInXcompBv,
@@ -133,9 +133,9 @@ pub struct RestoreConfig {
     pub request: u64,
     /// The CPU's MXCSR mask (from FXSAVE's MXCSR_MASK; 0 there means 0xFFBF).
     pub mxcsr_mask: u32,
-    /// CPUID.(0xD,1):EAX[1]: XSAVEC and the compacted form of XRSTOR.
+    /// CPUID.(0xD,1):EAX\[1\]: XSAVEC and the compacted form of XRSTOR.
     pub xsavec: bool,
-    /// CPUID.(0xD,1):EAX[3]: XSAVES/XRSTORS.
+    /// CPUID.(0xD,1):EAX\[3\]: XSAVES/XRSTORS.
     pub xsaves: bool,
     /// Linear-address width for canonical checks of supervisor values (48, or 57 with LA57).
     pub linear_address_bits: u8,
@@ -307,8 +307,8 @@ fn bits_text(m: u64) -> String {
 
 /// XRSTOR of a standard-form image (SDM Vol. 1 §13.8.1; DESIGN.md §5): #GP when XSTATE_BV
 /// has a bit not in XCR0 (bit 63 included), when header bytes 8..23 are not zero, and when
-/// MXCSR sets bits outside the mask while RFBM[1] or RFBM[2] is set (the standard form loads
-/// MXCSR from the image even with XSTATE_BV[1] clear). Header bytes 24..63 are not checked.
+/// MXCSR sets bits outside the mask while RFBM\[1\] or RFBM\[2\] is set (the standard form loads
+/// MXCSR from the image even with XSTATE_BV\[1\] clear). Header bytes 24..63 are not checked.
 pub fn xrstor(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
     let mut out = Vec::new();
     if let Some(t) = too_small(bytes) {
@@ -407,8 +407,8 @@ fn compacted_common(
 }
 
 /// XRSTOR of a compacted-form image (SDM Vol. 1 §13.8.1; DESIGN.md §5): #GP when the CPU
-/// lacks XSAVEC, XCOMP_BV[62:0] has a bit not in XCR0, XSTATE_BV has a bit not in
-/// XCOMP_BV[62:0], header bytes 16..63 are not zero, or MXCSR sets bits outside the mask while
+/// lacks XSAVEC, XCOMP_BV\[62:0\] has a bit not in XCR0, XSTATE_BV has a bit not in
+/// XCOMP_BV\[62:0\], header bytes 16..63 are not zero, or MXCSR sets bits outside the mask while
 /// SSE is restored from the image.
 pub fn xrstor_compacted(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
     let mut out = Vec::new();
@@ -472,8 +472,8 @@ fn canonical(v: u64, bits: u8) -> bool {
 }
 
 /// XRSTORS (SDM Vol. 2B XRSTORS; DESIGN.md §5): #GP when XCOMP_BV bit 63 is clear,
-/// XCOMP_BV[62:0] has a bit not in XCR0 | IA32_XSS, XSTATE_BV has a bit not in
-/// XCOMP_BV[62:0], header bytes 16..63 are not zero, MXCSR sets bits outside the mask while SSE
+/// XCOMP_BV\[62:0\] has a bit not in XCR0 | IA32_XSS, XSTATE_BV has a bit not in
+/// XCOMP_BV\[62:0\], header bytes 16..63 are not zero, MXCSR sets bits outside the mask while SSE
 /// is restored, or a restored supervisor component holds a value its MSR refuses. Supervisor
 /// values checked (the CET MSR rules, SDM Vol. 1 §17.3 and Vol. 4 MSR list): IA32_U_CET bits
 /// 9:6 reserved, SUPPRESS and TRACKER not both set, EB_LEG_BITMAP_BASE canonical;

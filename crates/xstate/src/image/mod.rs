@@ -15,7 +15,7 @@
 //!
 //! MXCSR belongs to the SSE component but lives in the x87 part of the legacy area. Its
 //! meaning differs between the forms (SDM Vol. 1 §13.8.1, DESIGN.md §5): the standard form of
-//! XRSTOR loads it from the image whenever RFBM[1] or RFBM[2] is set, even with XSTATE_BV[1]
+//! XRSTOR loads it from the image whenever RFBM\[1\] or RFBM\[2\] is set, even with XSTATE_BV\[1\]
 //! clear; the compacted form loads it only with the SSE component and otherwise sets 0x1F80.
 //! [`Xsave::mxcsr`] returns that effective value.
 //!
@@ -602,7 +602,7 @@ impl<B: AsRef<[u8]>> Xsave<B> {
     }
 
     /// MXCSR as a restore would load it: the image bytes in the standard form (loaded whenever
-    /// RFBM[1] or RFBM[2]); in the compacted form the bytes when XSTATE_BV[1] is set, else
+    /// RFBM\[1\] or RFBM\[2\]); in the compacted form the bytes when XSTATE_BV\[1\] is set, else
     /// 0x1F80 (SDM Vol. 1 §13.8.1; DESIGN.md §5).
     pub fn mxcsr(&self) -> u32 {
         let raw = raw_mxcsr(self.as_bytes());
