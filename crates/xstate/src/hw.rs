@@ -221,7 +221,7 @@ impl Mid {
 /// The restore step of a [`Sequence`].
 #[derive(Debug)]
 pub enum Restore<'a> {
-    /// XRSTOR64 of `mem` with EDX:EAX = `rfbm` (standard or compacted, as XCOMP_BV[63] says).
+    /// XRSTOR64 of `mem` with EDX:EAX = `rfbm` (standard or compacted, as XCOMP_BV\[63\] says).
     Xrstor {
         /// The image (64-byte aligned); mutable because a patch may write into it.
         mem: &'a mut [u8],

@@ -5,7 +5,7 @@
 //! * [`Layout::standard`] places the components of a mask in the standard form (§13.4.2:
 //!   component i ≥ 2 at CPUID.(0xD,i).EBX).
 //! * [`Layout::compacted`] places them in the compacted form (§13.4.3: from byte 576, in
-//!   increasing component order, rounded up to 64 where CPUID.(0xD,i).ECX[1] says so).
+//!   increasing component order, rounded up to 64 where CPUID.(0xD,i).ECX\[1\] says so).
 //! * [`Layout::check_xcr0`] applies the XSETBV rules (SDM Vol. 2B XSETBV, Vol. 1 §13.3).
 //! * [`Layout::consistency`] reports CPUID data that cannot be right.
 //!
@@ -111,7 +111,7 @@ impl Placement {
 pub struct FormLayout {
     /// Standard or compacted.
     pub form: Form,
-    /// The components placed (XCR0 for standard, XCOMP_BV[62:0] for compacted).
+    /// The components placed (XCR0 for standard, XCOMP_BV\[62:0\] for compacted).
     pub mask: u64,
     /// The image size in bytes.
     pub size: u32,
@@ -189,7 +189,7 @@ pub enum LayoutError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Xcr0Rule {
-    /// XCR0[0] (x87) must be 1.
+    /// XCR0\[0\] (x87) must be 1.
     X87Required,
     /// No bit outside CPUID.(0xD,0):EDX:EAX may be set.
     Unsupported,
@@ -391,7 +391,7 @@ impl Layout {
         &self.leaf
     }
 
-    /// False for a CPU without XSAVE (CPUID.1:ECX[26] = 0): only FXSAVE's 512-byte area exists.
+    /// False for a CPU without XSAVE (CPUID.1:ECX\[26\] = 0): only FXSAVE's 512-byte area exists.
     pub fn has_xsave(&self) -> bool {
         self.xsave
     }
@@ -416,7 +416,7 @@ impl Layout {
     }
 
     /// Is component `id` a supervisor component on this CPU? The supported masks decide; for a
-    /// component in neither, CPUID.(0xD,id).ECX[0], then the catalog.
+    /// component in neither, CPUID.(0xD,id).ECX\[0\], then the catalog.
     pub fn is_supervisor(&self, id: u8) -> bool {
         if id >= 63 {
             return false;

@@ -116,11 +116,11 @@ pub enum Policy {
 pub struct Caps {
     /// CPUID.1:ECX.XSAVE.
     pub xsave: bool,
-    /// CPUID.(0xD,1):EAX[0].
+    /// CPUID.(0xD,1):EAX\[0\].
     pub xsaveopt: bool,
-    /// CPUID.(0xD,1):EAX[1].
+    /// CPUID.(0xD,1):EAX\[1\].
     pub xsavec: bool,
-    /// CPUID.(0xD,1):EAX[3].
+    /// CPUID.(0xD,1):EAX\[3\].
     pub xsaves: bool,
     /// The caller runs at CPL 0 (kernel, hypervisor).
     pub ring0: bool,

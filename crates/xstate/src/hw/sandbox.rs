@@ -142,7 +142,7 @@ fn sys(call: &'static str) -> SandboxError {
 /// Runs XRSTOR64 of `image` with EDX:EAX = `rfbm` in a forked child. The image is copied to
 /// a page-aligned buffer at byte `offset` (non-zero offsets not multiple of 64 test the
 /// alignment #GP); bytes past `image.len()` read as zero. The form (standard or compacted) is
-/// the CPU's choice from XCOMP_BV[63], as for any XRSTOR.
+/// the CPU's choice from XCOMP_BV\[63\], as for any XRSTOR.
 pub fn xrstor(
     host: &Host,
     image: &[u8],

@@ -36,7 +36,7 @@ pub enum SaveInsn {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RestoreInsn {
-    /// XRSTOR, standard or compacted form as XCOMP_BV[63] says (§13.8).
+    /// XRSTOR, standard or compacted form as XCOMP_BV\[63\] says (§13.8).
     Xrstor,
     /// XRSTORS: compacted form, supervisor components; CPL 0 (§13.12).
     Xrstors,

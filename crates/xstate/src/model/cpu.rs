@@ -33,7 +33,7 @@ pub struct X87 {
     /// Last data pointer.
     pub fdp: u64,
     /// The physical registers R0..R7 (80 bits each). The image stores them in stack order:
-    /// slot i (ST(i)) is R[(TOP + i) mod 8], TOP = FSW[13:11]; the abridged tag bits are per
+    /// slot i (ST(i)) is R[(TOP + i) mod 8], TOP = FSW\[13:11\]; the abridged tag bits are per
     /// physical register (SDM Vol. 1 §8.1.2, Vol. 2 FXSAVE).
     pub r: [[u8; 10]; 8],
 }
@@ -50,7 +50,7 @@ impl X87 {
         r: [[0; 10]; 8],
     };
 
-    /// True when an unmasked exception is pending: FSW[5:0] & !FCW[5:0] ≠ 0 (what sets FSW.ES,
+    /// True when an unmasked exception is pending: FSW\[5:0\] & !FCW\[5:0\] ≠ 0 (what sets FSW.ES,
     /// SDM Vol. 1 §8.1.3.1).
     pub fn pending(&self) -> bool {
         self.fsw & !self.fcw & 0x3f != 0
@@ -60,7 +60,7 @@ impl X87 {
         *self == X87::INIT
     }
 
-    /// TOP, FSW[13:11].
+    /// TOP, FSW\[13:11\].
     pub fn top(&self) -> usize {
         usize::from((self.fsw >> 11) & 7)
     }
@@ -335,7 +335,7 @@ impl ModelCpu {
         }
     }
 
-    /// XINUSE[i] := component i is not in init state, for i in `m`.
+    /// XINUSE\[i\] := component i is not in init state, for i in `m`.
     fn retrack(&mut self, m: u64) {
         for id in bits(m & !mask::COMPACTED) {
             if self.is_init(id) {
@@ -454,7 +454,7 @@ impl ModelCpu {
 
     /// WRMSR of IA32_XSS / IA32_XFD / IA32_XFD_ERR. #GP for bits the CPU does not allow:
     /// IA32_XSS only supervisor components of CPUID.(0xD,1):EDX:ECX; IA32_XFD and
-    /// IA32_XFD_ERR only XFD-capable components (CPUID.(0xD,i).ECX[2]; SDM Vol. 1 §13.14).
+    /// IA32_XFD_ERR only XFD-capable components (CPUID.(0xD,i).ECX\[2\]; SDM Vol. 1 §13.14).
     pub fn wrmsr(&mut self, msr: Msr, value: u64) -> Result<(), Fault> {
         self.msr_exists(msr)?;
         match msr {
@@ -864,7 +864,7 @@ impl ModelCpu {
     // ----- restores ------------------------------------------------------------------------
 
     /// XRSTOR from `mem` (linear address `addr`) with EDX:EAX = `edx_eax`, standard or
-    /// compacted form as XCOMP_BV[63] says (SDM Vol. 1 §13.8). Every check happens before
+    /// compacted form as XCOMP_BV\[63\] says (SDM Vol. 1 §13.8). Every check happens before
     /// any register changes: a fault leaves the state as it was (except IA32_XFD_ERR on #NM).
     pub fn xrstor(&mut self, mem: &[u8], addr: u64, edx_eax: u64) -> Result<(), Fault> {
         self.check_xsave_family("XRSTOR", true, "CPUID.1:ECX.XSAVE", false, addr)?;
@@ -1066,7 +1066,7 @@ impl ModelCpu {
         Ok(())
     }
 
-    /// Init-then-load (SDM Vol. 1 §13.8.1-13.8.2): for i in RFBM, XSTATE_BV[i] = 1 loads the
+    /// Init-then-load (SDM Vol. 1 §13.8.1-13.8.2): for i in RFBM, XSTATE_BV\[i\] = 1 loads the
     /// component, 0 sets it to init. All reads are checked before anything changes.
     #[allow(clippy::too_many_arguments)]
     fn load(
@@ -1274,7 +1274,7 @@ impl ModelCpu {
     /// their standard offsets, the other user components are put in init state, MXCSR comes
     /// from bytes 24..27 whatever XSTATE_BV says. Header bits beyond that are ignored. XINUSE:
     /// `xinuse` when given (bit 1 with MXCSR ≠ 1F80H is read as XGETBV(1) reports it: the XMM
-    /// part is then taken from XSTATE_BV[1]); otherwise by the profile's tracking. XMODIFIED
+    /// part is then taken from XSTATE_BV\[1\]); otherwise by the profile's tracking. XMODIFIED
     /// becomes all ones and XRSTOR_INFO is cleared.
     pub fn load_state(&mut self, state: &[u8], xinuse: Option<u64>) -> Result<(), Fault> {
         Self::need(state, 576, "state image")?;

@@ -18,23 +18,23 @@
 //!
 //! * **XSAVE / XSAVEOPT** (standard form, RFBM = EDX:EAX & XCR0): x87 bytes 0..24 and
 //!   32..160 (ST slots in stack order, 6 reserved bytes per slot written as 0, byte 5 as 0);
-//!   MXCSR and MXCSR_MASK (24..32) when RFBM[1] or RFBM[2]; XMM0-15 (160..416); every
-//!   component i ≥ 2 of RFBM at its CPUID offset; XSTATE_BV[i] := XINUSE[i] for i in RFBM by a
+//!   MXCSR and MXCSR_MASK (24..32) when RFBM\[1\] or RFBM\[2\]; XMM0-15 (160..416); every
+//!   component i ≥ 2 of RFBM at its CPUID offset; XSTATE_BV\[i\] := XINUSE\[i\] for i in RFBM by a
 //!   read-modify-write of bytes 512..519. Nothing else — not 416..511, not 520..575. XSAVE
 //!   writes every RFBM component (init values when not in use); XSAVEOPT skips components not
 //!   in use (init optimization) and components not modified since an XRSTOR from the same
 //!   linear address at the same CPL (modified optimization, XRSTOR_INFO); MXCSR is never
 //!   skipped.
-//! * **XSAVEC / XSAVES** (compacted): XSTATE_BV := RFBM & XINUSE, plus bit 1 when RFBM[1] and
+//! * **XSAVEC / XSAVES** (compacted): XSTATE_BV := RFBM & XINUSE, plus bit 1 when RFBM\[1\] and
 //!   MXCSR ≠ 1F80H (then MXCSR, MXCSR_MASK and the XMM registers are written); XCOMP_BV :=
 //!   RFBM | bit 63; components not in use are not written; only those two header fields are
 //!   written. XSAVES: RFBM from XCR0 | IA32_XSS, CPL 0, modified optimization when XRSTOR_INFO
 //!   = (CPL, VMX non-root, address, RFBM | bit 63).
 //! * **XRSTOR / XRSTORS**: every #GP rule of §13.8.1, §13.8.2, §13.12 is checked before any
-//!   register changes; for i in RFBM, XSTATE_BV[i] = 1 loads component i, 0 puts it in init
-//!   state (init first, then load); MXCSR per form (standard: whenever RFBM[1] or RFBM[2];
+//!   register changes; for i in RFBM, XSTATE_BV\[i\] = 1 loads component i, 0 puts it in init
+//!   state (init first, then load); MXCSR per form (standard: whenever RFBM\[1\] or RFBM\[2\];
 //!   compacted: with a loaded SSE component, 1F80H when SSE is initialized). An XFD-armed
-//!   component with XSTATE_BV[i] = RFBM[i] = 1 raises #NM and ORs the bit into IA32_XFD_ERR
+//!   component with XSTATE_BV\[i\] = RFBM\[i\] = 1 raises #NM and ORs the bit into IA32_XFD_ERR
 //!   (§13.14). XRSTOR_INFO := (CPL, VMX non-root, address, XCOMP_BV).
 //! * **FXSAVE / FXRSTOR** (64-bit forms): bytes 0..416; 416..511 are never written.
 //! * **XFD**: saves treat XCR0 & IA32_XFD components as not in use (XSAVE writes their init
@@ -48,18 +48,18 @@
 //! [`CpuProfile`] fields record it (set for AMD/Hygon; Intel profiles use the SDM reading):
 //!
 //! 1. **XINUSE is tracked by value** ([`XinuseTracking::ByValue`]): XRSTOR of all-zero
-//!    content with XSTATE_BV[i] = 1 leaves XINUSE[i] = 0; `PXOR` of the only non-zero XMM
-//!    register clears XINUSE[1]; FCW = 037FH with everything else zero is x87 init.
+//!    content with XSTATE_BV\[i\] = 1 leaves XINUSE\[i\] = 0; `PXOR` of the only non-zero XMM
+//!    register clears XINUSE\[1\]; FCW = 037FH with everything else zero is x87 init.
 //! 2. **XINUSE may stay 1 for a component in init state**, as SDM §13.6 allows, in ways the
-//!    model does not predict: a legacy-SSE write while ZMM_Hi256 is in use sets XINUSE[2]
+//!    model does not predict: a legacy-SSE write while ZMM_Hi256 is in use sets XINUSE\[2\]
 //!    ([`CpuProfile::sse_write_marks_avx`]), and after some restore sequences the XSTATE_BV
 //!    written by XSAVE reports SSE/AVX in use while XGETBV(1) just before reports them not in
 //!    use. The differential test adopts the CPU's extra bits for components the model knows
 //!    to be in init state (counted and printed) and then requires every byte to match.
-//! 3. **XGETBV(1) bit 1 includes MXCSR ≠ 1F80H, XSAVE's XSTATE_BV[1] does not** (SDM §13.9:
-//!    "XINUSE[1] pertains only to the state of the XMM registers").
+//! 3. **XGETBV(1) bit 1 includes MXCSR ≠ 1F80H, XSAVE's XSTATE_BV\[1\] does not** (SDM §13.9:
+//!    "XINUSE\[1\] pertains only to the state of the XMM registers").
 //! 4. **FIP/FDP/FOP are saved only with an unmasked exception pending** (FSW.ES), else as
-//!    zero — for FXSAVE and XSAVE alike, even though CPUID.8000_0008:EBX[2] (XSaveErPtr) is
+//!    zero — for FXSAVE and XSAVE alike, even though CPUID.8000_0008:EBX\[2\] (XSaveErPtr) is
 //!    set; a masked exception does not make them saved ([`X87Pointers`]).
 //! 5. **FIP and FDP hold 57 bits**: loaded values read back sign-extended from bit 56
 //!    ([`CpuProfile::x87_pointer_bits`]); FOP keeps 11 bits.
@@ -73,7 +73,7 @@
 //!    written. Components **outside the RFBM of that XRSTOR** are always written (the model
 //!    sets XMODIFIED for them).
 //! 8. MXCSR_MASK is 0x2FFFF (bit 17, AMD's misaligned-exception mask, is writable).
-//! 9. Standard-form XRSTOR ignores header bytes 24..63; a compacted XRSTOR with XSTATE_BV[63]
+//! 9. Standard-form XRSTOR ignores header bytes 24..63; a compacted XRSTOR with XSTATE_BV\[63\]
 //!    set faults; misaligned operands fault (#GP arrives as SIGSEGV).
 //!
 //! # Worked examples (`xstate model`, checked in `crates/xstate-cli/tests/model_cli.rs`)
@@ -83,7 +83,7 @@
 //!
 //! 1. `--insn xsave --rfbm 0x3` over memory of 0xFF bytes: bytes 0..416 are written (FCW
 //!    037FH, FSW/FTW/FOP/FIP/FDP 0, MXCSR 1F80H, MXCSR_MASK, ST slots 0, XMM0 = 0x11…), the
-//!    XSTATE_BV read-modify-write gives 0xFFFF_FFFF_FFFF_FFFE (bit 0 := XINUSE[0] = 0, bit 1 :=
+//!    XSTATE_BV read-modify-write gives 0xFFFF_FFFF_FFFF_FFFE (bit 0 := XINUSE\[0\] = 0, bit 1 :=
 //!    1, the rest unchanged), 416..511 and 520.. stay 0xFF (SDM §13.7).
 //! 2. `--insn xsavec`: XSTATE_BV = 0x2, XCOMP_BV = 0x8000_0000_0000_00E7, bytes 0..24 stay
 //!    0xFF (x87 not in use, init optimization), header bytes 528..575 stay 0xFF (§13.10).
@@ -94,7 +94,7 @@
 //! 5. `--insn xsaves --cpl 3`: exit 3, #GP (Vol. 2 XSAVES).
 //! 6. Sapphire Rapids (`--xcr0 0x602e7 --xfd 0x40000`), tiles holding data: `xsavec` writes
 //!    XSTATE_BV = 0x20000 and XCOMP_BV = 0x8000_0000_0006_02E7; restoring it with
-//!    XSTATE_BV[18] = 1 exits 3 with #NM and IA32_XFD_ERR |= 0x40000 (§13.14).
+//!    XSTATE_BV\[18\] = 1 exits 3 with #NM and IA32_XFD_ERR |= 0x40000 (§13.14).
 //!
 //! ```
 //! use xstate::model::{AlignedBuf, CpuProfile, Exception, ModelCpu, SimpleInsn};

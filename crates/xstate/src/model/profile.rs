@@ -8,7 +8,7 @@ use crate::layout::Layout;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum X87Pointers {
-    /// Always stored (Intel; AMD with CPUID.8000_0008:EBX[2] XSaveErPtr).
+    /// Always stored (Intel; AMD with CPUID.8000_0008:EBX\[2\] XSaveErPtr).
     Always,
     /// Stored only when an unmasked x87 exception is pending (FSW.ES = 1); otherwise the
     /// fields are written as zero, and restores do not load them (AMD: the behaviour behind
@@ -17,18 +17,18 @@ pub enum X87Pointers {
     OnlyWithPendingException,
 }
 
-/// How the processor tracks XINUSE (SDM Vol. 1 §13.6 allows XINUSE[i] = 1 for a component in
+/// How the processor tracks XINUSE (SDM Vol. 1 §13.6 allows XINUSE\[i\] = 1 for a component in
 /// init state; it requires 0 only after the component was put in init state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum XinuseTracking {
-    /// The SDM's reading: a restore with XSTATE_BV[i] = 1 and any write of the component set
-    /// XINUSE[i]; only initialization (XRSTOR with XSTATE_BV[i] = 0, VZEROUPPER for AVX,
+    /// The SDM's reading: a restore with XSTATE_BV\[i\] = 1 and any write of the component set
+    /// XINUSE\[i\]; only initialization (XRSTOR with XSTATE_BV\[i\] = 0, VZEROUPPER for AVX,
     /// TILERELEASE …) clears it. Not verified on silicon by this project.
     OnWrite,
-    /// XINUSE[i] = the component is not in its init state, whatever put it there (measured on
-    /// AMD Zen 5: XRSTOR of zeros with XSTATE_BV[i] = 1, or PXOR of the only non-zero XMM
-    /// register, leave XINUSE[i] = 0).
+    /// XINUSE\[i\] = the component is not in its init state, whatever put it there (measured on
+    /// AMD Zen 5: XRSTOR of zeros with XSTATE_BV\[i\] = 1, or PXOR of the only non-zero XMM
+    /// register, leave XINUSE\[i\] = 0).
     ByValue,
 }
 
@@ -44,15 +44,15 @@ pub struct CpuProfile {
     pub xsave: bool,
     /// CPUID.1:EDX.FXSR.
     pub fxsr: bool,
-    /// CPUID.(0xD,1):EAX[0] XSAVEOPT.
+    /// CPUID.(0xD,1):EAX\[0\] XSAVEOPT.
     pub xsaveopt: bool,
-    /// CPUID.(0xD,1):EAX[1] XSAVEC and compacted XRSTOR.
+    /// CPUID.(0xD,1):EAX\[1\] XSAVEC and compacted XRSTOR.
     pub xsavec: bool,
-    /// CPUID.(0xD,1):EAX[2] XGETBV with ECX = 1.
+    /// CPUID.(0xD,1):EAX\[2\] XGETBV with ECX = 1.
     pub xgetbv1: bool,
-    /// CPUID.(0xD,1):EAX[3] XSAVES/XRSTORS and IA32_XSS.
+    /// CPUID.(0xD,1):EAX\[3\] XSAVES/XRSTORS and IA32_XSS.
     pub xsaves: bool,
-    /// CPUID.(0xD,1):EAX[4] XFD.
+    /// CPUID.(0xD,1):EAX\[4\] XFD.
     pub xfd: bool,
     /// MXCSR_MASK (SDM Vol. 1 §11.6.6; 0xFFFF with DAZ, 0xFFBF without).
     pub mxcsr_mask: u32,
@@ -67,7 +67,7 @@ pub struct CpuProfile {
     /// `(0x1f3f, 0x0040)`: reserved bits 7 and 13-15 read 0, bit 6 reads 1). None: as loaded.
     pub fcw_fixed: Option<(u16, u16)>,
     /// A legacy-SSE instruction writing an XMM register while ZMM_Hi256 is in use marks AVX
-    /// in use (XINUSE[2] = 1) even though the YMM upper halves stay zero (measured on Zen 5).
+    /// in use (XINUSE\[2\] = 1) even though the YMM upper halves stay zero (measured on Zen 5).
     pub sse_write_marks_avx: bool,
 }
 
@@ -121,7 +121,7 @@ impl CpuProfile {
         p
     }
 
-    /// The bits of XFD-capable components (CPUID.(0xD,i).ECX[2]).
+    /// The bits of XFD-capable components (CPUID.(0xD,i).ECX\[2\]).
     pub fn xfd_capable(&self) -> u64 {
         let mut m = 0;
         for i in 2..63u8 {
