@@ -55,6 +55,8 @@ pub mod msr;
 pub mod perm;
 pub mod snapshot;
 pub mod state;
+#[cfg(test)]
+mod testdata;
 pub mod xsave;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

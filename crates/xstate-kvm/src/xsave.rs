@@ -281,64 +281,10 @@ impl KvmXsaveRules {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xstate::cpuid::{CpuidDump, Regs};
-    use xstate::layout::Layout;
 
-    /// This project's Zen 5 geometry (DESIGN §9): AVX 576, opmask 832, ZMM_Hi256 896,
-    /// Hi16_ZMM 1408, size 2432.
+    /// This project's Zen 5 geometry (DESIGN §9), from its real `cpuid -r` dump.
     fn rules() -> KvmXsaveRules {
-        let mut d = CpuidDump::new("zen5");
-        d.insert(
-            0xd,
-            0,
-            Regs {
-                eax: 0xe7,
-                ebx: 2432,
-                ecx: 2432,
-                edx: 0,
-            },
-        );
-        d.insert(
-            0xd,
-            2,
-            Regs {
-                eax: 256,
-                ebx: 576,
-                ecx: 0,
-                edx: 0,
-            },
-        );
-        d.insert(
-            0xd,
-            5,
-            Regs {
-                eax: 64,
-                ebx: 832,
-                ecx: 0,
-                edx: 0,
-            },
-        );
-        d.insert(
-            0xd,
-            6,
-            Regs {
-                eax: 512,
-                ebx: 896,
-                ecx: 0,
-                edx: 0,
-            },
-        );
-        d.insert(
-            0xd,
-            7,
-            Regs {
-                eax: 1024,
-                ebx: 1408,
-                ecx: 0,
-                edx: 0,
-            },
-        );
-        let layout = Layout::from_dump(&d).standard(0xe7).unwrap();
+        let layout = crate::testdata::zen5_standard();
         KvmXsaveRules {
             buffer_size: 4096,
             supported_xcr0: 0xe7,

@@ -197,62 +197,9 @@ pub fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xstate::cpuid::{CpuidDump, Regs};
-    use xstate::layout::Layout;
 
     fn zen5() -> FormLayout {
-        let mut d = CpuidDump::new("zen5");
-        d.insert(
-            0xd,
-            0,
-            Regs {
-                eax: 0xe7,
-                ebx: 2432,
-                ecx: 2432,
-                edx: 0,
-            },
-        );
-        d.insert(
-            0xd,
-            2,
-            Regs {
-                eax: 256,
-                ebx: 576,
-                ecx: 0,
-                edx: 0,
-            },
-        );
-        d.insert(
-            0xd,
-            5,
-            Regs {
-                eax: 64,
-                ebx: 832,
-                ecx: 0,
-                edx: 0,
-            },
-        );
-        d.insert(
-            0xd,
-            6,
-            Regs {
-                eax: 512,
-                ebx: 896,
-                ecx: 0,
-                edx: 0,
-            },
-        );
-        d.insert(
-            0xd,
-            7,
-            Regs {
-                eax: 1024,
-                ebx: 1408,
-                ecx: 0,
-                edx: 0,
-            },
-        );
-        Layout::from_dump(&d).standard(0xe7).unwrap()
+        crate::testdata::zen5_standard()
     }
 
     #[test]
