@@ -146,7 +146,7 @@ impl Caps {
 pub struct Choice {
     /// The instruction.
     pub insn: SaveInsn,
-    /// Why.
+    /// Why, starting with the instruction's mnemonic (`"XSAVEC: …"`).
     pub reason: &'static str,
 }
 
@@ -156,7 +156,7 @@ pub fn choose(caps: Caps, policy: Policy) -> Choice {
     if !caps.xsave {
         return pick(
             SaveInsn::Fxsave,
-            "no XSAVE on this CPU: FXSAVE saves the 512-byte legacy area (x87, SSE)",
+            "FXSAVE: no XSAVE on this CPU; only the 512-byte legacy area (x87, SSE) is saved",
         );
     }
     if caps.xsaves && caps.ring0 {

@@ -161,16 +161,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         yn(leaf.has_xsaves()),
         yn(leaf.has_xfd())
     );
-    println!(
-        "save (user)     {}: {}",
-        user_choice.insn.name(),
-        user_choice.reason
-    );
-    println!(
-        "save (ring 0)   {}: {}",
-        ring0_choice.insn.name(),
-        ring0_choice.reason
-    );
+    // Each reason starts with the instruction's mnemonic.
+    println!("save (user)     {}", user_choice.reason);
+    println!("save (ring 0)   {}", ring0_choice.reason);
     println!(
         "KVM             {}",
         if kvm_ok {
