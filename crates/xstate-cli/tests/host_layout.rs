@@ -72,6 +72,14 @@ fn host_matches_the_kernels_view_on_this_machine() {
     assert_eq!(host["consistent"], true);
     assert_eq!(host["save_instruction"]["user"]["insn"], "xsavec");
     assert_eq!(host["save_instruction"]["ring0"]["insn"], "xsaves");
+    // DESIGN.md §9: this machine's KVM answers KVM_CAP_XSAVE2 = 4096 and guest XCR0 0xe7.
+    if host["kvm"]["usable"] == true {
+        assert_eq!(host["kvm"]["api_version"], 12);
+        assert_eq!(host["kvm"]["xsave2_size"], 4096);
+        assert_eq!(host["kvm"]["guest_xcr0"], "0xe7");
+    } else {
+        println!("skipped: KVM part ({})", host["kvm"]["detail"]);
+    }
 }
 
 #[test]

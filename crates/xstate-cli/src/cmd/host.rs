@@ -21,15 +21,55 @@ pub struct Args {
     dump_cpuid: Option<PathBuf>,
 }
 
-/// Whether /dev/kvm can be opened read-write, with the reason when not.
-fn kvm_status() -> (bool, String) {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
+/// What this host's KVM offers for extended state, or why it cannot be used.
+struct KvmFacts {
+    usable: bool,
+    detail: String,
+    api_version: Option<i32>,
+    xsave2_size: Option<u32>,
+    guest_xcr0: Option<u64>,
+}
+
+fn kvm_facts() -> KvmFacts {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     {
-        Ok(_) => (true, String::from("/dev/kvm opens read-write")),
-        Err(e) => (false, format!("/dev/kvm: {e}")),
+        match xstate_kvm::Kvm::open() {
+            Ok(kvm) => {
+                let (api, size, xcr0) = (
+                    kvm.api_version(),
+                    kvm.xsave2_size(),
+                    kvm.guest_supported_xcr0(),
+                );
+                KvmFacts {
+                    usable: true,
+                    detail: format!(
+                        "API {api}, KVM_CAP_XSAVE2 {size} bytes, guest XCR0 {} ({}); see `xstate kvm info`",
+                        hex(xcr0),
+                        mask_names(xcr0)
+                    ),
+                    api_version: Some(api),
+                    xsave2_size: Some(size),
+                    guest_xcr0: Some(xcr0),
+                }
+            }
+            Err(e) => KvmFacts {
+                usable: false,
+                detail: e.to_string(),
+                api_version: None,
+                xsave2_size: None,
+                guest_xcr0: None,
+            },
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        KvmFacts {
+            usable: false,
+            detail: String::from("KVM needs Linux on x86-64"),
+            api_version: None,
+            xsave2_size: None,
+            guest_xcr0: None,
+        }
     }
 }
 
@@ -70,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let leaf = layout.leaf();
     let user_choice = choose(Caps::of(layout, false), Policy::Linux);
     let ring0_choice = choose(Caps::of(layout, true), Policy::Linux);
-    let (kvm_ok, kvm_why) = kvm_status();
+    let kvm = kvm_facts();
     let (family, model, stepping) = dump.family_model_stepping();
     let kernel_compacted = leaf.current_compacted_size();
     if args.json {
@@ -95,7 +135,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "user": {"insn": user_choice.insn.name(), "reason": user_choice.reason},
             "ring0": {"insn": ring0_choice.insn.name(), "reason": ring0_choice.reason},
         });
-        v["kvm"] = json!({"usable": kvm_ok, "detail": kvm_why});
+        v["kvm"] = json!({
+            "usable": kvm.usable, "detail": kvm.detail, "api_version": kvm.api_version,
+            "xsave2_size": kvm.xsave2_size, "guest_xcr0": kvm.guest_xcr0.map(hex),
+        });
         print_json(&v);
         return Ok(report.status());
     }
@@ -107,7 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if !layout.has_xsave() {
         println!("XSAVE           not supported: FXSAVE's 512-byte legacy area only");
         println!("save            {}", user_choice.reason);
-        println!("KVM             {kvm_why}");
+        println!("KVM             {}", kvm.detail);
         return Ok(0);
     }
     println!(
@@ -165,12 +208,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     println!("save (user)     {}", user_choice.reason);
     println!("save (ring 0)   {}", ring0_choice.reason);
     println!(
-        "KVM             {}",
-        if kvm_ok {
-            format!("usable ({kvm_why})")
-        } else {
-            format!("not usable ({kvm_why})")
-        }
+        "KVM             {} ({})",
+        if kvm.usable { "usable" } else { "not usable" },
+        kvm.detail
     );
     report.print_sizes();
     println!();
