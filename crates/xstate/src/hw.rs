@@ -131,7 +131,17 @@ pub enum HwError {
         /// Bytes given.
         have: usize,
     },
-    /// The image would make the restore fault, or leave a state in which later code traps.
+    /// The image breaks an architectural rule of the restore (the instruction would raise
+    /// #GP): the first violation the [`validate`](crate::validate) profile of this CPU reports.
+    #[error("{insn}: {violation}")]
+    Violates {
+        /// Instruction name.
+        insn: &'static str,
+        /// The broken rule, its offset and value.
+        violation: crate::validate::Violation,
+    },
+    /// The image would leave a state in which later ordinary code traps (or is refused
+    /// conservatively); see the module docs.
     #[error("{insn}: {field} at offset {offset}: {rule}")]
     WouldFault {
         /// Instruction name.
@@ -693,82 +703,55 @@ impl Host {
             offset,
             rule,
         };
+        // The architectural #GP rules (SDM Vol. 1 §13.8): one implementation, the validate
+        // profiles, which the test suite checks against this CPU's XRSTOR.
+        let cfg = crate::validate::RestoreConfig {
+            xcr0: self.xcr0,
+            xss: 0,
+            request: rfbm,
+            mxcsr_mask: self.mxcsr_mask,
+            xsavec: self.xsavec,
+            xsaves: false,
+            linear_address_bits: 48,
+        };
+        if let Some(violation) = crate::validate::xrstor_any(mem, &cfg).into_iter().next() {
+            return Err(HwError::Violates { insn: I, violation });
+        }
         let xstate_bv = q(512);
         let xcomp_bv = q(520);
         let rfbm = rfbm & self.xcr0;
-        let compacted = xcomp_bv & mask::COMPACTED != 0;
-        let loaded;
-        if compacted {
-            if !self.xsavec {
-                return Err(wf(
-                    "XCOMP_BV",
-                    520,
-                    "bit 63 set but the CPU lacks XSAVEC (SDM §13.8: #GP)",
-                ));
-            }
-            if xcomp_bv & !mask::COMPACTED & !self.xcr0 != 0 {
-                return Err(wf(
-                    "XCOMP_BV",
-                    520,
-                    "XCOMP_BV[62:0] has a bit not in XCR0 (SDM §13.8.2: #GP)",
-                ));
-            }
-            if xstate_bv & !(xcomp_bv & !mask::COMPACTED) != 0 {
-                return Err(wf(
-                    "XSTATE_BV",
-                    512,
-                    "XSTATE_BV has a bit not in XCOMP_BV (SDM §13.8.2: #GP)",
-                ));
-            }
-            if mem[528..576].iter().any(|&b| b != 0) {
-                return Err(wf(
-                    "header bytes 16..63",
-                    528,
-                    "reserved header bytes must be zero (SDM §13.8.2: #GP)",
-                ));
-            }
-            let need = self.need(I, true, xcomp_bv)?;
-            if mem.len() < need {
-                return Err(HwError::TooSmall {
-                    insn: I,
-                    need,
-                    have: mem.len(),
-                });
-            }
-            loaded = xstate_bv & rfbm;
-            if loaded & mask::SSE != 0 {
-                self.check_mxcsr(mem)?;
-            }
+        let compacted = self.xsavec && xcomp_bv & mask::COMPACTED != 0;
+        let loaded = xstate_bv & rfbm;
+        // Conservative: a CPU without XSAVEC has no use for header bytes 24..63; refuse rather
+        // than rely on a reading of the SDM no such CPU here can confirm.
+        if !self.xsavec && mem[536..576].iter().any(|&b| b != 0) {
+            return Err(wf(
+                "header bytes 24..63",
+                536,
+                "reserved header bytes are not zero on a CPU without XSAVEC (refused conservatively)",
+            ));
+        }
+        let need = if compacted {
+            self.need(I, true, xcomp_bv)?
         } else {
-            if xstate_bv & !self.xcr0 != 0 {
-                return Err(wf(
-                    "XSTATE_BV",
-                    512,
-                    "XSTATE_BV has a bit not in XCR0 (SDM §13.8.1: #GP)",
-                ));
-            }
-            if mem[520..536].iter().any(|&b| b != 0) {
-                return Err(wf("header bytes 8..23", 520, "XCOMP_BV and header bytes 16..23 must be zero in the standard form (SDM §13.8.1: #GP)"));
-            }
-            if !self.xsavec && mem[536..576].iter().any(|&b| b != 0) {
-                return Err(wf(
-                    "header bytes 24..63",
-                    536,
-                    "reserved header bytes must be zero without XSAVEC (SDM §13.8.1: #GP)",
-                ));
-            }
-            let need = self.need(I, false, rfbm)?;
-            if mem.len() < need {
-                return Err(HwError::TooSmall {
-                    insn: I,
-                    need,
-                    have: mem.len(),
-                });
-            }
-            loaded = xstate_bv & rfbm;
-            if rfbm & (mask::SSE | mask::AVX) != 0 {
-                self.check_mxcsr(mem)?;
-            }
+            self.need(I, false, rfbm)?
+        };
+        if mem.len() < need {
+            return Err(HwError::TooSmall {
+                insn: I,
+                need,
+                have: mem.len(),
+            });
+        }
+        // MXCSR is loaded with SSE restored from a compacted image, or with RFBM[1] or
+        // RFBM[2] in the standard form (DESIGN.md §5).
+        let mxcsr_loaded = if compacted {
+            loaded & mask::SSE != 0
+        } else {
+            rfbm & (mask::SSE | mask::AVX) != 0
+        };
+        if mxcsr_loaded {
+            check_mxcsr_masked(I, mem)?;
         }
         // Beyond the instruction itself: the state left behind must not make later code trap.
         if self.xfd {
@@ -797,27 +780,6 @@ impl Host {
                     return Err(wf("PKRU", p, "PKRU denies access to protection key 0: every memory access after the restore would fault"));
                 }
             }
-        }
-        Ok(())
-    }
-
-    fn check_mxcsr(&self, mem: &[u8]) -> Result<(), HwError> {
-        let m = u32::from_le_bytes([mem[24], mem[25], mem[26], mem[27]]);
-        if m & !self.mxcsr_mask != 0 {
-            return Err(HwError::WouldFault {
-                insn: "XRSTOR",
-                field: "MXCSR",
-                offset: 24,
-                rule: "MXCSR has bits outside MXCSR_MASK (SDM §13.8: #GP)",
-            });
-        }
-        if m & 0x1f80 != 0x1f80 {
-            return Err(HwError::WouldFault {
-                insn: "XRSTOR",
-                field: "MXCSR",
-                offset: 24,
-                rule: "MXCSR unmasks SSE exceptions, so later ordinary floating-point code could trap (#XM); use the sandbox",
-            });
         }
         Ok(())
     }
@@ -876,20 +838,16 @@ impl Host {
                 have: mem.len(),
             });
         }
-        self.check_mxcsr(mem).map_err(|e| match e {
-            HwError::WouldFault {
-                field,
-                offset,
-                rule,
-                ..
-            } => HwError::WouldFault {
+        let m = u32::from_le_bytes([mem[24], mem[25], mem[26], mem[27]]);
+        if m & !self.mxcsr_mask != 0 {
+            return Err(HwError::WouldFault {
                 insn: I,
-                field,
-                offset,
-                rule,
-            },
-            e => e,
-        })?;
+                field: "MXCSR",
+                offset: 24,
+                rule: "MXCSR has bits outside MXCSR_MASK (SDM Vol. 2A FXRSTOR: #GP)",
+            });
+        }
+        check_mxcsr_masked(I, mem)?;
         check_x87_env(mem)
     }
 
@@ -1065,6 +1023,20 @@ fn save_code(op: SaveOp) -> u64 {
         SaveOp::Xsavec => 3,
         SaveOp::Fxsave => 4,
     }
+}
+
+/// MXCSR with an exception unmasked: later ordinary SSE code could trap (#XM).
+fn check_mxcsr_masked(insn: &'static str, mem: &[u8]) -> Result<(), HwError> {
+    let m = u32::from_le_bytes([mem[24], mem[25], mem[26], mem[27]]);
+    if m & 0x1f80 != 0x1f80 {
+        return Err(HwError::WouldFault {
+            insn,
+            field: "MXCSR",
+            offset: 24,
+            rule: "MXCSR unmasks SSE exceptions, so later ordinary floating-point code could trap (#XM); use the sandbox",
+        });
+    }
+    Ok(())
 }
 
 fn check_x87_env(mem: &[u8]) -> Result<(), HwError> {

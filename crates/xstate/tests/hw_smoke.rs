@@ -26,10 +26,14 @@ fn wrappers_check_preconditions() {
     host.check_xrstor(&img, u64::MAX).unwrap();
     let mut bad = img.clone();
     bad[520] = 1;
-    assert!(matches!(
-        host.xrstor(&bad, u64::MAX),
-        Err(HwError::WouldFault { .. })
-    ));
+    // XCOMP_BV must be 0 in the standard form: the validate profile's rule, by name.
+    match host.xrstor(&bad, u64::MAX) {
+        Err(HwError::Violates { violation, .. }) => {
+            assert_eq!(violation.rule, xstate::validate::Rule::XcompBvNotZero);
+            assert_eq!(violation.offset, 520);
+        }
+        other => panic!("expected a #GP rule violation, got {other:?}"),
+    }
 }
 
 #[test]

@@ -177,6 +177,11 @@ mod hw_backend {
                 "memory operand extends past the end of the buffer",
                 alloc::format!("{insn} touches {need} bytes, buffer has {have}"),
             ),
+            HwError::Violates { insn, violation } => Fault::with(
+                Exception::Gp,
+                "the image breaks a restore rule of SDM Vol. 1 §13.8 (#GP)",
+                alloc::format!("{insn}: {violation}"),
+            ),
             HwError::WouldFault {
                 insn,
                 field,
