@@ -4,21 +4,10 @@
 //! bytes). Elsewhere the machine-specific assertions are skipped with a printed reason and only
 //! the output contract is checked.
 
-use std::process::Command;
+mod common;
+use common::{fixture, xstate};
 
 use serde_json::Value;
-
-fn xstate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xstate"))
-        .args(args)
-        .output()
-        .expect("run xstate");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn json(args: &[&str]) -> Value {
     let (code, out, err) = xstate(args);
@@ -128,13 +117,6 @@ fn layout_svg_is_written() {
     assert!(svg.contains("standard form:") && svg.contains("compacted form:"));
     assert!(svg.contains(">x87<") && svg.contains(">sse<"));
     std::fs::remove_dir_all(&dir).ok();
-}
-
-fn fixture(rel: &str) -> String {
-    format!(
-        "{}/../xstate/tests/fixtures/cpuid/{rel}",
-        env!("CARGO_MANIFEST_DIR")
-    )
 }
 
 #[test]

@@ -2,8 +2,10 @@
 //! the library for the layouts of real CPUs (the fixture dumps of crates/xstate/tests/fixtures:
 //! this project's Zen 5 and an Intel Sapphire Rapids).
 
+mod common;
+use common::xstate;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::Value;
 use xstate::cpuid::CpuidDump;
@@ -34,18 +36,6 @@ fn write(name: &str, bytes: &[u8]) -> String {
     let p = tmp(name);
     std::fs::write(&p, bytes).unwrap();
     p.display().to_string()
-}
-
-fn xstate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xstate"))
-        .args(args)
-        .output()
-        .expect("run xstate");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// A Zen 5 standard image with known registers in x87, SSE, AVX and opmask.

@@ -1,19 +1,8 @@
 //! `xstate kvm info` and `xstate kvm demo` on the real /dev/kvm (skipped with a printed reason
 //! where it is absent).
 
-use std::process::Command;
-
-fn xstate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xstate"))
-        .args(args)
-        .output()
-        .expect("run xstate");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::xstate;
 
 fn kvm_missing() -> bool {
     match xstate_kvm::unavailable() {

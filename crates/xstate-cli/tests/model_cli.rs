@@ -2,17 +2,12 @@
 //! checked against what the SDM pseudo-code says, on fixed CPUID dumps (this machine's kind,
 //! AMD Zen 5, and an Intel Sapphire Rapids for AMX/XFD).
 
+mod common;
+use common::{fixture, xstate};
+
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::Value;
-
-fn fixture(rel: &str) -> String {
-    format!(
-        "{}/../xstate/tests/fixtures/cpuid/{rel}",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
 
 fn zen5() -> String {
     fixture("cpuid-r/AMD-Zen5-EPYC-family1Ah-this-machine-kind.txt")
@@ -20,18 +15,6 @@ fn zen5() -> String {
 
 fn spr() -> String {
     fixture("hwloc/Intel-SapphireRapids-2xXeonMax9460.txt")
-}
-
-fn xstate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xstate"))
-        .args(args)
-        .output()
-        .expect("run xstate");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 struct Dir(PathBuf);

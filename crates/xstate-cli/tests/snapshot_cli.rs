@@ -3,8 +3,10 @@
 //! fixture CPUs: Skylake-SP (opmask at 1088), Sapphire Rapids (AMX, PKRU) and this machine's
 //! Zen 5 (opmask at 832).
 
+mod common;
+use common::{fixture, xstate};
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 use xstate::cpuid::CpuidDump;
@@ -15,29 +17,9 @@ const SKYLAKE: &str = "hwloc/Intel-Skylake-2xXeon6140.txt";
 const SPR: &str = "hwloc/Intel-SapphireRapids-2xXeonMax9460.txt";
 const ZEN5: &str = "cpuid-r/AMD-Zen5-EPYC-family1Ah-this-machine-kind.txt";
 
-fn fixture(rel: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../xstate/tests/fixtures/cpuid")
-        .join(rel)
-        .display()
-        .to_string()
-}
-
 fn dump(rel: &str) -> CpuidDump {
     let p = fixture(rel);
     CpuidDump::parse(&std::fs::read_to_string(&p).unwrap(), &p).unwrap()
-}
-
-fn xstate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xstate"))
-        .args(args)
-        .output()
-        .expect("run xstate");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn tmp(name: &str) -> PathBuf {
