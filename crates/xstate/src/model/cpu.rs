@@ -347,6 +347,33 @@ impl ModelCpu {
     }
 
     /// Component `id` to its init state, XINUSE[id] = 0.
+    /// Puts the components of `init` in their init state, then loads those of `load` from
+    /// `mem` where `layout` places them (SDM Vol. 1 §13.8: init first, then load). MXCSR is
+    /// left to the caller: neither step touches it. The caller has bounds-checked `mem`.
+    fn init_then_load(
+        &mut self,
+        mem: &[u8],
+        init: u64,
+        load: u64,
+        layout: &crate::layout::FormLayout,
+    ) {
+        for id in bits(init) {
+            self.init_component(id);
+        }
+        if load & mask::X87 != 0 {
+            self.x87 = self.x87_from(mem);
+        }
+        if load & mask::SSE != 0 {
+            self.xmm.copy_from_slice(&mem[160..416]);
+        }
+        for id in bits(load & !mask::LEGACY) {
+            if let (Some(p), Some(c)) = (layout.placement(id), self.ext.get_mut(usize::from(id))) {
+                let n = c.len().min(p.size as usize);
+                c[..n].copy_from_slice(&mem[p.offset as usize..p.offset as usize + n]);
+            }
+        }
+    }
+
     fn init_component(&mut self, id: u8) {
         match id {
             0 => self.x87 = X87::INIT,
@@ -902,7 +929,7 @@ impl ModelCpu {
                     format!("{e}"),
                 )
             })?;
-            self.load(mem, rfbm, xstate_bv, &layout, mxcsr, None, "XRSTOR")?;
+            self.load(mem, rfbm, xstate_bv, &layout, mxcsr, "XRSTOR")?;
             self.after_restore(rfbm, addr, 0);
             Ok(())
         } else {
@@ -1011,7 +1038,7 @@ impl ModelCpu {
         if name == "XRSTORS" {
             self.check_supervisor(mem, rfbm & xstate_bv, &layout)?;
         }
-        self.load(mem, rfbm, xstate_bv, &layout, mxcsr, Some(comp), name)?;
+        self.load(mem, rfbm, xstate_bv, &layout, mxcsr, name)?;
         self.after_restore(rfbm, addr, xcomp_bv);
         Ok(())
     }
@@ -1068,7 +1095,6 @@ impl ModelCpu {
 
     /// Init-then-load (SDM Vol. 1 §13.8.1-13.8.2): for i in RFBM, XSTATE_BV\[i\] = 1 loads the
     /// component, 0 sets it to init. All reads are checked before anything changes.
-    #[allow(clippy::too_many_arguments)]
     fn load(
         &mut self,
         mem: &[u8],
@@ -1076,7 +1102,6 @@ impl ModelCpu {
         xstate_bv: u64,
         layout: &crate::layout::FormLayout,
         mxcsr: Option<u32>,
-        compacted: Option<u64>,
         name: &'static str,
     ) -> Result<(), Fault> {
         let load = rfbm & xstate_bv;
@@ -1108,25 +1133,9 @@ impl ModelCpu {
                 ),
             ));
         }
-        let _ = compacted;
-        // Init first, then load.
-        for id in bits(rfbm) {
-            self.init_component(id);
-        }
+        self.init_then_load(mem, rfbm, load, layout);
         if let Some(v) = mxcsr {
             self.mxcsr = v;
-        }
-        if load & mask::X87 != 0 {
-            self.x87 = self.x87_from(mem);
-        }
-        if load & mask::SSE != 0 {
-            self.xmm.copy_from_slice(&mem[160..416]);
-        }
-        for id in bits(load & !mask::LEGACY) {
-            if let (Some(p), Some(c)) = (layout.placement(id), self.ext.get_mut(usize::from(id))) {
-                let n = c.len().min(p.size as usize);
-                c[..n].copy_from_slice(&mem[p.offset as usize..p.offset as usize + n]);
-            }
         }
         // Init tracking (§13.8.3): loaded components are tracked as not init; initialized
         // ones as init. The ByValue profile (measured on AMD Zen 5) tracks by content.
@@ -1296,22 +1305,8 @@ impl ModelCpu {
             }
         }
         Self::need(state, end, "state image")?;
-        for id in bits(user) {
-            self.init_component(id);
-        }
+        self.init_then_load(state, user, bv, &layout);
         self.mxcsr = mxcsr;
-        if bv & mask::X87 != 0 {
-            self.x87 = self.x87_from(state);
-        }
-        if bv & mask::SSE != 0 {
-            self.xmm.copy_from_slice(&state[160..416]);
-        }
-        for id in bits(bv & !mask::LEGACY) {
-            if let (Some(p), Some(c)) = (layout.placement(id), self.ext.get_mut(usize::from(id))) {
-                let n = c.len().min(p.size as usize);
-                c[..n].copy_from_slice(&state[p.offset as usize..p.offset as usize + n]);
-            }
-        }
         self.xinuse = match xinuse {
             Some(v) => {
                 let mut v = v & !mask::COMPACTED;
