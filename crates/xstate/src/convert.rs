@@ -113,6 +113,7 @@ pub fn meaningful_len(id: u8, size: u32) -> u32 {
     }
 }
 
+#[inline]
 fn set(b: &mut [u8], off: usize, v: &[u8]) {
     if let Some(s) = b.get_mut(off..off.saturating_add(v.len())) {
         s.copy_from_slice(v);
@@ -226,17 +227,15 @@ struct Plan {
 fn plan<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Plan, ConvertError> {
     let mut p = present(src)?;
     let mxcsr = src.mxcsr();
-    let holds =
-        |id: u8| target.mask & (1u64 << id) != 0 && (id < 2 || target.placement(id).is_some());
+    // The components ≥ 2 the target places (a hand-built geometry may omit some of its mask).
+    let placed = target
+        .placements
+        .iter()
+        .fold(mask::LEGACY, |m, d| m | 1u64 << (d.id & 63))
+        & target.mask;
     // A component the target cannot hold may be left out only when it is in its init state.
-    // (Only components outside the target mask need the search; the common case skips it.)
-    for id in bits(p & !target.mask) {
+    for id in bits(p & !placed) {
         if !src.is_init(id)? {
-            return Err(no_room(id, target));
-        }
-    }
-    for id in bits(p & target.mask & !mask::LEGACY) {
-        if !holds(id) && !src.is_init(id)? {
             return Err(no_room(id, target));
         }
     }
@@ -257,28 +256,33 @@ fn plan<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Plan, Con
             }
         }
     }
-    let kept = p & target.mask;
-    let placed = target.placements.iter().fold(0u64, |m, d| m | 1u64 << (d.id & 63));
-    if let Some(id) = bits(kept & !mask::LEGACY & !placed).next() {
-        return Err(no_room(id, target));
-    }
+    let kept = p & placed;
     let s = src.as_bytes();
     // Components walked in step: both placement lists are in increasing component order.
     let (sp, dp) = (&src.geometry().placements, &target.placements);
     let mut i = 0;
-    for d in dp.iter().filter(|d| d.id >= 2 && kept & (1u64 << d.id) != 0) {
+    for d in dp
+        .iter()
+        .filter(|d| d.id >= 2 && kept & (1u64 << d.id) != 0)
+    {
         while i < sp.len() && sp[i].id < d.id {
             i += 1;
         }
-        let Some(sp) = sp.get(i).filter(|x| x.id == d.id && x.end() as usize <= s.len()) else {
-            return Err(src.placement(d.id).err().map_or_else(|| no_room(d.id, target), Into::into));
+        let Some(sp) = sp
+            .get(i)
+            .filter(|x| x.id == d.id && x.end() as usize <= s.len())
+        else {
+            return Err(src
+                .placement(d.id)
+                .err()
+                .map_or_else(|| no_room(d.id, target), Into::into));
         };
-        let m = meaningful_len(d.id, sp.size);
-        if m > d.size {
+        if sp.size > d.size {
+            let m = meaningful_len(d.id, sp.size);
             let tail = s
                 .get(sp.offset as usize + d.size as usize..sp.offset as usize + m as usize)
                 .unwrap_or(&[]);
-            if tail.iter().any(|&b| b != 0) {
+            if m > d.size && tail.iter().any(|&b| b != 0) {
                 return Err(ConvertError::Truncation {
                     id: d.id,
                     name: Component::name_of(d.id),
@@ -301,9 +305,48 @@ fn plan<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Plan, Con
     })
 }
 
+/// A run of bytes copied from the source to the target: consecutive components that are
+/// adjacent in both images are copied with one `memcpy`.
+struct Run {
+    from: usize,
+    to: usize,
+    len: usize,
+}
+
+impl Run {
+    #[inline]
+    fn flush(&mut self, s: &[u8], d: &mut [u8]) {
+        if self.len > 0 {
+            if let (Some(a), Some(b)) = (
+                s.get(self.from..self.from + self.len),
+                d.get_mut(self.to..self.to + self.len),
+            ) {
+                b.copy_from_slice(a);
+            }
+            self.len = 0;
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, from: usize, to: usize, len: usize, s: &[u8], d: &mut [u8]) {
+        if self.len > 0 && self.from + self.len == from && self.to + self.len == to {
+            self.len += len;
+        } else {
+            self.flush(s, d);
+            *self = Run { from, to, len };
+        }
+    }
+}
+
 /// Writes the planned image into `d` (exactly `plan.len` bytes). `zeroed`: `d` is known to
 /// be all zero (a fresh buffer), so zero runs need not be written.
-fn write<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout, plan: &Plan, d: &mut [u8], zeroed: bool) {
+fn write<B: AsRef<[u8]>>(
+    src: &Xsave<B>,
+    target: &FormLayout,
+    plan: &Plan,
+    d: &mut [u8],
+    zeroed: bool,
+) {
     let s = src.as_bytes();
     let kept = plan.kept;
     let zero = |d: &mut [u8], from: usize, to: usize| {
@@ -313,33 +356,30 @@ fn write<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout, plan: &Plan, d: &m
             }
         }
     };
-    // Legacy area (SDM §10.5.1 layout): x87 0..24 and 32..160, MXCSR 24..28, MXCSR_MASK
-    // 28..32 and bytes 416..511 verbatim, XMM 160..416.
-    if kept & mask::X87 != 0 {
-        set(d, 0, s.get(0..24).unwrap_or(&[]));
-        set(d, 32, s.get(32..160).unwrap_or(&[]));
-    } else {
+    // Legacy area (SDM §10.5.1): copied whole (x87 0..160 with MXCSR and MXCSR_MASK at
+    // 24..32, XMM 160..416, bytes 416..511 verbatim), then what is absent put in init state.
+    if let (Some(a), Some(b)) = (s.get(..512), d.get_mut(..512)) {
+        b.copy_from_slice(a);
+    }
+    if kept & mask::X87 == 0 {
         set(d, 0, &crate::image::FCW_INIT.to_le_bytes());
-        zero(d, 2, 24);
-        zero(d, 32, 160);
+        d[2..24].fill(0);
+        d[32..160].fill(0);
     }
     set(d, MXCSR_OFFSET, &plan.mxcsr.to_le_bytes());
-    set(d, 28, s.get(28..32).unwrap_or(&[0; 4]));
-    if kept & mask::SSE != 0 && src.is_present(1) {
-        set(d, 160, s.get(160..416).unwrap_or(&[]));
-    } else {
-        zero(d, 160, 416);
+    if kept & mask::SSE == 0 || !src.is_present(1) {
+        d[160..416].fill(0);
     }
-    set(d, 416, s.get(416..512).unwrap_or(&[0; 96]));
     // Header: XSTATE_BV, XCOMP_BV, reserved bytes zero.
-    set(d, 512, &kept.to_le_bytes());
-    set(d, 520, &target.xcomp_bv().to_le_bytes());
-    zero(d, 528, 576);
+    let mut h = [0u8; 64];
+    h[..8].copy_from_slice(&kept.to_le_bytes());
+    h[8..16].copy_from_slice(&target.xcomp_bv().to_le_bytes());
+    set(d, 512, &h);
     // Components ≥ 2 in target order, the source walked in step. Every byte from 576 to the
     // end is either copied or zeroed once: gaps before a placement (alignment padding,
     // holes of the standard form), absent components, the part of a larger target area the
     // source does not fill. Placements out of offset order (only in broken CPUID data) fall
-    // back to zeroing the whole extended area first.
+    // back to zeroing the whole extended area first and copying component by component.
     let sorted = target
         .placements
         .windows(2)
@@ -350,10 +390,18 @@ fn write<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout, plan: &Plan, d: &m
     }
     let sp = &src.geometry().placements;
     let mut i = 0;
+    let mut run = Run {
+        from: 0,
+        to: 0,
+        len: 0,
+    };
     for t in target.placements.iter().filter(|t| t.id >= 2) {
         let (off, size) = (t.offset as usize, t.size as usize);
         if sorted {
-            zero(d, cursor, off);
+            if cursor < off {
+                run.flush(s, d);
+                zero(d, cursor, off);
+            }
             cursor = cursor.max(off + size);
         }
         let mut n = 0;
@@ -363,13 +411,24 @@ fn write<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout, plan: &Plan, d: &m
             }
             if let Some(p) = sp.get(i).filter(|p| p.id == t.id) {
                 n = (p.size as usize).min(size);
-                set(d, off, s.get(p.offset as usize..p.offset as usize + n).unwrap_or(&[]));
+                if sorted {
+                    run.push(p.offset as usize, off, n, s, d);
+                } else {
+                    set(
+                        d,
+                        off,
+                        s.get(p.offset as usize..p.offset as usize + n)
+                            .unwrap_or(&[]),
+                    );
+                }
             }
         }
-        if sorted {
+        if sorted && n < size {
+            run.flush(s, d);
             zero(d, off + n, off + size);
         }
     }
+    run.flush(s, d);
     if sorted {
         zero(d, cursor, d.len());
     }

@@ -517,20 +517,16 @@ pub fn xrstor_ok(bytes: &[u8], cfg: &RestoreConfig) -> bool {
     let Some(h) = header(bytes) else {
         return false;
     };
-    let mxcsr_ok = cfg.xcr0 & cfg.request & (mask::SSE | mask::AVX) == 0
-        || h.mxcsr & !cfg.mxcsr_mask == 0;
+    let mxcsr_ok =
+        cfg.xcr0 & cfg.request & (mask::SSE | mask::AVX) == 0 || h.mxcsr & !cfg.mxcsr_mask == 0;
     h.xstate_bv & !cfg.xcr0 == 0 && h.xcomp_bv == 0 && h.res16 == 0 && mxcsr_ok
 }
 
 #[inline(always)]
 fn compacted_ok(h: &Header, enabled: u64, request: u64, mxcsr_mask: u32) -> bool {
     let comp = h.xcomp_bv & !mask::COMPACTED;
-    let mxcsr_ok =
-        enabled & request & h.xstate_bv & mask::SSE == 0 || h.mxcsr & !mxcsr_mask == 0;
-    comp & !enabled == 0
-        && h.xstate_bv & !comp == 0
-        && h.res16 | h.res24 == 0
-        && mxcsr_ok
+    let mxcsr_ok = enabled & request & h.xstate_bv & mask::SSE == 0 || h.mxcsr & !mxcsr_mask == 0;
+    comp & !enabled == 0 && h.xstate_bv & !comp == 0 && h.res16 | h.res24 == 0 && mxcsr_ok
 }
 
 /// True when [`xrstor_compacted`] finds no violation, without building the list.
@@ -571,8 +567,8 @@ pub fn kvm_ok(bytes: &[u8], cfg: &KvmConfig) -> bool {
     let Some(h) = header(bytes) else {
         return false;
     };
-    let mxcsr_ok = h.xstate_bv & (mask::X87 | mask::SSE | mask::AVX) == 0
-        || h.mxcsr & !cfg.mxcsr_mask == 0;
+    let mxcsr_ok =
+        h.xstate_bv & (mask::X87 | mask::SSE | mask::AVX) == 0 || h.mxcsr & !cfg.mxcsr_mask == 0;
     h.xstate_bv & !(cfg.supported_xcr0 & cfg.user_features) == 0
         && h.xcomp_bv == 0
         && h.res16 | h.res24 == 0

@@ -366,7 +366,15 @@ fn supervisor_state_moves_between_compacted_layouts() {
 fn convert_into_writes_every_byte_once() {
     for (l, xcr0) in [(spr(), 0x602e7u64), (zen5(), 0xe7), (skx(), 0x2ff)] {
         let std_g = l.standard(xcr0).unwrap();
-        for present in [0u64, 0x3, 0x22, 0x40004 & xcr0, 0x60000 & xcr0, 0x200 & xcr0, xcr0] {
+        for present in [
+            0u64,
+            0x3,
+            0x22,
+            0x40004 & xcr0,
+            0x60000 & xcr0,
+            0x200 & xcr0,
+            xcr0,
+        ] {
             let seed: Vec<u8> = (0..61u8).map(|b| b.wrapping_mul(7) | 1).collect();
             let s = random_image(&std_g, present, &seed, 0x1fa0);
             let c = convert(&s, &l.compacted(xcr0).unwrap()).unwrap();
@@ -383,12 +391,19 @@ fn convert_into_writes_every_byte_once() {
                         match &want {
                             Ok(w) => {
                                 assert_eq!(got, Ok(w.len()));
-                                assert_eq!(&out[..w.len()], w.as_bytes(), "{target:?} fill {fill:#x}");
+                                assert_eq!(
+                                    &out[..w.len()],
+                                    w.as_bytes(),
+                                    "{target:?} fill {fill:#x}"
+                                );
                                 assert!(out[w.len()..].iter().all(|&b| b == fill));
                             }
                             Err(e) => {
                                 assert_eq!(got.as_ref().unwrap_err(), e);
-                                assert!(out.iter().all(|&b| b == fill), "a failed conversion wrote");
+                                assert!(
+                                    out.iter().all(|&b| b == fill),
+                                    "a failed conversion wrote"
+                                );
                             }
                         }
                     }
@@ -408,7 +423,10 @@ fn convert_into_failure_writes_nothing() {
     let mut out = vec![0x55u8; t.size as usize - 1];
     assert_eq!(
         convert_into(&s, &t, &mut out),
-        Err(ConvertError::OutTooSmall { have: out.len(), need: t.size as usize })
+        Err(ConvertError::OutTooSmall {
+            have: out.len(),
+            need: t.size as usize
+        })
     );
     assert!(out.iter().all(|&b| b == 0x55));
     let mut out = vec![0x55u8; 4096];
