@@ -39,6 +39,8 @@ use crate::components::mask;
 use crate::cpuid::{CpuidDump, Regs};
 use crate::layout::{Layout, EXTENDED_START, LEGACY_SIZE};
 
+pub mod guard;
+pub mod live;
 #[cfg(feature = "ring0")]
 pub mod ring0;
 #[cfg(all(feature = "std", target_os = "linux"))]
@@ -1026,7 +1028,7 @@ fn save_code(op: SaveOp) -> u64 {
 }
 
 /// MXCSR with an exception unmasked: later ordinary SSE code could trap (#XM).
-fn check_mxcsr_masked(insn: &'static str, mem: &[u8]) -> Result<(), HwError> {
+pub(crate) fn check_mxcsr_masked(insn: &'static str, mem: &[u8]) -> Result<(), HwError> {
     let m = u32::from_le_bytes([mem[24], mem[25], mem[26], mem[27]]);
     if m & 0x1f80 != 0x1f80 {
         return Err(HwError::WouldFault {
@@ -1039,7 +1041,7 @@ fn check_mxcsr_masked(insn: &'static str, mem: &[u8]) -> Result<(), HwError> {
     Ok(())
 }
 
-fn check_x87_env(mem: &[u8]) -> Result<(), HwError> {
+pub(crate) fn check_x87_env(mem: &[u8]) -> Result<(), HwError> {
     let fcw = u16::from_le_bytes([mem[0], mem[1]]);
     let fsw = u16::from_le_bytes([mem[2], mem[3]]);
     if fsw & 0x80 != 0 || fsw & 0x3f & !fcw != 0 {
