@@ -62,6 +62,7 @@ pub struct InsnGuard {
     pkru_std: u32,
     cache: [Compacted; CACHE],
     next: usize,
+    last: usize,
 }
 
 fn fault(e: Exception, rule: &'static str, detail: alloc::string::String) -> Fault {
@@ -113,6 +114,7 @@ impl InsnGuard {
             pkru_std: 0,
             cache: [Compacted::default(); CACHE],
             next: 0,
+            last: 0,
         };
         g.set_control(layout, xcr0, xss, xfd);
         g
@@ -156,8 +158,13 @@ impl InsnGuard {
     #[inline]
     fn compacted(&mut self, m: u64) -> Compacted {
         let m = m & !mask::COMPACTED;
-        for c in &self.cache {
+        let l = self.cache[self.last];
+        if l.mask == m && l.size != 0 {
+            return l;
+        }
+        for (k, c) in self.cache.iter().enumerate() {
             if c.mask == m && c.size != 0 {
+                self.last = k;
                 return *c;
             }
         }
@@ -180,8 +187,66 @@ impl InsnGuard {
         }
         c.size = loc;
         self.cache[self.next] = c;
+        self.last = self.next;
         self.next = (self.next + 1) % CACHE;
         c
+    }
+
+    /// The hot path of an XRSTOR check, one read of the legacy header fields and the XSAVE
+    /// header: true when every rule of [`check_restore`](Self::check_restore) holds *and*
+    /// the user-mode trap rules hold (MXCSR exceptions masked when MXCSR is loaded, no pending
+    /// unmasked x87 exception when x87 is loaded, PKRU allowing key 0 when loaded, nothing of
+    /// `forbidden` loaded). False means "look closer": the caller runs the detailed checks,
+    /// which name the broken rule (or find none: this path is conservative).
+    #[inline]
+    pub fn xrstor_fast(&mut self, mem: &[u8], rfbm: u64, forbidden: u64) -> bool {
+        if !self.xsave || mem.as_ptr() as usize % 64 != 0 {
+            return false;
+        }
+        let (Some(h), Some(l)) = (
+            mem.get(512..576)
+                .and_then(|h| <&[u8; 64]>::try_from(h).ok()),
+            mem.get(..32).and_then(|l| <&[u8; 32]>::try_from(l).ok()),
+        ) else {
+            return false;
+        };
+        let w = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&h[8 * i..8 * i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let (bv, xc, res16) = (w(0), w(1), w(2));
+        let res24 = w(3) | w(4) | w(5) | w(6) | w(7);
+        let mxcsr = u32::from_le_bytes([l[24], l[25], l[26], l[27]]);
+        let fcw = u16::from_le_bytes([l[0], l[1]]);
+        let fsw = u16::from_le_bytes([l[2], l[3]]);
+        let xcr0 = self.xcr0;
+        let (loaded, mxcsr_loaded, need, pkru) = if self.xsavec && xc & mask::COMPACTED != 0 {
+            let comp = xc & !mask::COMPACTED;
+            if comp & !xcr0 != 0 || bv & !comp != 0 || res16 | res24 != 0 {
+                return false;
+            }
+            let c = self.compacted(comp);
+            let loaded = bv & rfbm & xcr0;
+            (loaded, loaded & mask::SSE != 0, c.size as usize, c.pkru)
+        } else {
+            if bv & !xcr0 != 0 || xc != 0 || res16 != 0 {
+                return false;
+            }
+            let loaded = bv & rfbm & xcr0;
+            let m = rfbm & xcr0 & (mask::SSE | mask::AVX) != 0;
+            (loaded, m, self.standard_extent(rfbm), self.pkru_std)
+        };
+        if mxcsr_loaded && (mxcsr & !self.cfg.mxcsr_mask != 0 || mxcsr & 0x1f80 != 0x1f80) {
+            return false;
+        }
+        if loaded & mask::X87 != 0 && (fsw & 0x80 != 0 || fsw & 0x3f & !fcw != 0) {
+            return false;
+        }
+        if loaded & mask::PKRU != 0 && !mem.get(pkru as usize).is_some_and(|b| b & 3 == 0) {
+            return false;
+        }
+        mem.len() >= need && loaded & (self.xfd | forbidden) == 0
     }
 
     /// The checks of a save instruction to `mem` with `rfbm`: support (#UD), alignment

@@ -252,15 +252,21 @@ impl Backend for HwBackend {
 
     #[inline]
     fn restore(&mut self, insn: RestoreInsn, mem: &[u8], rfbm: u64) -> Result<(), Fault> {
-        if insn == RestoreInsn::Xrstors {
-            return Err(cpl3("XRSTORS"));
+        let fast = insn == RestoreInsn::Xrstor
+            && self
+                .guard
+                .xrstor_fast(mem, rfbm, self.xfd_capable & !self.permitted);
+        if !fast {
+            if insn == RestoreInsn::Xrstors {
+                return Err(cpl3("XRSTORS"));
+            }
+            self.check_traps(insn, mem, rfbm)?;
         }
-        self.check_traps(insn, mem, rfbm)?;
         let p = mem.as_ptr();
         let (lo, hi) = (rfbm as u32, (rfbm >> 32) as u32);
-        // SAFETY: the guard checked support, alignment, the extent read, the header rules and
-        // MXCSR (no #UD, #GP), and no component armed by XFD without permission is loaded (no
-        // SIGILL). Every register the restore writes is declared clobbered; memory is only
+        // SAFETY: the guard (fast path, or the detailed checks) verified support, alignment,
+        // the extent read, the header rules and MXCSR (no #UD, #GP), and that no component
+        // armed by XFD without permission is loaded (no SIGILL). Every register the restore writes is declared clobbered; memory is only
         // read.
         unsafe {
             match insn {
