@@ -5,6 +5,8 @@
 
 use clap::{Parser, Subcommand};
 
+#[macro_use]
+mod output;
 mod cmd;
 mod common;
 mod svg;
@@ -56,7 +58,16 @@ fn default_sigpipe() {
 
 fn main() {
     default_sigpipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version end with 0, usage errors with 2; a failed write of the help
+            // text is an I/O error (2).
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let printed = e.print();
+            std::process::exit(if printed.is_err() { 2 } else { code });
+        }
+    };
     let result = match cli.command {
         Command::Host(a) => cmd::host::run(a),
         Command::Layout(a) => cmd::layout::run(a),
@@ -69,11 +80,17 @@ fn main() {
         Command::Kvm(a) => cmd::kvm::run(a),
         Command::Check(a) => cmd::check::run(a),
     };
-    match result {
-        Ok(code) => std::process::exit(code),
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("xstate: error: {e:#}");
-            std::process::exit(2);
+            errln!("xstate: error: {}", common::message(&e));
+            2
         }
+    };
+    // Output that could not be written is an I/O error (exit 2), whatever the verdict was.
+    if let Some(why) = output::finish() {
+        errln!("xstate: error: {why}");
+        std::process::exit(2);
     }
+    std::process::exit(code);
 }

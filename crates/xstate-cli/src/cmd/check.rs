@@ -97,7 +97,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let v = check(&snap, &dest);
     if args.json {
-        print_json(&verdict_json(&args.snapshot, &snap, &dest, &v));
+        print_json(&verdict_json(
+            &args.snapshot,
+            args.cpuid.as_deref(),
+            &snap,
+            &dest,
+            &v,
+        ));
     } else {
         print_human(&args.snapshot, &snap, &dest, &v);
     }
@@ -106,6 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 
 fn verdict_json(
     path: &std::path::Path,
+    cpuid: Option<&std::path::Path>,
     s: &Snapshot,
     dest: &Destination,
     v: &Verdict,
@@ -128,6 +135,7 @@ fn verdict_json(
         },
         "destination": {
             "name": dest.name,
+            "cpuid": cpuid.map(|p| p.display().to_string()),
             "xcr0_supported": hex(dest.layout.xcr0_supported()),
             "xss_supported": hex(dest.layout.xss_supported()),
             "guest_xcr0": hex(dest.xcr0),
@@ -141,7 +149,7 @@ fn verdict_json(
 }
 
 fn print_human(path: &std::path::Path, s: &Snapshot, dest: &Destination, v: &Verdict) {
-    println!(
+    outln!(
         "snapshot:    {} ({} family {:#x} model {:#x}; XCR0 {:#x}, IA32_XSS {:#x}; state: {})",
         path.display(),
         if s.source.vendor.is_empty() {
@@ -155,7 +163,7 @@ fn print_human(path: &std::path::Path, s: &Snapshot, dest: &Destination, v: &Ver
         s.xss,
         s.component_names()
     );
-    println!(
+    outln!(
         "destination: {} (supports XCR0 {:#x}, IA32_XSS {:#x}; guest offers {} / {:#x}{})",
         dest.name,
         dest.layout.xcr0_supported(),
@@ -168,17 +176,17 @@ fn print_human(path: &std::path::Path, s: &Snapshot, dest: &Destination, v: &Ver
         }
     );
     if v.compatible {
-        println!("compatible");
+        outln!("compatible");
     } else {
-        println!("INCOMPATIBLE: {} reason(s)", v.reasons.len());
+        outln!("INCOMPATIBLE: {} reason(s)", v.reasons.len());
         for r in &v.reasons {
             match &r.component {
-                Some(c) => println!("  [{}] {c}: {}", r.rule, r.message),
-                None => println!("  [{}] {}", r.rule, r.message),
+                Some(c) => outln!("  [{}] {c}: {}", r.rule, r.message),
+                None => outln!("  [{}] {}", r.rule, r.message),
             }
         }
     }
     for n in &v.notes {
-        println!("  note: {n}");
+        outln!("  note: {n}");
     }
 }

@@ -21,6 +21,7 @@ use xstate::components::mask;
 use xstate::model::{CpuProfile, Fault, ModelCpu, Msr};
 
 use crate::common::{hex, parse_hex, print_json, CpuSource};
+use crate::output::{check_output, write_file};
 
 /// The instruction to run.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +105,9 @@ pub struct Args {
     /// Linear address of the memory operand (default 0; not a multiple of 64 → #GP).
     #[arg(long, value_parser = parse_hex, value_name = "HEX", default_value = "0")]
     addr: u64,
+    /// Replace OUT.bin when it exists (never when it is STATE.bin or MEM.bin).
+    #[arg(long)]
+    force: bool,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -117,9 +121,9 @@ fn fault_exit(f: &Fault, json_out: bool) -> i32 {
             "detail": f.detail,
         }));
     } else {
-        println!("fault: {} {}", f.exception, f.rule);
+        outln!("fault: {} {}", f.exception, f.rule);
         if !f.detail.is_empty() {
-            println!("  {}", f.detail);
+            outln!("  {}", f.detail);
         }
     }
     3
@@ -146,6 +150,10 @@ fn changed(a: &[u8], b: &[u8]) -> Vec<(usize, usize)> {
 
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    let mut inputs = vec![a.mem.as_path()];
+    inputs.extend(a.state.as_deref());
+    inputs.extend(a.src.cpuid.as_deref());
+    check_output(&a.out, &inputs, a.force)?;
     let dump = a.src.load()?;
     let mut profile = if a.src.is_host() {
         #[cfg(target_arch = "x86_64")]
@@ -236,7 +244,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         return Ok(fault_exit(&f, a.json));
     }
-    std::fs::write(&a.out, &out).with_context(|| format!("cannot write {}", a.out.display()))?;
+    write_file(&a.out, &out, &inputs, a.force)?;
 
     let xgetbv1 = cpu.xgetbv(1).ok();
     let written: Vec<Value> = if a.insn.is_save() {
@@ -275,11 +283,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "xrstor_info": info,
             "changed_ranges": written,
             "supervisor_components": supervisor,
+            "state": a.state.as_ref().map(|p| p.display().to_string()),
+            "mem": a.mem.display().to_string(),
+            "cpuid": a.src.cpuid.as_ref().map(|p| p.display().to_string()),
             "out": a.out.display().to_string(),
             "out_size": out.len(),
         }));
     } else {
-        println!(
+        outln!(
             "{} with EDX:EAX {:#x}: XCR0 {:#x}, IA32_XSS {:#x}, IA32_XFD {:#x}, CPL {}",
             a.insn.name().to_uppercase(),
             rfbm,
@@ -288,7 +299,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             cpu.xfd,
             cpu.cpl
         );
-        println!(
+        outln!(
             "XINUSE {:#x} -> {:#x}; MXCSR {:#x}",
             xinuse_before,
             cpu.xinuse(),
@@ -299,7 +310,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 .into_iter()
                 .map(|(s, e)| format!("{s}..{e}"))
                 .collect();
-            println!(
+            outln!(
                 "bytes changed: {}",
                 if ranges.is_empty() {
                     "none".into()
@@ -308,7 +319,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 }
             );
         }
-        println!("wrote {} ({} bytes)", a.out.display(), out.len());
+        outln!("wrote {} ({} bytes)", a.out.display(), out.len());
     }
     Ok(0)
 }

@@ -487,7 +487,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             status = 1;
         }
         if args.json {
-            println!("{}", r.to_json());
+            let mut v = r.to_json();
+            v["script"] = json!(args.script.display().to_string());
+            outln!("{v}");
             continue;
         }
         let mut line = format!(
@@ -512,13 +514,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             ));
         }
         line.push_str(&format!("  host {}", r.host_size));
-        println!("{line}");
+        outln!("{line}");
         if r.guest_fault.is_some() && !r.fault_detail.is_empty() {
-            println!("      guest fault: {}", r.fault_detail);
+            outln!("      guest fault: {}", r.fault_detail);
         }
         if let Some(e) = &r.error {
             let note = if r.as_expected { " (expected)" } else { "" };
-            println!("      {e}{note}");
+            outln!("      {e}{note}");
         }
     }
     let _ = ErrorKind::Einval;

@@ -108,12 +108,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if args.json {
         print_json(&json!({
             "file": args.file.display().to_string(),
+            "cpuid": args.cpu.cpuid.as_ref().map(|p| p.display().to_string()),
             "profile": args.profile.name(),
             "valid": valid,
             "xcr0": hex(if args.profile == ProfileArg::Kvm { kvm_cfg.supported_xcr0 } else { m.xcr0 }),
             "xss": hex(m.xss),
             "mxcsr_mask": hex(u64::from(m.mxcsr_mask)),
-            "violations": violations,
+            "violations": violations.iter().map(violation_json).collect::<Vec<_>>(),
         }));
     } else {
         let ctx = match args.profile {
@@ -128,13 +129,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             _ => format!("XCR0 {:#x}, MXCSR mask {:#x}", m.xcr0, m.mxcsr_mask),
         };
         if valid {
-            println!(
+            outln!(
                 "valid: {} accepts {} ({ctx})",
                 args.profile.name(),
                 args.file.display()
             );
         } else {
-            println!(
+            outln!(
                 "invalid: {} refuses {} ({ctx}): {} violation{}",
                 args.profile.name(),
                 args.file.display(),
@@ -142,11 +143,21 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 if violations.len() == 1 { "" } else { "s" }
             );
             for v in &violations {
-                println!("  {v}");
+                outln!("  {v}");
             }
         }
     }
     Ok(if valid { 0 } else { 1 })
+}
+
+/// A violation as JSON: the value (up to 64 bits) as a lower-case hex string.
+fn violation_json(v: &validate::Violation) -> serde_json::Value {
+    json!({
+        "rule": v.rule,
+        "offset": v.offset,
+        "value": hex(v.value),
+        "message": v.message,
+    })
 }
 
 /// The guest XCR0 /dev/kvm supports (KVM_X86_XCOMP_GUEST_SUPP), when /dev/kvm opens.
