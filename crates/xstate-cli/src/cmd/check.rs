@@ -18,11 +18,12 @@ use crate::common::{hex, load_dump, parse_hex, print_json};
 
 /// Arguments of `xstate check`.
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("destination").required(true).args(["kvm", "cpuid"]))]
 pub struct Args {
     /// The snapshot (`.xsnap`).
     pub snapshot: PathBuf,
     /// The destination is this host's KVM (supported guest XCR0, KVM_CAP_XSAVE2, MSR list).
-    #[arg(long, conflicts_with_all = ["cpuid", "xcr0", "xss"], required_unless_present = "cpuid")]
+    #[arg(long, conflicts_with_all = ["cpuid", "xcr0", "xss"])]
     pub kvm: bool,
     /// The destination is the CPU this dump describes.
     #[arg(long, value_name = "FILE")]

@@ -193,6 +193,7 @@ mod imp {
                 "components_verified": report.components_verified,
                 "snapshot": snapshot.display().to_string(),
                 "snapshot_bytes": snapshot_bytes,
+                "kept": keep.is_some(),
                 "mismatches": report.mismatches,
             }));
         } else {

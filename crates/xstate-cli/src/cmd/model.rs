@@ -113,15 +113,26 @@ pub struct Args {
     json: bool,
 }
 
-fn fault_exit(f: &Fault, json_out: bool) -> i32 {
-    if json_out {
+fn fault_exit(f: &Fault, a: &Args) -> i32 {
+    if a.json {
         print_json(&json!({
+            "insn": a.insn.name(),
             "fault": f.exception.mnemonic(),
             "rule": f.rule,
             "detail": f.detail,
+            "state": a.state.as_ref().map(|p| p.display().to_string()),
+            "mem": a.mem.display().to_string(),
+            "cpuid": a.src.cpuid.as_ref().map(|p| p.display().to_string()),
+            "out": a.out.display().to_string(),
+            "written": false,
         }));
     } else {
-        outln!("fault: {} {}", f.exception, f.rule);
+        outln!(
+            "fault: {} {} (nothing written to {})",
+            f.exception,
+            f.rule,
+            a.out.display()
+        );
         if !f.detail.is_empty() {
             outln!("  {}", f.detail);
         }
@@ -242,7 +253,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if f.exception == xstate::model::Exception::Refused {
             bail!("the model cannot run this: {f}");
         }
-        return Ok(fault_exit(&f, a.json));
+        return Ok(fault_exit(&f, &a));
     }
     write_file(&a.out, &out, &inputs, a.force)?;
 
