@@ -124,9 +124,11 @@ fn overlapping_components_have_no_standard_layout() {
 fn compat_refuses_an_inconsistent_destination() {
     let src = zen5();
     let l = Layout::from_dump(&src);
-    let mut s = Snapshot::default();
-    s.source = SourceCpu::from_dump(&src);
-    s.xcr0 = 0x7;
+    let mut s = Snapshot {
+        source: SourceCpu::from_dump(&src),
+        xcr0: 0x7,
+        ..Default::default()
+    };
     s.source.xcr0_supported = l.xcr0_supported();
     let good = check(&s, &Destination::from_dump(&skylake(), None, None));
     assert!(good.compatible, "{:?}", good.reasons);
