@@ -37,10 +37,66 @@ impl CpuSource {
 
 /// Reads and parses a CPUID dump file.
 pub fn load_dump(path: &Path) -> anyhow::Result<CpuidDump> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read CPUID dump {}", path.display()))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        bail!("{} is empty; {TEXT_DUMP}", path.display());
+    }
+    let text = text_of(path, &bytes, TEXT_DUMP)?;
     let name = path.display().to_string();
-    Ok(CpuidDump::parse(&text, &name)?)
+    let dump = CpuidDump::parse(text, &name)?;
+    require_leaf_0d(&dump)?;
+    Ok(dump)
+}
+
+/// What a `--cpuid` file must be, for the message about a file that is not.
+pub const TEXT_DUMP: &str = "a CPUID dump is text: Linux `cpuid -r`, AIDA64, hwloc-gather-cpuid, or the JSON `xstate host --dump-cpuid FILE` writes";
+
+/// The text of a file a text reader was given; binary content (a NUL byte or invalid UTF-8)
+/// is an error saying what the file looks like and what was expected (`expected`).
+pub fn text_of<'a>(path: &Path, bytes: &'a [u8], expected: &str) -> anyhow::Result<&'a str> {
+    let binary = |offset: usize| {
+        let kind = if xstate::snapshot::is_snapshot(bytes) {
+            " (it is an .xsnap snapshot)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!(
+            "{} is binary{kind}, not text (byte {offset} is {:#04x}); {expected}",
+            path.display(),
+            bytes.get(offset).copied().unwrap_or(0)
+        )
+    };
+    if let Some(i) = bytes.iter().position(|&b| b == 0) {
+        return Err(binary(i));
+    }
+    std::str::from_utf8(bytes).map_err(|e| binary(e.valid_up_to()))
+}
+
+/// A negative verdict about the input data (exit status 1, like any other "no"): CPUID data
+/// that cannot be used as it is.
+#[derive(Debug)]
+pub struct Inconsistent(pub String);
+
+impl std::fmt::Display for Inconsistent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Inconsistent {}
+
+/// A dump whose leaf 1 says XSAVE but that has no CPUID.(0xD,0): every offset and size is
+/// missing. Said as such (rather than as an XCR0 of 0 nobody passed).
+pub fn require_leaf_0d(dump: &CpuidDump) -> anyhow::Result<()> {
+    if Layout::from_dump(dump).has_xsave() && dump.get(0xd, 0).is_none() {
+        return Err(Inconsistent(format!(
+            "{}: inconsistent CPUID data [cpuid.missing_subleaf]: CPUID.1:ECX[26] says the CPU has XSAVE, but the dump has no leaf 0xD subleaf 0, which gives the supported components and sizes; dump leaf 0xD with all its subleaves (`cpuid -r` and `xstate host --dump-cpuid` do)",
+            dump.source
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// This machine's CPUID.

@@ -1,7 +1,8 @@
 //! `xstate`: inspect, validate, convert and migrate x86 extended processor state.
 //!
 //! Exit status: 0 success (valid, compatible, equal), 1 a negative verdict (invalid,
-//! incompatible, different), 2 usage or I/O error, 3 a modelled instruction faulted.
+//! incompatible, different, inconsistent CPUID data), 2 usage or I/O error (a failed write to
+//! standard output included), 3 a modelled instruction faulted.
 
 use clap::{Parser, Subcommand};
 
@@ -64,8 +65,11 @@ fn main() {
             // --help and --version end with 0, usage errors with 2; a failed write of the help
             // text is an I/O error (2).
             let code = if e.use_stderr() { 2 } else { 0 };
-            let printed = e.print();
-            std::process::exit(if printed.is_err() { 2 } else { code });
+            if let Err(w) = e.print() {
+                errln!("xstate: error: cannot write the help or usage text: {w}");
+                std::process::exit(2);
+            }
+            std::process::exit(code);
         }
     };
     let result = match cli.command {
@@ -84,7 +88,12 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             errln!("xstate: error: {}", common::message(&e));
-            2
+            // Unusable input data is a negative verdict (1); anything else is usage or I/O.
+            if e.downcast_ref::<common::Inconsistent>().is_some() {
+                1
+            } else {
+                2
+            }
         }
     };
     // Output that could not be written is an I/O error (exit 2), whatever the verdict was.

@@ -565,6 +565,87 @@ fn entries(d: &Path) -> Vec<String> {
 }
 
 #[test]
+fn sim_says_expected_errors_are_expected_and_names_a_step_whose_error_did_not_happen() {
+    let w = Work::new();
+    let script = serde_json::json!({
+        "host": {"cpuid": zen5(), "xss": "0x0"},
+        "guest": {"xcr0_max": "0xe7", "xss": "0x0"},
+        "steps": [
+            {"do": "create_vcpu", "vcpu": 0},
+            {"do": "enter", "vcpu": 0},
+            {"do": "enter", "vcpu": 0, "expect_error": "ebusy"},
+            {"do": "exit", "vcpu": 0, "expect_error": "ebusy"}
+        ]
+    });
+    let p = w.p("expect.json");
+    std::fs::write(&p, script.to_string()).unwrap();
+    let o = run(&["sim", &p.display().to_string()], Stdio::piped());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    let step = |n: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(n))
+            .unwrap_or_else(|| panic!("no step {n}: {text}"))
+    };
+    assert!(step("2 ").contains("expected error"), "{text}");
+    assert!(!step("2 ").contains("FAIL"), "{text}");
+    assert!(
+        step("3 ").contains("FAIL (expected error did not happen)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("step 3 (exit): expected error `ebusy`, but the step succeeded"),
+        "{text}"
+    );
+}
+
+#[test]
+fn binary_input_to_a_text_reader_says_so() {
+    let w = Work::new();
+    for a in [
+        vec!["layout", "--cpuid", &w.s("zen5.xsnap")],
+        vec!["sim", &w.s("zen5.img")],
+    ] {
+        let o = run(&a, Stdio::piped());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{a:?}: {err}");
+        assert!(
+            err.contains("is binary") && err.contains("text"),
+            "{a:?}: {err}"
+        );
+        assert!(
+            !err.contains("line 0") && !err.contains("UTF-8"),
+            "{a:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_dump_without_leaf_0xd_is_named_as_such_not_blamed_on_xcr0() {
+    let w = Work::new();
+    // Sapphire Rapids without its leaf 0xD lines (hwloc: `mask eax ecx … =>`, eax = d).
+    let text: String = std::fs::read_to_string(spr())
+        .unwrap()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) != Some("d"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let p = w.s("no-leaf-d.txt");
+    std::fs::write(&p, text).unwrap();
+    for a in [
+        vec!["layout", "--cpuid", &p],
+        vec!["check", &w.s("zen5.xsnap"), "--cpuid", &p],
+        vec!["inspect", &w.s("zen5.img"), "--cpuid", &p],
+    ] {
+        let o = run(&a, Stdio::piped());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{a:?}: {err}");
+        assert!(err.contains("no leaf 0xD"), "{a:?}: {err}");
+        assert!(!err.contains("XCR0 0x0"), "{a:?}: {err}");
+    }
+}
+
+#[test]
 fn check_without_a_destination_names_both_ways() {
     let w = Work::new();
     let o = run(&["check", &w.s("zen5.xsnap")], Stdio::piped());

@@ -6,7 +6,7 @@
 //! `--host` takes XCR0 (XGETBV), IA32_XSS support (CPUID.(0xD,1):EDX:ECX) and the MXCSR mask
 //! (FXSAVE) from this machine. For `kvm` the supported guest XCR0 is `--xcr0`, else what
 //! /dev/kvm reports (KVM_X86_XCOMP_GUEST_SUPP) when it can be opened, else this machine's XCR0
-//! (KVM offers guests at most the host's XCR0, DESIGN.md §6); the vCPU buffer's user features
+//! (KVM offers guests at most the host's XCR0: docs/images.md); the vCPU buffer's user features
 //! are `--user-features`, else the supported XCR0 without dynamic features (a vCPU whose
 //! buffer has not grown for AMX tile data).
 
@@ -22,13 +22,13 @@ use crate::common::{hex, print_json, CpuSource};
 /// The rule sets `--profile` selects.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProfileArg {
-    /// XRSTOR of a standard-form image (DESIGN.md §5).
+    /// XRSTOR of a standard-form image (SDM Vol. 1 §13.8, docs/images.md).
     Xrstor,
     /// XRSTOR of a compacted-form image.
     XrstorCompacted,
     /// XRSTORS (compacted form, supervisor components, CPL 0).
     Xrstors,
-    /// KVM_SET_XSAVE (DESIGN.md §6).
+    /// KVM_SET_XSAVE (the kernel's checks, as measured: docs/images.md).
     Kvm,
     /// Structural checks of a portable `.xsnap` snapshot (docs/xsnap.md §5).
     Snapshot,
