@@ -439,7 +439,7 @@ pub fn replay(path: &Path) -> anyhow::Result<Vec<StepResult>> {
         "a sim script is JSON text (examples/sim/README.md)",
     )?;
     let script: Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        serde_json::from_str(text).with_context(|| format!("{} is not JSON", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut e = build_engine(&script, dir)?;
     let steps = script
