@@ -370,6 +370,28 @@ fn cases(w: &Work) -> Vec<Case> {
     v
 }
 
+/// Why a message is not one a person can act on: Rust internals (Debug formatting), a
+/// "line 0", or the same clause twice.
+fn unreadable(err: &str) -> Option<&'static str> {
+    if err.contains("Error {") || err.contains("kind: ") || err.contains("Os {") {
+        return Some("Debug formatting");
+    }
+    if err.contains("line 0") {
+        return Some("line 0");
+    }
+    let parts: Vec<&str> = err
+        .split([':', ';', '\n'])
+        .map(str::trim)
+        .filter(|p| p.len() >= 15)
+        .collect();
+    for (i, p) in parts.iter().enumerate() {
+        if parts[i + 1..].contains(p) {
+            return Some("the same clause twice");
+        }
+    }
+    None
+}
+
 fn schema(name: &str) -> jsonschema::Validator {
     let p = format!(
         "{}/../../schemas/{name}.schema.json",
@@ -418,6 +440,9 @@ fn every_command_exits_as_documented_and_its_json_matches_its_schema() {
         }
         if c.code == 2 && !err.contains("error: ") {
             failures.push(format!("{line}: exit 2 without a message: {err}"));
+        }
+        if let Some(why) = unreadable(&err) {
+            failures.push(format!("{line}: {why}: {err}"));
         }
         if let Some(name) = c.schema {
             let docs: Vec<&str> = if c.lines {
@@ -812,4 +837,15 @@ fn a_full_filesystem_leaves_no_partial_output() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(std::fs::read(&img).unwrap(), b"old");
+}
+
+#[test]
+fn the_message_check_catches_what_issue_9_saw() {
+    assert!(unreadable(
+        "xstate: error: x: component 18 has no place in the layout: component 18 has no place in the layout"
+    )
+    .is_some());
+    assert!(unreadable("cannot read: Error { kind: UnexpectedEof, message: \"x\" }").is_some());
+    assert!(unreadable("d.txt: line 0: unrecognised").is_some());
+    assert!(unreadable("xstate: error: d.txt: unrecognised CPUID dump format").is_none());
 }

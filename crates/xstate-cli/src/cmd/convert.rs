@@ -113,7 +113,12 @@ impl Args {
                 "summary": w.what,
             }));
         } else {
-            outln!("wrote {}: {}", self.output.display(), w.what);
+            outln!(
+                "wrote {} from {}: {}",
+                self.output.display(),
+                self.file.display(),
+                w.what
+            );
         }
         Ok(0)
     }
@@ -157,7 +162,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let w = match args.to {
         Target::Fxsave => {
-            let fx = convert::to_fxsave(&ld.image)?;
+            let fx = convert::to_fxsave(&ld.image).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}; FXSAVE's 512-byte area holds x87 and SSE only: convert --to standard or --to compacted instead",
+                    args.file.display()
+                )
+            })?;
             Written {
                 bytes: fx.to_vec(),
                 what: String::from("FXSAVE, 512 bytes"),
@@ -178,7 +188,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             let g = dst_layout
                 .form(form, m)
                 .with_context(|| format!("target {form} layout for components {m:#x}"))?;
-            let out = convert::convert(&ld.image, &g)?;
+            let out = convert::convert(&ld.image, &g).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}; give a destination (--to-cpuid, --xcr0) whose components include every one present (`xstate inspect` lists them)",
+                    args.file.display()
+                )
+            })?;
             let what = format!(
                 "{form}, {} bytes, XSTATE_BV {:#x} ({}), XCOMP_BV {:#x}",
                 out.len(),
@@ -214,7 +229,8 @@ fn convert_snapshot(args: &Args) -> anyhow::Result<i32> {
             } else {
                 Form::Compacted
             };
-            let (bytes, what) = super::xsnap::snapshot_to_image(&snap, &layout, form, args.xcr0)?;
+            let (bytes, what) = super::xsnap::snapshot_to_image(&snap, &layout, form, args.xcr0)
+                .with_context(|| args.file.display().to_string())?;
             let bv = xstate::image::raw_xstate_bv(&bytes);
             let xc = xstate::image::raw_xcomp_bv(&bytes);
             Written {

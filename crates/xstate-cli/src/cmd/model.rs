@@ -330,7 +330,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 }
             );
         }
-        outln!("wrote {} ({} bytes)", a.out.display(), out.len());
+        outln!(
+            "wrote {} ({} bytes) from --mem {}{}",
+            a.out.display(),
+            out.len(),
+            a.mem.display(),
+            match &a.state {
+                Some(p) => format!(", --state {}", p.display()),
+                None => String::new(),
+            }
+        );
     }
     Ok(0)
 }

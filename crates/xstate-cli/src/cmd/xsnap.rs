@@ -136,7 +136,11 @@ pub fn snapshot_to_image(
     if m & mask::COMPACTED != 0 {
         bail!("--xcr0 {m:#x}: bit 63 is not a component");
     }
-    let img = s.to_image(dest, form, m)?;
+    let img = s.to_image(dest, form, m).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; `xstate check SNAP --cpuid DEST` lists every reason the destination cannot take the snapshot"
+        )
+    })?;
     let what = format!(
         "{form}, {} bytes, components {} ({}) rebuilt with the destination's layout",
         img.len(),
