@@ -732,8 +732,13 @@ pub fn size_rule(bytes: &[u8], profile: &Profile, layout: &Layout) -> Option<Vio
             bytes.len(),
             bytes.len() as u64,
             format!(
-                "the image has {} bytes but the restore reads {need} (XSTATE_BV {:#x}, XCOMP_BV {:#x}): bytes {}..{need} are missing",
+                "the image has {} bytes but {} reads {need} (XSTATE_BV {:#x}, XCOMP_BV {:#x}): bytes {}..{need} are missing",
                 bytes.len(),
+                match profile {
+                    Profile::Kvm(_) => "KVM_SET_XSAVE (the vCPU's whole buffer, at least 4096 bytes)",
+                    Profile::Xrstors(_) => "XRSTORS",
+                    _ => "XRSTOR",
+                },
                 raw_xstate_bv(bytes),
                 raw_xcomp_bv(bytes),
                 bytes.len()

@@ -294,6 +294,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     };
     let bv = img.xstate_bv();
+    // A component whose XSTATE_BV bit gives it meaning but whose bytes cannot be read (the
+    // file is short, the layout cannot place it) makes the image unreadable: exit 1.
+    let unreadable: Vec<u8> = bits(bv & !mask::COMPACTED)
+        .filter(|&id| ld.geometry_error.is_some() && id >= 2 || reg_json(img, id).is_err())
+        .collect();
+    let status = i32::from(!unreadable.is_empty());
     if args.json {
         let mut comps = Map::new();
         for id in bits(bv) {
@@ -320,8 +326,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         if let Some(s) = &ld.snapshot {
             out["snapshot"] = super::xsnap::meta_json(s);
         }
+        if !unreadable.is_empty() {
+            out["unreadable"] = Value::Array(
+                unreadable
+                    .iter()
+                    .map(|&id| Value::String(Component::name_of(id)))
+                    .collect(),
+            );
+        }
         print_json(&out);
-        return Ok(0);
+        return Ok(status);
     }
     println!(
         "{}: {} bytes, {} form (CPUID: {})",
@@ -402,7 +416,19 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     }
     print_vectors(img);
-    Ok(0)
+    if !unreadable.is_empty() {
+        println!(
+            "UNREADABLE: {} present in XSTATE_BV but not readable from the {} bytes of {}",
+            unreadable
+                .iter()
+                .map(|&id| Component::name_of(id))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ld.file_size,
+            args.file.display()
+        );
+    }
+    Ok(status)
 }
 
 /// The full vector registers as software sees them, assembled from their pieces (XMM in the

@@ -97,13 +97,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             .unwrap_or(supported & !xstate::components::mask::DYNAMIC);
         k
     };
-    let violations = match args.profile {
-        ProfileArg::Xrstor => validate::validate(&bytes, &Profile::Xrstor(rc)),
-        ProfileArg::XrstorCompacted => validate::validate(&bytes, &Profile::XrstorCompacted(rc)),
-        ProfileArg::Xrstors => validate::xrstors_with_layout(&bytes, &rc, Some(&m.layout)),
-        ProfileArg::Snapshot => Vec::new(), // handled above
-        ProfileArg::Kvm => validate::validate(&bytes, &Profile::Kvm(kvm_cfg)),
+    // Every profile includes the size rule: the image must hold every byte the restore reads
+    // for its header (validate::required_size).
+    let profile = match args.profile {
+        ProfileArg::Xrstor => Profile::Xrstor(rc),
+        ProfileArg::XrstorCompacted => Profile::XrstorCompacted(rc),
+        ProfileArg::Xrstors => Profile::Xrstors(rc),
+        ProfileArg::Kvm => Profile::Kvm(kvm_cfg),
+        ProfileArg::Snapshot => return super::xsnap::validate_file(&args.file, args.json),
     };
+    let violations = validate::validate_with_layout(&bytes, &profile, &m.layout);
     let valid = violations.is_empty();
     if args.json {
         print_json(&json!({
