@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use xstate::cpuid::CpuidDump;
+use xstate::filekind::FileKind;
 use xstate::layout::Layout;
 
 /// Where CPUID data comes from: this host (default) or a dump file.
@@ -54,10 +55,15 @@ pub fn load_dump(path: &Path) -> anyhow::Result<CpuidDump> {
 /// Reads and parses a CPUID dump file as it is, consistent or not (for `layout` and `host`,
 /// whose job is to report the data).
 pub fn load_dump_unjudged(path: &Path) -> anyhow::Result<CpuidDump> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read CPUID dump {}", path.display()))?;
+    let input = crate::input::read(path, "CPUID dump")?;
+    crate::input::expect(
+        path,
+        &input,
+        |k| matches!(k, FileKind::CpuidDump { .. } | FileKind::Text),
+        "a CPUID dump (Linux `cpuid -r`, AIDA64, hwloc-gather-cpuid or `xstate host --dump-cpuid` JSON)",
+    )?;
     let name = path.display().to_string();
-    Ok(CpuidDump::parse(&text, &name)?)
+    Ok(CpuidDump::parse_bytes(&input.bytes, &name)?)
 }
 
 /// This machine's CPUID, refused like a dump file when inconsistent (a hypervisor can give a

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod common;
+mod input;
 mod svg;
 mod trust;
 

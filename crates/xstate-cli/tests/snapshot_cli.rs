@@ -266,7 +266,10 @@ fn check_usage_and_io_errors_exit_2() {
         &fixture(ZEN5),
     ]);
     assert_eq!(code, 2);
-    assert!(e.contains("magic"), "{e}");
+    assert!(
+        e.contains("is a text file") && e.contains("expected an .xsnap snapshot"),
+        "{e}"
+    );
     let (code, _, _) = xstate(&["check", junk.to_str().unwrap()]);
     assert_eq!(code, 2, "neither --kvm nor --cpuid");
     let (code, _, _) = xstate(&[

@@ -63,7 +63,14 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    if super::xsnap::is_snapshot_file(&args.file) {
+    let input = crate::input::read(&args.file, "input")?;
+    crate::input::expect(
+        &args.file,
+        &input,
+        crate::input::image_or_snapshot,
+        crate::input::IMAGE_OR_SNAPSHOT,
+    )?;
+    if input.kind == xstate::filekind::FileKind::Snapshot {
         return convert_snapshot(&args);
     }
     let src_m = machine(&args.cpu, None, None, None)?;

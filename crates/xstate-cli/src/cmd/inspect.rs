@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 use xstate::components::{bits, mask, mask_names, Component};
 use xstate::cpuid::CpuidDump;
+use xstate::filekind::FileKind;
 use xstate::image::registers::{le_hex, registers};
 use xstate::image::{ImageError, Xsave, XsaveImage, FXSAVE_SIZE, MIN_SIZE};
 use xstate::layout::{Form, FormLayout, Layout};
@@ -62,10 +63,16 @@ fn legacy_geometry(form: Form) -> FormLayout {
 /// truncated file), the image is still read with its legacy area and header, and the reason is
 /// kept in `geometry_error`.
 pub(crate) fn load_image(path: &Path, layout: &Layout) -> anyhow::Result<Loaded> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    let input = crate::input::read(path, "image")?;
+    crate::input::expect(
+        path,
+        &input,
+        crate::input::image_or_snapshot,
+        crate::input::IMAGE_OR_SNAPSHOT,
+    )?;
+    let bytes = input.bytes;
     let file_size = bytes.len();
-    if xstate::snapshot::is_snapshot(&bytes) {
+    if input.kind == FileKind::Snapshot {
         let snap = super::xsnap::decode(path, &bytes)?;
         return Ok(Loaded {
             image: super::xsnap::source_image(path, &snap)?,

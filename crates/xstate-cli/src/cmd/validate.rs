@@ -12,8 +12,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use serde_json::json;
+use xstate::filekind::FileKind;
 use xstate::validate::{self, KvmConfig, Profile, RestoreConfig};
 
 use super::inspect::{hex_arg, machine};
@@ -80,8 +80,21 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         return super::xsnap::validate_file(&args.file, args.json);
     }
     let m = machine(&args.cpu, args.xcr0, args.xss, args.mxcsr_mask)?;
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read image {}", args.file.display()))?;
+    let input = crate::input::read(&args.file, "image")?;
+    crate::input::expect(
+        &args.file,
+        &input,
+        |k| matches!(k, FileKind::XsaveStandard | FileKind::XsaveCompacted),
+        if matches!(
+            input.kind,
+            FileKind::Snapshot | FileKind::DamagedSnapshot { .. }
+        ) {
+            "an XSAVE image for this profile (a snapshot is checked with --profile snapshot)"
+        } else {
+            "an XSAVE image (standard or compacted form, at least 576 bytes)"
+        },
+    )?;
+    let bytes = input.bytes;
     let rc = RestoreConfig::for_layout(&m.layout, m.xcr0, m.xss, m.mxcsr_mask);
     let kvm_cfg = {
         let supported = match args.xcr0 {
