@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use xstate::cpuid::CpuidDump;
+use xstate::filekind::FileKind;
 use xstate::layout::Layout;
 
 /// Where CPUID data comes from: this host (default) or a dump file.
@@ -20,11 +21,19 @@ pub struct CpuSource {
 }
 
 impl CpuSource {
-    /// Loads the dump this source names.
+    /// Loads the dump this source names, refusing inconsistent data.
     pub fn load(&self) -> anyhow::Result<CpuidDump> {
         match &self.cpuid {
             Some(p) => load_dump(p),
             None => host_dump(),
+        }
+    }
+
+    /// Loads the dump this source names as it is, consistent or not.
+    pub fn load_unjudged(&self) -> anyhow::Result<CpuidDump> {
+        match &self.cpuid {
+            Some(p) => load_dump_unjudged(p),
+            None => host_dump_unjudged(),
         }
     }
 
@@ -35,72 +44,38 @@ impl CpuSource {
     }
 }
 
-/// Reads and parses a CPUID dump file.
+/// Reads and parses a CPUID dump file, refusing data that breaks a consistency rule
+/// ([`crate::trust::judge`]).
 pub fn load_dump(path: &Path) -> anyhow::Result<CpuidDump> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read CPUID dump {}", path.display()))?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        bail!("{} is empty; {TEXT_DUMP}", path.display());
-    }
-    let text = text_of(path, &bytes, TEXT_DUMP)?;
+    let d = load_dump_unjudged(path)?;
+    crate::trust::judge(&d)?;
+    Ok(d)
+}
+
+/// Reads and parses a CPUID dump file as it is, consistent or not (for `layout` and `host`,
+/// whose job is to report the data).
+pub fn load_dump_unjudged(path: &Path) -> anyhow::Result<CpuidDump> {
+    let input = crate::input::read(path, "CPUID dump")?;
+    crate::input::expect(
+        path,
+        &input,
+        |k| matches!(k, FileKind::CpuidDump { .. } | FileKind::Text),
+        "a CPUID dump (Linux `cpuid -r`, AIDA64, hwloc-gather-cpuid or `xstate host --dump-cpuid` JSON)",
+    )?;
     let name = path.display().to_string();
-    let dump = CpuidDump::parse(text, &name)?;
-    require_leaf_0d(&dump)?;
-    Ok(dump)
+    Ok(CpuidDump::parse_bytes(&input.bytes, &name)?)
 }
 
-/// What a `--cpuid` file must be, for the message about a file that is not.
-pub const TEXT_DUMP: &str = "a CPUID dump is text: Linux `cpuid -r`, AIDA64, hwloc-gather-cpuid, or the JSON `xstate host --dump-cpuid FILE` writes";
-
-/// The text of a file a text reader was given; binary content (a NUL byte or invalid UTF-8)
-/// is an error saying what the file looks like and what was expected (`expected`).
-pub fn text_of<'a>(path: &Path, bytes: &'a [u8], expected: &str) -> anyhow::Result<&'a str> {
-    let binary = |offset: usize| {
-        let kind = if xstate::snapshot::is_snapshot(bytes) {
-            " (it is an .xsnap snapshot)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!(
-            "{} is binary{kind}, not text (byte {offset} is {:#04x}); {expected}",
-            path.display(),
-            bytes.get(offset).copied().unwrap_or(0)
-        )
-    };
-    if let Some(i) = bytes.iter().position(|&b| b == 0) {
-        return Err(binary(i));
-    }
-    std::str::from_utf8(bytes).map_err(|e| binary(e.valid_up_to()))
-}
-
-/// A negative verdict about the input data (exit status 1, like any other "no"): CPUID data
-/// that cannot be used as it is.
-#[derive(Debug)]
-pub struct Inconsistent(pub String);
-
-impl std::fmt::Display for Inconsistent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Inconsistent {}
-
-/// A dump whose leaf 1 says XSAVE but that has no CPUID.(0xD,0): every offset and size is
-/// missing. Said as such (rather than as an XCR0 of 0 nobody passed).
-pub fn require_leaf_0d(dump: &CpuidDump) -> anyhow::Result<()> {
-    if Layout::from_dump(dump).has_xsave() && dump.get(0xd, 0).is_none() {
-        return Err(Inconsistent(format!(
-            "{}: inconsistent CPUID data [cpuid.missing_subleaf]: CPUID.1:ECX[26] says the CPU has XSAVE, but the dump has no leaf 0xD subleaf 0, which gives the supported components and sizes; dump leaf 0xD with all its subleaves (`cpuid -r` and `xstate host --dump-cpuid` do)",
-            dump.source
-        ))
-        .into());
-    }
-    Ok(())
-}
-
-/// This machine's CPUID.
+/// This machine's CPUID, refused like a dump file when inconsistent (a hypervisor can give a
+/// guest such data).
 pub fn host_dump() -> anyhow::Result<CpuidDump> {
+    let d = host_dump_unjudged()?;
+    crate::trust::judge(&d)?;
+    Ok(d)
+}
+
+/// This machine's CPUID as it is.
+pub fn host_dump_unjudged() -> anyhow::Result<CpuidDump> {
     #[cfg(target_arch = "x86_64")]
     {
         Ok(CpuidDump::from_host())
@@ -154,9 +129,11 @@ pub fn layout_of(dump: &CpuidDump) -> anyhow::Result<Layout> {
 
 /// Prints JSON to stdout.
 pub fn print_json(v: &serde_json::Value) {
+    let mut v = v.clone();
+    crate::trust::annotate_json(&mut v);
     outln!(
         "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     );
 }
 

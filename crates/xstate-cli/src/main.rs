@@ -10,12 +10,20 @@ use clap::{Parser, Subcommand};
 mod output;
 mod cmd;
 mod common;
+mod input;
 mod svg;
+mod trust;
 
 /// x86 extended processor state (XSAVE) for hypervisors, VMMs and their operators.
 #[derive(Parser)]
 #[command(name = "xstate", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// Use CPUID data that breaks a consistency rule (overlapping components, a size of 0, a
+    /// size disagreeing with CPUID.(0xD,0).ECX, …) instead of refusing it (exit 1): for
+    /// forensics only; every line of output then carries the warning (JSON: the
+    /// `trusted_inconsistent` and `warnings` fields). `check` still never says compatible.
+    #[arg(long, global = true)]
+    trust_cpuid: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,6 +80,8 @@ fn main() {
             std::process::exit(code);
         }
     };
+    // `--json` is the one spelling of machine-readable output in every subcommand.
+    trust::configure(cli.trust_cpuid, std::env::args_os().any(|a| a == "--json"));
     let result = match cli.command {
         Command::Host(a) => cmd::host::run(a),
         Command::Layout(a) => cmd::layout::run(a),
@@ -84,12 +94,15 @@ fn main() {
         Command::Kvm(a) => cmd::kvm::run(a),
         Command::Check(a) => cmd::check::run(a),
     };
+    let result = result.and_then(|code| trust::finish().map(|()| code));
     let code = match result {
         Ok(code) => code,
         Err(e) => {
+            let _ = trust::finish();
             errln!("xstate: error: {}", common::message(&e));
-            // Unusable input data is a negative verdict (1); anything else is usage or I/O.
-            if e.downcast_ref::<common::Inconsistent>().is_some() {
+            // Inputs judged unusable (inconsistent CPUID data) are a negative verdict (1);
+            // anything else is usage or I/O (2).
+            if e.chain().any(|c| c.is::<trust::Refused>()) {
                 1
             } else {
                 2

@@ -199,9 +199,15 @@ pub fn write_file(path: &Path, bytes: &[u8], inputs: &[&Path], force: bool) -> a
             dir.display()
         ))
     })?;
-    // The rename is durable once the directory is.
+    // The rename is durable once the directory is. A filesystem that cannot sync a directory
+    // (EINVAL, ENOTSUP) has nothing more to make durable.
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
+        .or_else(|e| match e.raw_os_error() {
+            #[cfg(unix)]
+            Some(libc::EINVAL | libc::ENOTSUP) => Ok(()),
+            _ => Err(e),
+        })
         .with_context(|| {
             format!(
                 "wrote {} but cannot sync its directory {}",

@@ -428,7 +428,7 @@ pub const MAX_AREA_SIZE: u32 = 1 << 20;
 /// CPUID data that breaks at least one consistency rule, with every rule it breaks: the
 /// refusal of [`Layout::verify`] and [`Layout::trusted`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{dump}: inconsistent CPUID leaf 0xD, not used: {}", problems_text(.problems))]
+#[error("{dump}: inconsistent CPUID leaf 0xD: {}", problems_text(.problems))]
 pub struct InconsistentCpuid {
     /// Where the data came from (the dump's source).
     pub dump: String,

@@ -4,9 +4,10 @@
 //! present component is an error naming it.
 //!
 //! Snapshots: `--to snapshot` takes a portable `.xsnap` of the image (the CPU named by
-//! `--cpuid`/`--host` is its source); a `.xsnap` input (detected by its magic) is rebuilt for
-//! the destination named by `--cpuid`/`--host` (or `--to-cpuid`), with the snapshot's XCR0
-//! unless `--xcr0` is given.
+//! `--cpuid`/`--host` is its source); a `.xsnap` input (detected by its content) carries its
+//! source CPU and is rebuilt for the destination named by `--to-cpuid` (default: this
+//! machine), with the snapshot's XCR0 unless `--xcr0` is given; `--cpuid` with a snapshot is
+//! refused, since it always names the CPU an input image comes from.
 //!
 //! Target components: the standard form holds XCR0's; the compacted form holds XCR0's, plus
 //! IA32_XSS's when `--xss` is given (supervisor components are for XRSTORS only). XCR0 is
@@ -127,7 +128,14 @@ impl Args {
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     check_output(&args.output, &args.inputs(), args.force)?;
-    if super::xsnap::is_snapshot_file(&args.file) {
+    let input = crate::input::read(&args.file, "input")?;
+    crate::input::expect(
+        &args.file,
+        &input,
+        crate::input::image_or_snapshot,
+        crate::input::IMAGE_OR_SNAPSHOT,
+    )?;
+    if input.kind == xstate::filekind::FileKind::Snapshot {
         return convert_snapshot(&args);
     }
     let src_m = machine(&args.cpu, None, None, None)?;
@@ -212,10 +220,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     args.finish(w)
 }
 
-/// `convert SNAP.xsnap --to standard|compacted -o IMG [--cpuid DEST | --host] [--xcr0 HEX]`:
-/// the image rebuilt with the destination's offsets (`--to-cpuid` also names the destination).
-/// XCR0 defaults to the snapshot's.
+/// `convert SNAP.xsnap --to standard|compacted -o IMG [--to-cpuid DEST] [--xcr0 HEX]`: the
+/// image rebuilt with the destination's offsets (default: this machine's). XCR0 defaults to
+/// the snapshot's.
 fn convert_snapshot(args: &Args) -> anyhow::Result<i32> {
+    if args.cpu.cpuid.is_some() {
+        anyhow::bail!(
+            "{}: a snapshot carries its source CPU, and --cpuid names the CPU an input image comes from; give the destination with --to-cpuid FILE (default: this machine)",
+            args.file.display()
+        );
+    }
     let snap = super::xsnap::load_snapshot(&args.file)?;
     let dest = match &args.to_cpuid {
         Some(p) => load_dump(p)?,

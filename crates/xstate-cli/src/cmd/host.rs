@@ -7,7 +7,7 @@ use xstate::components::mask_names;
 use xstate::strategy::{choose, Caps, Policy};
 
 use crate::cmd::layout::Report;
-use crate::common::{hex, host_dump, print_json};
+use crate::common::{hex, host_dump_unjudged, print_json};
 use crate::output::write_file;
 
 /// Arguments of `xstate host`.
@@ -78,7 +78,7 @@ fn kvm_facts() -> KvmFacts {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let dump = host_dump()?;
+    let dump = host_dump_unjudged()?;
     if let Some(path) = &args.dump_cpuid {
         write_file(path, dump.to_json().as_bytes(), &[], args.force)?;
         if !args.json {

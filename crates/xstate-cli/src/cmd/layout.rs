@@ -53,22 +53,46 @@ pub struct Report {
 }
 
 impl Report {
-    /// Computes the report; an XCR0 or IA32_XSS the CPU would refuse is an error (exit 2).
+    /// Computes the report; an XCR0 or IA32_XSS given (`--xcr0`, `--xss`) that the CPU would
+    /// refuse is an error (exit 2). The defaults come from the CPUID data: when the data
+    /// cannot give valid ones (no leaf 0xD, say), that is a consistency problem of the data,
+    /// reported as such (exit 1), not blamed on an option nobody passed.
     pub fn new(dump: &CpuidDump, xcr0: Option<u64>, xss: Option<u64>) -> anyhow::Result<Report> {
         let layout = Layout::from_dump(dump);
+        let (xcr0_given, xss_given) = (xcr0.is_some(), xss.is_some());
         let xcr0 = xcr0.unwrap_or(if layout.has_xsave() {
             layout.xcr0_supported()
         } else {
             mask::LEGACY
         });
         let xss = xss.unwrap_or(layout.xss_supported());
+        let mut defaults_refused = Vec::new();
         if layout.has_xsave() {
-            layout.check_xcr0(xcr0)?;
-            layout.check_xss(xss)?;
+            match layout.check_xcr0(xcr0) {
+                Err(e) if !xcr0_given => defaults_refused.push(format!(
+                    "the CPU's supported XCR0 {xcr0:#x} (CPUID.(0xD,0):EDX:EAX) is not a valid XCR0: {e}"
+                )),
+                r => r?,
+            }
+            match layout.check_xss(xss) {
+                Err(e) if !xss_given => defaults_refused.push(format!(
+                    "the CPU's supported IA32_XSS {xss:#x} (CPUID.(0xD,1):EDX:ECX) is not a valid IA32_XSS: {e}"
+                )),
+                r => r?,
+            }
         }
-        let inconsistencies = layout.consistency();
-        let consistent = inconsistencies.is_empty();
+        let inconsistencies = layout.consistency_with(dump.xcr0, None);
+        let consistent = inconsistencies.is_empty() && defaults_refused.is_empty();
         let mut warnings: Vec<String> = dump.notes.clone();
+        // When a consistency rule names the cause (no leaf 0xD, say), the invalid default mask
+        // it leads to is not worth a second line.
+        if inconsistencies.is_empty() {
+            warnings.extend(
+                defaults_refused
+                    .iter()
+                    .map(|i| format!("inconsistent CPUID: {i}")),
+            );
+        }
         warnings.extend(
             inconsistencies
                 .iter()
@@ -226,11 +250,12 @@ impl Report {
         }
     }
 
-    /// Exit status: 1 when a requested form could not be laid out (inconsistent data), else 0.
+    /// Exit status: 1 when the CPUID data breaks a consistency rule or a requested form could
+    /// not be laid out, else 0.
     pub fn status(&self) -> i32 {
         let std_bad = self.standard.is_err();
         let cmp_bad = self.layout.has_xsave() && self.compacted.is_err();
-        i32::from(std_bad || cmp_bad)
+        i32::from(!self.consistent || std_bad || cmp_bad)
     }
 }
 
@@ -240,7 +265,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if let Some(path) = &args.svg {
         check_output(path, &inputs, args.force)?;
     }
-    let dump = args.src.load()?;
+    // `layout` reports inconsistent data (and exits 1) rather than refusing it.
+    let dump = args.src.load_unjudged()?;
     let report = Report::new(&dump, args.xcr0, args.xss)?;
     if let Some(path) = &args.svg {
         let doc = svg::render(&report, &dump.source);

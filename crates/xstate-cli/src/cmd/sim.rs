@@ -431,15 +431,16 @@ fn check(
 
 /// Replays a script; every step gives one result.
 pub fn replay(path: &Path) -> anyhow::Result<Vec<StepResult>> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read script {}", path.display()))?;
-    let text = crate::common::text_of(
+    let input = crate::input::read(path, "script")?;
+    crate::input::expect(
         path,
-        &bytes,
-        "a sim script is JSON text (examples/sim/README.md)",
+        &input,
+        |k| *k == xstate::filekind::FileKind::Text,
+        "a JSON scenario script (see examples/sim/)",
     )?;
+    let text = String::from_utf8_lossy(&input.bytes);
     let script: Value =
-        serde_json::from_str(text).with_context(|| format!("{} is not JSON", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut e = build_engine(&script, dir)?;
     let steps = script
@@ -485,10 +486,10 @@ pub fn replay(path: &Path) -> anyhow::Result<Vec<StepResult>> {
 
 /// Each step's `expect_error`, by step index (the script was read once already by `replay`).
 fn expected_errors(path: &Path) -> Vec<Option<String>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let Ok(input) = crate::input::read(path, "script") else {
         return Vec::new();
     };
-    let Ok(v) = serde_json::from_str::<Value>(&text) else {
+    let Ok(v) = serde_json::from_slice::<Value>(&input.bytes) else {
         return Vec::new();
     };
     v.get("steps")

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use xstate::components::{mask, mask_names, Component};
+use xstate::filekind::FileKind;
 use xstate::image::XsaveImage;
 use xstate::layout::{Form, Layout};
 use xstate::snapshot::{ControlRegs, Snapshot, SourceCpu};
@@ -15,25 +16,20 @@ use crate::common::hex;
 
 /// Reads and decodes a snapshot file.
 pub fn load_snapshot(path: &Path) -> anyhow::Result<Snapshot> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read snapshot {}", path.display()))?;
-    decode(path, &bytes)
+    let input = crate::input::read(path, "snapshot")?;
+    crate::input::expect(
+        path,
+        &input,
+        |k| matches!(k, FileKind::Snapshot),
+        "an .xsnap snapshot",
+    )?;
+    decode(path, &input.bytes)
 }
 
 /// Decodes snapshot bytes read from `path`.
 pub fn decode(path: &Path, bytes: &[u8]) -> anyhow::Result<Snapshot> {
     Snapshot::decode(bytes)
         .with_context(|| format!("{} is not a readable .xsnap file", path.display()))
-}
-
-/// True when the file starts with the `.xsnap` magic (unreadable files are not snapshots).
-pub fn is_snapshot_file(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 8];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map(|_| xstate::snapshot::is_snapshot(&head))
-        .unwrap_or(false)
 }
 
 /// The image a snapshot stands for, on its source CPU's layout (standard form of its XCR0, or
@@ -154,8 +150,14 @@ pub fn snapshot_to_image(
 /// `decode`, with the decoder's message naming the offset); a decoded snapshot gets every
 /// violation of the `snapshot` profile. Exit 0 valid, 1 invalid; unreadable file: error (2).
 pub fn validate_file(path: &Path, json_out: bool) -> anyhow::Result<i32> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read snapshot {}", path.display()))?;
+    let input = crate::input::read(path, "snapshot")?;
+    crate::input::expect(
+        path,
+        &input,
+        |k| matches!(k, FileKind::Snapshot | FileKind::DamagedSnapshot { .. }),
+        "an .xsnap snapshot (the snapshot profile checks snapshots; images have the xrstor, xrstor-compacted, xrstors and kvm profiles)",
+    )?;
+    let bytes = input.bytes;
     let violations = match Snapshot::decode(&bytes) {
         Ok(s) => xstate::snapshot::validate(&s),
         Err(e) => vec![xstate::snapshot::Violation {
