@@ -895,10 +895,85 @@ pub fn size_rule(bytes: &[u8], profile: &Profile, layout: &Layout) -> Option<Vio
     }
 }
 
+/// The fast path of [`validate_with_layout`]: the header read once ([`is_valid`]) and the
+/// size rule computed from the layout's per-component geometry without building a layout
+/// (no allocation). False means "look closer"; XRSTORS with a supervisor CET component
+/// loaded always looks closer (its values need the detailed path).
+pub fn is_valid_with_layout(bytes: &[u8], profile: &Profile, layout: &Layout) -> bool {
+    if !is_valid(bytes, profile) {
+        return false;
+    }
+    let bv = raw_xstate_bv(bytes);
+    let xc = raw_xcomp_bv(bytes);
+    let need = match profile {
+        Profile::Xrstor(c) => standard_end(layout, c.xcr0 & c.request),
+        Profile::XrstorCompacted(c) => compacted_end(layout, xc, c.xcr0 & c.request),
+        Profile::Xrstors(c) => {
+            if bv & (c.xcr0 | c.xss) & c.request & (mask::CET_U | mask::CET_S) != 0 {
+                return false;
+            }
+            compacted_end(layout, xc, (c.xcr0 | c.xss) & c.request)
+        }
+        Profile::Kvm(c) => {
+            let buf = standard_end(layout, c.user_features & c.supported_xcr0);
+            let img = standard_end(layout, bv & c.supported_xcr0);
+            match (buf, img) {
+                (Some(b), Some(i)) => Some(b.max(i).max(KVM_XSAVE_SIZE)),
+                _ => None,
+            }
+        }
+    };
+    need.is_some_and(|n| n as usize <= bytes.len())
+}
+
+/// The standard-form size of `m` from the per-component geometry (as `Layout::standard`),
+/// None where that refuses the mask.
+fn standard_end(layout: &Layout, m: u64) -> Option<u32> {
+    let mut end = MIN_SIZE as u32;
+    for id in bits(m & !mask::LEGACY) {
+        let g = layout.geometry(id);
+        let off = g.standard_offset?;
+        if g.size == 0 || off < MIN_SIZE as u32 || m & mask::COMPACTED != 0 {
+            return None;
+        }
+        end = end.max(off.checked_add(g.size)?);
+    }
+    Some(end)
+}
+
+/// The end of the last component of `rfbm` ∩ XCOMP_BV\[62:0\] at its compacted location (as
+/// `required_size`), None where `Layout::compacted` refuses XCOMP_BV.
+fn compacted_end(layout: &Layout, xcomp_bv: u64, rfbm: u64) -> Option<u32> {
+    let mut loc = MIN_SIZE as u32;
+    let mut end = MIN_SIZE as u32;
+    for id in bits(xcomp_bv & !mask::COMPACTED & !mask::LEGACY) {
+        let g = layout.geometry(id);
+        if g.size == 0 {
+            return None;
+        }
+        if g.align64 {
+            loc = loc.checked_next_multiple_of(64)?;
+        }
+        let e = loc.checked_add(g.size)?;
+        if rfbm & (1u64 << id) != 0 {
+            end = end.max(e);
+        }
+        loc = e;
+    }
+    Some(end)
+}
+
 /// [`validate`] plus the rules that need the CPU's layout: the size rule ([`size_rule`]) and,
 /// for XRSTORS, the supervisor values ([`xrstors_with_layout`]). This is what an image file
 /// is judged by: a valid header on too few bytes is not a valid image.
 pub fn validate_with_layout(bytes: &[u8], profile: &Profile, layout: &Layout) -> Vec<Violation> {
+    if is_valid_with_layout(bytes, profile, layout) {
+        return Vec::new();
+    }
+    validate_with_layout_detail(bytes, profile, layout)
+}
+
+fn validate_with_layout_detail(bytes: &[u8], profile: &Profile, layout: &Layout) -> Vec<Violation> {
     let mut out = match profile {
         Profile::Xrstors(c) => xrstors_with_layout(bytes, c, Some(layout)),
         p => validate(bytes, p),
@@ -1256,6 +1331,54 @@ mod tests {
             prop_assert_eq!(xrstors_header_ok(&b, &rc), xrstors_detail(&b, &rc, None).is_empty());
             prop_assert_eq!(kvm_ok(&b, &kc), kvm_detail(&b, &kc).is_empty());
             prop_assert_eq!(xrstor_any_ok(&b, &rc), xrstor_any(&b, &rc).is_empty());
+        });
+    }
+
+    /// The fast path with the size rule agrees with the detailed path: Sapphire Rapids and
+    /// Zen 5 layouts, headers around the masks, lengths around every extent.
+    #[test]
+    fn fast_size_rule_agrees_with_detail() {
+        use crate::testutil::{spr, zen5};
+        use proptest::prelude::*;
+        let (spr, zen5) = (spr(), zen5());
+        let masks = vec![
+            0u64, 0x3, 0x7, 0xe7, 0x200e7, 0x600e7, 0x602e7, 0x18e7, 0x1800,
+        ];
+        let lens = vec![
+            576usize, 832, 2432, 2440, 2696, 2752, 2816, 4095, 4096, 10687, 10688, 10752, 11008,
+        ];
+        let s = (
+            any::<bool>(),
+            proptest::sample::select(masks.clone()),
+            proptest::sample::select(masks.clone()),
+            any::<bool>(),
+            proptest::sample::select(masks.clone()),
+            proptest::sample::select(vec![u64::MAX, 0x7, 0x40003]),
+            proptest::sample::select(lens),
+            0usize..6,
+        );
+        proptest!(ProptestConfig::with_cases(3000), |((which, bv, xc, c63, xcr0, request, len, prof) in s)| {
+            let l = if which { &spr } else { &zen5 };
+            let mut b = vec![0u8; len];
+            b[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+            set64(&mut b, 512, bv);
+            set64(&mut b, 520, if c63 { xc | 1 << 63 } else { xc });
+            let rc = RestoreConfig { xcr0, xss: 0x1800 & l.xss_supported(), request, mxcsr_mask: MASK, xsavec: true, xsaves: true, linear_address_bits: 48 };
+            let kc = KvmConfig { supported_xcr0: xcr0, user_features: xcr0 & !(1 << 18), mxcsr_mask: MASK };
+            let p = match prof {
+                0 => Profile::Xrstor(rc),
+                1 | 4 => Profile::XrstorCompacted(rc),
+                2 | 5 => Profile::Xrstors(rc),
+                _ => Profile::Kvm(kc),
+            };
+            let detail = validate_with_layout_detail(&b, &p, l);
+            let fast = is_valid_with_layout(&b, &p, l);
+            if fast {
+                prop_assert!(detail.is_empty(), "fast yes, detail {:?}", detail);
+            } else if detail.is_empty() {
+                // Conservative only for XRSTORS with CET loaded, or a layout the fast path refuses.
+                prop_assert!(matches!(p, Profile::Xrstors(_)) || required_size(&b, &p, l).is_err(), "fast no, detail yes");
+            }
         });
     }
 }
