@@ -87,12 +87,19 @@ pub fn xgetbv(xcr: u32) -> u64 {
         1 => has_xgetbv1(),
         _ => false,
     };
-    if !allowed {
+    xgetbv_if(xcr, allowed)
+}
+
+/// XGETBV(`xcr`) when `allowed` says CPUID permits it (CR4.OSXSAVE for ECX = 0, plus
+/// CPUID.(0xD,1):EAX\[2\] for ECX = 1), from CPUID answers the caller already holds (CPUID
+/// executes in microseconds in a VM; these bits do not change under a running process).
+pub(crate) fn xgetbv_if(xcr: u32, allowed: bool) -> u64 {
+    if !allowed || xcr > 1 {
         return 0;
     }
     let (lo, hi): (u32, u32);
-    // SAFETY: CR4.OSXSAVE is set (checked above) so XGETBV does not raise #UD; ECX is 0 or a
-    // supported 1, so it does not raise #GP. It touches no memory.
+    // SAFETY: CR4.OSXSAVE is set (the caller's CPUID answer) so XGETBV does not raise #UD;
+    // ECX is 0 or a supported 1, so it does not raise #GP. It touches no memory.
     unsafe {
         core::arch::asm!("xgetbv", in("ecx") xcr, out("eax") lo, out("edx") hi,
             options(nomem, nostack, preserves_flags));
@@ -476,7 +483,7 @@ impl Host {
         let layout = Layout::from_dump(&dump);
         let xsave = dump.has_xsave() && dump.os_xsave();
         let leaf = dump.leaf_0d();
-        let xcr0 = if xsave { xgetbv(0) } else { 0 };
+        let xcr0 = xgetbv_if(0, xsave);
         let mut h = Host {
             layout,
             xcr0,

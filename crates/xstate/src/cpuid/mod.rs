@@ -399,9 +399,10 @@ impl CpuidDump {
         #[cfg(not(feature = "std"))]
         let mut d = Self::read_host();
         if d.os_xsave() {
-            d.xcr0 = Some(crate::hw::xgetbv(0));
-            if d.leaf_0d().has_xgetbv1() {
-                d.xinuse = Some(crate::hw::xgetbv(1));
+            d.xcr0 = Some(crate::hw::xgetbv_if(0, true));
+            let s1 = d.get_or_zero(0xd, 1);
+            if d.get(0, 0).is_some_and(|r| r.eax >= 0xd) && s1.eax & 4 != 0 {
+                d.xinuse = Some(crate::hw::xgetbv_if(1, true));
             }
         }
         d
