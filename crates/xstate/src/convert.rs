@@ -356,25 +356,6 @@ fn write<B: AsRef<[u8]>>(
             }
         }
     };
-    // Legacy area (SDM §10.5.1): copied whole (x87 0..160 with MXCSR and MXCSR_MASK at
-    // 24..32, XMM 160..416, bytes 416..511 verbatim), then what is absent put in init state.
-    if let (Some(a), Some(b)) = (s.get(..512), d.get_mut(..512)) {
-        b.copy_from_slice(a);
-    }
-    if kept & mask::X87 == 0 {
-        set(d, 0, &crate::image::FCW_INIT.to_le_bytes());
-        d[2..24].fill(0);
-        d[32..160].fill(0);
-    }
-    set(d, MXCSR_OFFSET, &plan.mxcsr.to_le_bytes());
-    if kept & mask::SSE == 0 || !src.is_present(1) {
-        d[160..416].fill(0);
-    }
-    // Header: XSTATE_BV, XCOMP_BV, reserved bytes zero.
-    let mut h = [0u8; 64];
-    h[..8].copy_from_slice(&kept.to_le_bytes());
-    h[8..16].copy_from_slice(&target.xcomp_bv().to_le_bytes());
-    set(d, 512, &h);
     // Components ≥ 2 in target order, the source walked in step. Every byte from 576 to the
     // end is either copied or zeroed once: gaps before a placement (alignment padding,
     // holes of the standard form), absent components, the part of a larger target area the
@@ -385,16 +366,20 @@ fn write<B: AsRef<[u8]>>(
         .windows(2)
         .all(|w| w[0].end() <= w[1].offset);
     let mut cursor = EXTENDED_START as usize;
-    if !sorted {
-        zero(d, cursor, d.len());
-    }
     let sp = &src.geometry().placements;
     let mut i = 0;
+    // The legacy area and the header start the first run (the header and what is absent from
+    // the legacy area are written after the copies): the components that follow them at the
+    // same offsets in both images join it.
     let mut run = Run {
         from: 0,
         to: 0,
-        len: 0,
+        len: EXTENDED_START as usize,
     };
+    if !sorted {
+        run.flush(s, d);
+        zero(d, cursor, d.len());
+    }
     for t in target.placements.iter().filter(|t| t.id >= 2) {
         let (off, size) = (t.offset as usize, t.size as usize);
         if sorted {
@@ -432,6 +417,22 @@ fn write<B: AsRef<[u8]>>(
     if sorted {
         zero(d, cursor, d.len());
     }
+    // Legacy area (SDM §10.5.1), copied whole above (x87 0..160 with MXCSR and MXCSR_MASK at
+    // 24..32, XMM 160..416, bytes 416..511 verbatim): what is absent put in init state.
+    if kept & mask::X87 == 0 {
+        set(d, 0, &crate::image::FCW_INIT.to_le_bytes());
+        d[2..24].fill(0);
+        d[32..160].fill(0);
+    }
+    set(d, MXCSR_OFFSET, &plan.mxcsr.to_le_bytes());
+    if kept & mask::SSE == 0 || !src.is_present(1) {
+        d[160..416].fill(0);
+    }
+    // Header: XSTATE_BV, XCOMP_BV, reserved bytes zero.
+    let mut h = [0u8; 64];
+    h[..8].copy_from_slice(&kept.to_le_bytes());
+    h[8..16].copy_from_slice(&target.xcomp_bv().to_le_bytes());
+    set(d, 512, &h);
 }
 
 /// Converts to the standard form of `xcr0` on `layout`.
