@@ -180,6 +180,23 @@ fn ratios(cases: &[Case]) {
             },
             || memcpy_baseline(sb, &mut base),
         );
+        let l = &c.layout;
+        assert!(validate::validate_with_layout(sb, &Profile::Xrstor(rc), l).is_empty());
+        common::ratio(
+            &format!(
+                "P3 {} validate_with_layout xrstor (with the size rule)",
+                c.name
+            ),
+            "memcpy",
+            || {
+                black_box(validate::validate_with_layout(
+                    black_box(sb),
+                    &Profile::Xrstor(rc),
+                    l,
+                ));
+            },
+            || memcpy_baseline(sb, &mut base),
+        );
         common::ratio(
             &format!("P3 {} is_valid xrstor", c.name),
             "memcpy",

@@ -929,14 +929,18 @@ pub fn is_valid_with_layout(bytes: &[u8], profile: &Profile, layout: &Layout) ->
 /// The standard-form size of `m` from the per-component geometry (as `Layout::standard`),
 /// None where that refuses the mask.
 fn standard_end(layout: &Layout, m: u64) -> Option<u32> {
+    let leaf = layout.leaf();
+    // Supervisor components have no standard offset: the detailed path names them.
+    if m & (mask::COMPACTED | leaf.xss_supported()) != 0 {
+        return None;
+    }
     let mut end = MIN_SIZE as u32;
     for id in bits(m & !mask::LEGACY) {
-        let g = layout.geometry(id);
-        let off = g.standard_offset?;
-        if g.size == 0 || off < MIN_SIZE as u32 || m & mask::COMPACTED != 0 {
+        let c = leaf.component(id);
+        if c.size == 0 || c.offset < MIN_SIZE as u32 || c.supervisor {
             return None;
         }
-        end = end.max(off.checked_add(g.size)?);
+        end = end.max(c.offset.checked_add(c.size)?);
     }
     Some(end)
 }
@@ -946,8 +950,9 @@ fn standard_end(layout: &Layout, m: u64) -> Option<u32> {
 fn compacted_end(layout: &Layout, xcomp_bv: u64, rfbm: u64) -> Option<u32> {
     let mut loc = MIN_SIZE as u32;
     let mut end = MIN_SIZE as u32;
+    let leaf = layout.leaf();
     for id in bits(xcomp_bv & !mask::COMPACTED & !mask::LEGACY) {
-        let g = layout.geometry(id);
+        let g = leaf.component(id);
         if g.size == 0 {
             return None;
         }
