@@ -4,7 +4,7 @@
 //! instruction; there is no hidden image, and nothing is allocated on either path after
 //! construction (faults aside, whose description is a string).
 //!
-//! Before each instruction the checks of [`InsnGuard`](super::guard::InsnGuard) run in O(1)
+//! Before each instruction the checks of [`InsnGuard`] run in O(1)
 //! (support, alignment, extent from sizes cached per RFBM, the header rules read once,
 //! MXCSR), plus what keeps *later ordinary code* of this thread from trapping, also O(1): no
 //! pending unmasked x87 exception, no unmasked SSE exception, PKRU allowing access to

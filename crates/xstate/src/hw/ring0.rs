@@ -7,11 +7,11 @@
 //! `--features ring0`): at CPL 3 these instructions fault.
 //!
 //! Save and restore are the hot path: before each, the O(1) checks of
-//! [`InsnGuard`](super::guard::InsnGuard) against the cached control state (support,
+//! [`InsnGuard`] against the cached control state (support,
 //! alignment, extent cached per RFBM, the header rules read once, MXCSR, the CET supervisor
 //! values of XRSTORS, #NM for an XFD-armed component), then exactly the instruction asked
 //! for; nothing is allocated. XSETBV, RDMSR and WRMSR (rare) are checked on a
-//! [`ModelCpu`](crate::model::ModelCpu) that mirrors the control state (XCR0, IA32_XSS,
+//! [`ModelCpu`] that mirrors the control state (XCR0, IA32_XSS,
 //! IA32_XFD, CPL 0), and update the guard. [`Ring0Backend::set_verify`] also runs every save
 //! and restore on a clone of the mirror first (the model's full fault rules, several
 //! allocations per call: for bring-up and tests, not for production). Faults the checks

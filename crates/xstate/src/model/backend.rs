@@ -4,7 +4,7 @@
 //! by `Ring0Backend` (`xstate::hw::ring0`, cargo feature `ring0`).
 //!
 //! The register state a backend operates on is *its* register file: for the model the
-//! modelled registers; for [`HwBackend`](crate::hw::live::HwBackend) the calling thread's
+//! modelled registers; for [`HwBackend`] the calling thread's
 //! live registers (one instruction per call, the hot path); for [`CheckedHwBackend`] a
 //! context image that every operation loads into the real registers, operates on, and saves
 //! back, inside one `asm!` block (compiled Rust code clobbers vector registers between calls,
