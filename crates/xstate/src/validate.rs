@@ -224,6 +224,7 @@ pub enum Profile {
 }
 
 /// Applies a profile; an empty list means the image passes.
+#[inline]
 pub fn validate(bytes: &[u8], profile: &Profile) -> Vec<Violation> {
     match profile {
         Profile::Xrstor(c) => xrstor(bytes, c),
@@ -317,6 +318,7 @@ fn bits_text(m: u64) -> String {
 /// has a bit not in XCR0 (bit 63 included), when header bytes 8..23 are not zero, and when
 /// MXCSR sets bits outside the mask while RFBM\[1\] or RFBM\[2\] is set (the standard form loads
 /// MXCSR from the image even with XSTATE_BV\[1\] clear). Header bytes 24..63 are not checked.
+#[inline]
 pub fn xrstor(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
     if xrstor_ok(bytes, cfg) {
         return Vec::new();
@@ -324,6 +326,8 @@ pub fn xrstor(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
     xrstor_detail(bytes, cfg)
 }
 
+#[cold]
+#[inline(never)]
 fn xrstor_detail(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
     let mut out = Vec::new();
     if let Some(t) = too_small(bytes) {
@@ -425,6 +429,7 @@ fn compacted_common(
 /// lacks XSAVEC, XCOMP_BV\[62:0\] has a bit not in XCR0, XSTATE_BV has a bit not in
 /// XCOMP_BV\[62:0\], header bytes 16..63 are not zero, or MXCSR sets bits outside the mask while
 /// SSE is restored from the image.
+#[inline]
 pub fn xrstor_compacted(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
     if xrstor_compacted_ok(bytes, cfg) {
         return Vec::new();
@@ -432,6 +437,8 @@ pub fn xrstor_compacted(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
     xrstor_compacted_detail(bytes, cfg)
 }
 
+#[cold]
+#[inline(never)]
 fn xrstor_compacted_detail(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
     let mut out = Vec::new();
     if let Some(t) = too_small(bytes) {
@@ -476,6 +483,7 @@ fn xrstor_compacted_detail(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> 
 /// What XRSTOR does with these bytes on a CPU: the compacted-form rules when XCOMP_BV bit 63
 /// is set and the CPU has XSAVEC, the standard-form rules otherwise (SDM Vol. 2B XRSTOR
 /// "Operation").
+#[inline]
 pub fn xrstor_any(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
     if cfg.xsavec && raw_xcomp_bv(bytes) & mask::COMPACTED != 0 {
         xrstor_compacted(bytes, cfg)
@@ -632,6 +640,8 @@ pub fn xrstors_with_layout(
     xrstors_detail(bytes, cfg, layout)
 }
 
+#[cold]
+#[inline(never)]
 fn xrstors_detail(bytes: &[u8], cfg: &RestoreConfig, layout: Option<&Layout>) -> Vec<Violation> {
     let mut out = Vec::new();
     if let Some(t) = too_small(bytes) {
@@ -738,6 +748,7 @@ fn supervisor_values(bytes: &[u8], cfg: &RestoreConfig, l: &Layout, out: &mut Ve
 /// assert_eq!(v[0].rule, Rule::XstateBvUnsupported);
 /// assert_eq!((v[1].rule, v[1].offset), (Rule::HeaderReserved, 560));
 /// ```
+#[inline]
 pub fn kvm(bytes: &[u8], cfg: &KvmConfig) -> Vec<Violation> {
     if kvm_ok(bytes, cfg) {
         return Vec::new();
@@ -745,6 +756,8 @@ pub fn kvm(bytes: &[u8], cfg: &KvmConfig) -> Vec<Violation> {
     kvm_detail(bytes, cfg)
 }
 
+#[cold]
+#[inline(never)]
 fn kvm_detail(bytes: &[u8], cfg: &KvmConfig) -> Vec<Violation> {
     let mut out = Vec::new();
     if let Some(t) = too_small(bytes) {
@@ -978,6 +991,8 @@ pub fn validate_with_layout(bytes: &[u8], profile: &Profile, layout: &Layout) ->
     validate_with_layout_detail(bytes, profile, layout)
 }
 
+#[cold]
+#[inline(never)]
 fn validate_with_layout_detail(bytes: &[u8], profile: &Profile, layout: &Layout) -> Vec<Violation> {
     let mut out = match profile {
         Profile::Xrstors(c) => xrstors_with_layout(bytes, c, Some(layout)),
