@@ -8,7 +8,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 
 use xstate::components::mask;
 use xstate::image::XsaveImage;
@@ -17,12 +17,20 @@ use xstate::model::{
 };
 
 struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    // Per thread: the tests of this binary run in parallel threads.
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
 
-// SAFETY: forwards every call unchanged to the system allocator; the counter is an atomic.
+fn allocs() -> u64 {
+    ALLOCS.with(Cell::get)
+}
+
+// SAFETY: forwards every call unchanged to the system allocator; the counter is a
+// const-initialised thread-local (no allocation to reach it).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: AllocLayout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOCS.with(|c| c.set(c.get() + 1));
         // SAFETY: the caller's contract, forwarded.
         unsafe { System.alloc(l) }
     }
@@ -172,12 +180,12 @@ fn save_and_restore_allocate_nothing() {
     let n = hw.profile().layout.compacted(xcr0).unwrap().size as usize;
     let mut a = AlignedBuf::new(n.max(576));
     hw.save(SaveInsn::Xsavec, &mut a, xcr0).unwrap();
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocs();
     for _ in 0..1000 {
         hw.restore(RestoreInsn::Xrstor, &a, xcr0).unwrap();
         hw.save(SaveInsn::Xsavec, &mut a, xcr0).unwrap();
     }
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = allocs() - before;
     assert_eq!(allocs, 0, "{allocs} allocations in 1000 cycles");
 }
 
