@@ -23,9 +23,11 @@ mkdir -p "$here/corpus/snapshot"
 len=$(($(wc -c < "$sample") - 20))
 { printf '\001'; tail -c +17 "$sample" | head -c "$len"; } > "$here/corpus/snapshot/v1-body"
 # filekind: one of each kind (snapshot, CPUID dumps; seed images are added below).
+# The target's first byte is a mode byte (0: the rest is the file).
 mkdir -p "$here/corpus/filekind"
-cp "$sample" "$here/corpus/filekind/"
-cp "$fix"/hwloc/Intel-Skylake-2xXeon6140.txt "$fix"/aida64/amd-ryzen-7-9700x-8-core-processor.txt "$here/corpus/filekind/"
+for f in "$sample" "$fix"/hwloc/Intel-Skylake-2xXeon6140.txt "$fix"/aida64/amd-ryzen-7-9700x-8-core-processor.txt; do
+    { printf '\000'; cat "$f"; } > "$here/corpus/filekind/$(basename "$f")"
+done
 echo "seeded: $(ls "$here"/corpus/* | wc -l) files"
 
 # Image targets: well-formed standard and compacted images of the three layouts of

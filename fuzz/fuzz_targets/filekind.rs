@@ -2,8 +2,9 @@
 //! goes through, and checks what each verdict promises: a snapshot has the exact magic and a
 //! CRC-32 that checks, a file with the exact magic is a snapshot or a damaged one (never an
 //! image), FXSAVE is exactly 512 bytes, an XSAVE image at least 576 bytes in the form XCOMP_BV
-//! bit 63 names, a CPUID dump is NUL-free UTF-8. Half the inputs (first byte odd) are wrapped
-//! in a well-formed `.xsnap` frame first, so the damaged-frame paths are reached by mutation.
+//! bit 63 names, a CPUID dump is NUL-free UTF-8. The first byte selects the mode: even, the
+//! rest is the file; odd, the rest is wrapped in a well-formed `.xsnap` frame first (and then
+//! checked again with one byte flipped), so the damaged-frame paths are reached by mutation.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -67,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
                 check(&f);
             }
         }
-        _ => check(data),
+        Some((_, body)) => check(body),
+        None => check(data),
     }
 });
