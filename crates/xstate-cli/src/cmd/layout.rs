@@ -96,7 +96,7 @@ impl Report {
         warnings.extend(
             inconsistencies
                 .iter()
-                .map(|i| format!("inconsistent CPUID: {i}")),
+                .map(|i| format!("inconsistent CPUID: {i} [{}]", i.rule())),
         );
         for (id, size, arch) in layout.size_notes() {
             warnings.push(format!(
