@@ -431,6 +431,9 @@ fn cases(w: &Work) -> Vec<Case> {
             None,
         ),
         case(&["nonsense"], 2, None),
+        case(&["--help"], 0, None),
+        case(&["--version"], 0, None),
+        case(&["inspect", "--help"], 0, None),
     ];
     // Inconsistent CPUID data is a negative verdict (1) in every command that uses a layout,
     // and nothing is written.
