@@ -588,3 +588,37 @@ fn unbounded_inputs_are_refused() {
         }
     }
 }
+
+/// Issue 9's second reproduction, as reported: `head -c 1000 full.xsave` validated against
+/// this host said `valid` for the xrstor and kvm profiles, and `inspect` exited 0.
+#[test]
+fn issue_9_head_1000_on_this_host() {
+    if !cfg!(target_arch = "x86_64") {
+        println!("skipped: not x86-64");
+        return;
+    }
+    let host = CpuidDump::from_host();
+    let Some(xcr0) = host.xcr0 else {
+        println!("skipped: XSAVE not enabled on this CPU/OS");
+        return;
+    };
+    let l = Layout::from_dump(&host);
+    let mut img = XsaveImage::new(&l.standard(xcr0).unwrap());
+    img.set_k(1, 0x55)
+        .unwrap_or_else(|_| img.set_xmm(1, 0x55).unwrap());
+    let full = img.as_bytes().to_vec();
+    let t = write("host-head-1000", &full[..1000]);
+    for p in ["xrstor", "kvm"] {
+        refuses(
+            &["validate", &t, "--profile", p, "--host"],
+            1,
+            &["[short_image]", "has 1000 bytes"],
+            &[&t],
+            None,
+        );
+    }
+    if xcr0 & 0xe0 == 0xe0 {
+        // opmask lies beyond byte 1000 in every known layout (832 or 1088).
+        refuses(&["inspect", &t, "--host"], 1, &["UNREADABLE"], &[&t], None);
+    }
+}
