@@ -604,8 +604,8 @@ fn issue_9_head_1000_on_this_host() {
     };
     let l = Layout::from_dump(&host);
     let mut img = XsaveImage::new(&l.standard(xcr0).unwrap());
-    img.set_k(1, 0x55)
-        .unwrap_or_else(|_| img.set_xmm(1, 0x55).unwrap());
+    // Every enabled component present (their init values: zeros), as XSAVE writes them.
+    img.set_xstate_bv(xcr0);
     let full = img.as_bytes().to_vec();
     let t = write("host-head-1000", &full[..1000]);
     for p in ["xrstor", "kvm"] {
@@ -617,8 +617,10 @@ fn issue_9_head_1000_on_this_host() {
             None,
         );
     }
-    if xcr0 & 0xe0 == 0xe0 {
-        // opmask lies beyond byte 1000 in every known layout (832 or 1088).
+    if full.len() > 1000 {
+        // The furthest component present ends beyond byte 1000.
         refuses(&["inspect", &t, "--host"], 1, &["UNREADABLE"], &[&t], None);
+    } else {
+        println!("skipped (inspect case): this host's standard image fits in 1000 bytes");
     }
 }
