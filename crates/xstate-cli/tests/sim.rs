@@ -209,8 +209,17 @@ fn check_mismatch_fails_the_run() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.lines().filter(|l| !l.starts_with("      ")).count() == 6,
+        text.lines()
+            .filter(|l| l
+                .get(..3)
+                .is_some_and(|n| n.trim().parse::<usize>().is_ok()))
+            .count()
+            == 6,
         "{text}"
     );
+    // The summary names every step that was not as expected.
+    assert!(text.contains("2 step(s) not as expected"), "{text}");
+    assert!(text.contains("step 4 (check): mismatch"), "{text}");
+    assert!(text.contains("step 5 (enter): ebusy"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

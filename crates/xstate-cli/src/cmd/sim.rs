@@ -431,8 +431,14 @@ fn check(
 
 /// Replays a script; every step gives one result.
 pub fn replay(path: &Path) -> anyhow::Result<Vec<StepResult>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read script {}", path.display()))?;
+    let input = crate::input::read(path, "script")?;
+    crate::input::expect(
+        path,
+        &input,
+        |k| *k == xstate::filekind::FileKind::Text,
+        "a JSON scenario script (see examples/sim/)",
+    )?;
+    let text = String::from_utf8_lossy(&input.bytes);
     let script: Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -478,24 +484,55 @@ pub fn replay(path: &Path) -> anyhow::Result<Vec<StepResult>> {
     Ok(out)
 }
 
+/// Each step's `expect_error`, by step index (the script was read once already by `replay`).
+fn expected_errors(path: &Path) -> Vec<Option<String>> {
+    let Ok(input) = crate::input::read(path, "script") else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(&input.bytes) else {
+        return Vec::new();
+    };
+    v.get("steps")
+        .and_then(Value::as_array)
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|s| {
+                    s.get("expect_error")
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let results = replay(&args.script)?;
+    let expected_errors = expected_errors(&args.script);
+    let mut failed = Vec::new();
     let mut status = 0;
     for r in &results {
         if !r.as_expected {
             status = 1;
         }
         if args.json {
-            println!("{}", r.to_json());
+            let mut v = r.to_json();
+            v["script"] = json!(args.script.display().to_string());
+            outln!("{v}");
             continue;
         }
-        let mut line = format!(
-            "{:>3} {:<14} {}",
-            r.step,
-            r.action,
-            if r.ok { "ok" } else { "FAIL" }
-        );
+        // A step that failed as its `expect_error` said is "expected", not a failure; a step
+        // whose expected error did not happen is one.
+        let expected = expected_errors.get(r.step).cloned().flatten();
+        let verdict = match (r.ok, r.as_expected) {
+            (true, true) => "ok",
+            (false, true) => "expected error",
+            (true, false) => "FAIL (expected error did not happen)",
+            (false, false) => "FAIL",
+        };
+        let mut line = format!("{:>3} {:<14} {verdict}", r.step, r.action);
         if r.realloc {
             line.push_str(" realloc");
         }
@@ -512,13 +549,44 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             ));
         }
         line.push_str(&format!("  host {}", r.host_size));
-        println!("{line}");
+        outln!("{line}");
         if r.guest_fault.is_some() && !r.fault_detail.is_empty() {
-            println!("      guest fault: {}", r.fault_detail);
+            outln!("      guest fault: {}", r.fault_detail);
         }
         if let Some(e) = &r.error {
-            let note = if r.as_expected { " (expected)" } else { "" };
-            println!("      {e}{note}");
+            outln!("      {e}");
+        }
+        if !r.as_expected {
+            failed.push(match (expected.as_deref(), &r.error) {
+                (Some(k), None) => format!(
+                    "step {} ({}): expected error `{k}`, but the step succeeded",
+                    r.step, r.action
+                ),
+                (Some(k), Some(e)) => format!(
+                    "step {} ({}): expected error `{k}`, got {e}",
+                    r.step, r.action
+                ),
+                (None, e) => format!(
+                    "step {} ({}): {}",
+                    r.step,
+                    r.action,
+                    e.as_deref().unwrap_or("failed")
+                ),
+            });
+        }
+    }
+    if !args.json {
+        if failed.is_empty() {
+            outln!("{}: every step as expected", args.script.display());
+        } else {
+            outln!(
+                "{}: {} step(s) not as expected:",
+                args.script.display(),
+                failed.len()
+            );
+            for f in &failed {
+                outln!("  {f}");
+            }
         }
     }
     let _ = ErrorKind::Einval;
