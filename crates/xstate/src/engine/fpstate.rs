@@ -6,7 +6,10 @@
 //! (seed 002).
 //!
 //! The buffer is exactly the size of its features in the engine's storage form (compacted
-//! for XSAVES/XSAVEC): a container without AMX tile data never pays for its 8 KiB.
+//! for XSAVES/XSAVEC): a container without AMX tile data never pays for its 8 KiB. A
+//! confidential guest's container has no buffer at all: the engine never saves into it or
+//! restores from it (its registers belong to the firmware, seed 002), so nothing is allocated
+//! for them — its size is 0 and only the features and XFD are tracked.
 //!
 //! ```
 //! use xstate::cpuid::{CpuidDump, Regs};
@@ -56,7 +59,8 @@ pub const MXCSR_INIT: u32 = 0x1f80;
 /// One state container.
 #[derive(Clone, Debug)]
 pub struct FpState {
-    image: XsaveImage,
+    /// The register buffer; `None` for a confidential guest (nothing is ever saved).
+    image: Option<XsaveImage>,
     insn: SaveInsn,
     size: u32,
     user_size: u32,
@@ -215,9 +219,12 @@ impl FpState {
         let geometry = geometry(cfg, insn, xfeatures)?;
         let user_xfeatures = xfeatures & cfg.user.max_features;
         let user_size = cfg.user_size_of(user_xfeatures)?;
-        let size = geometry.size;
         // XsaveImage::new: XSTATE_BV 0, XCOMP_BV of the geometry, FCW 0x037F, MXCSR 0x1F80.
-        let image = XsaveImage::new(&geometry);
+        let (image, size) = if is_confidential {
+            (None, 0)
+        } else {
+            (Some(XsaveImage::new(&geometry)), geometry.size)
+        };
         Ok(FpState {
             image,
             insn,
@@ -237,23 +244,26 @@ impl FpState {
     /// other components are in init state. Flags and XFD are kept.
     pub fn resized(&self, cfg: &Configs, features: u64) -> Result<FpState, EngineError> {
         let mut n = FpState::new(cfg, features, self.xfd, self.is_guest, self.is_confidential)?;
+        n.in_use = self.in_use;
+        let (Some(old), Some(new)) = (self.image.as_ref(), n.image.as_mut()) else {
+            return Ok(n);
+        };
         // Components the new container cannot hold are dropped on purpose (the policy no
         // longer allows them): put them in init state first so the conversion, which refuses
         // to drop live state silently, moves only what is kept.
-        let mut src = self.image.to_owned_image();
+        let mut src = old.to_owned_image();
         for id in bits(self.xstate_bv() & !n.xfeatures) {
             src.clear_component(id)
                 .or_else(|e| err(ErrorKind::Einval, format!("{e}")))?;
         }
         if self.insn == SaveInsn::Fxsave {
-            if let (Some(to), Some(from)) = (
-                n.image.as_mut_bytes().get_mut(..512),
-                src.as_bytes().get(..512),
-            ) {
+            if let (Some(to), Some(from)) =
+                (new.as_mut_bytes().get_mut(..512), src.as_bytes().get(..512))
+            {
                 to.copy_from_slice(from);
             }
         } else {
-            let mut img = crate::convert::convert(&src, n.image.geometry()).or_else(|e| {
+            let mut img = crate::convert::convert(&src, new.geometry()).or_else(|e| {
                 err(
                     ErrorKind::Einval,
                     format!(
@@ -263,31 +273,38 @@ impl FpState {
                 )
             })?;
             // convert() writes the target geometry's XCOMP_BV; keep the buffer's length.
-            if img.len() == n.image.len() {
-                core::mem::swap(&mut n.image, &mut img);
+            if img.len() == new.len() {
+                core::mem::swap(new, &mut img);
             }
         }
-        n.in_use = self.in_use;
         Ok(n)
     }
 
     /// The buffer (64-byte aligned).
+    /// Empty for a confidential guest's container.
     pub fn as_bytes(&self) -> &[u8] {
-        self.image.as_bytes()
+        self.image.as_ref().map(|i| i.as_bytes()).unwrap_or(&[])
     }
 
     pub(crate) fn as_mut_bytes(&mut self) -> &mut [u8] {
-        self.image.as_mut_bytes()
+        match self.image.as_mut() {
+            Some(i) => i.as_mut_bytes(),
+            None => &mut [],
+        }
     }
 
-    /// The buffer as a typed image.
-    pub fn image(&self) -> &XsaveImage {
-        &self.image
+    /// The buffer as a typed image (`None` for a confidential guest's container).
+    pub fn image(&self) -> Option<&XsaveImage> {
+        self.image.as_ref()
     }
 
     /// Replaces the buffer with an image of the same geometry (`einval` otherwise).
     pub(crate) fn replace_image(&mut self, img: XsaveImage) -> Result<(), EngineError> {
-        if img.geometry() != self.image.geometry() || img.len() != self.image.len() {
+        let fits = match &self.image {
+            Some(own) => img.geometry() == own.geometry() && img.len() == own.len(),
+            None => false,
+        };
+        if !fits {
             return err(
                 ErrorKind::Einval,
                 format!(
@@ -298,13 +315,13 @@ impl FpState {
                 ),
             );
         }
-        self.image = img;
+        self.image = Some(img);
         Ok(())
     }
 
-    /// Where each component lives in the buffer.
-    pub fn geometry(&self) -> &FormLayout {
-        self.image.geometry()
+    /// Where each component lives in the buffer (`None` without a buffer).
+    pub fn geometry(&self) -> Option<&FormLayout> {
+        self.image.as_ref().map(|i| i.geometry())
     }
 
     /// The save instruction the buffer is written by.
@@ -341,6 +358,26 @@ impl FpState {
         self.xfd = xfd;
     }
 
+    /// Linux 6.19 (DESIGN.md §8, "x86/fpu: Clear XSTATE_BV[i] in guest XSAVE state whenever
+    /// XFD[i]=1"): a component XFD arms must not be marked present in the buffer, or the
+    /// restore before the next guest entry raises #NM. Clears the XSTATE_BV bits of `armed`
+    /// (the component goes to init state, which is what the guest sees after re-enabling it
+    /// anyway) and returns those that were set.
+    pub(crate) fn clear_armed(&mut self, armed: u64) -> u64 {
+        let insn = self.insn;
+        let Some(img) = self.image.as_mut() else {
+            return 0;
+        };
+        if insn == SaveInsn::Fxsave {
+            return 0;
+        }
+        let hit = img.xstate_bv() & armed & !mask::LEGACY;
+        if hit != 0 {
+            img.set_xstate_bv(img.xstate_bv() & !hit);
+        }
+        hit
+    }
+
     /// A guest's container.
     pub fn is_guest(&self) -> bool {
         self.is_guest
@@ -363,16 +400,17 @@ impl FpState {
     /// XSTATE_BV of the buffer (bits of components not in init state); for the FXSAVE area,
     /// x87 and SSE.
     pub fn xstate_bv(&self) -> u64 {
-        if self.insn == SaveInsn::Fxsave {
-            return mask::LEGACY;
+        match &self.image {
+            None => 0,
+            Some(_) if self.insn == SaveInsn::Fxsave => mask::LEGACY,
+            Some(i) => i.xstate_bv(),
         }
-        self.image.xstate_bv()
     }
 
     /// The register bytes of component `id` as a restore of this buffer would load them (init
     /// values when its XSTATE_BV bit is clear); `None` when the container does not hold it.
     pub fn component(&self, id: u8) -> Option<Vec<u8>> {
-        component_of(self.as_bytes(), self.geometry(), self.xstate_bv(), id)
+        component_of(self.as_bytes(), self.geometry()?, self.xstate_bv(), id)
     }
 
     /// MXCSR as stored in the buffer.

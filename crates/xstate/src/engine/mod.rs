@@ -68,12 +68,14 @@ pub mod vcpu;
 
 use alloc::collections::BTreeMap;
 use alloc::format;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 pub use error::{EngineError, ErrorKind};
-pub use guest::{GuestMsr, Outcome};
-pub use perm::{Grant, Scope};
-pub use vcpu::{Detached, GuestPolicy, Vcpu};
+pub use guest::{GuestMsr, Outcome, Restored};
+pub use perm::{Grant, Permissions, Scope};
+pub use uabi::CopyIn;
+pub use vcpu::{Detached, GuestPolicy, RejectedVcpu, Vcpu};
 
 use crate::components::{mask, mask_names, Component};
 use crate::image::XsaveImage;
@@ -82,7 +84,6 @@ use crate::strategy::{choose, Caps, Policy, SaveInsn};
 use config::Configs;
 use error::err;
 use fpstate::FpState;
-use perm::Permissions;
 
 /// How to set up an [`Engine`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,6 +100,24 @@ pub struct Options {
     /// Whether the engine runs at CPL 0 (XSAVES, XSETBV, WRMSR). `None`: probe the backend
     /// (RDMSR of IA32_XSS succeeds only at CPL 0 on a CPU with XSAVES).
     pub ring0: Option<bool>,
+    /// When a vCPU's container grows for dynamic features (see [`Growth`]).
+    pub growth: Growth,
+}
+
+/// When a vCPU container grows for a dynamic feature (AMX tile data) its guest may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Growth {
+    /// The seeds' design (seed 001, seed 002, DESIGN.md §6): only when the guest's XCR0 and
+    /// XFD enable the feature (`xcr0 & !xfd & !xfeatures`): a guest XSETBV/WRMSR sets a realloc
+    /// request served at the next exit; a VMM restoring XCR0/XFD grows it then. A guest that
+    /// never uses AMX never pays for its 8 KiB.
+    #[default]
+    Lazy,
+    /// Linux as merged (`kvm_check_cpuid()` → `fpu_enable_guest_xfd_features()`, DESIGN.md §6):
+    /// as soon as the CPUID policy exposes a dynamic feature the guest is permitted to use —
+    /// at vCPU creation and on a policy change.
+    Eager,
 }
 
 /// Instructions and allocations the engine issued (for tests and the benchmark).
@@ -131,9 +150,13 @@ pub struct Engine<B: Backend> {
     cpu: B,
     cfg: Configs,
     reason: &'static str,
-    perms: Permissions,
+    perms: Arc<Permissions>,
+    growth: Growth,
     host: FpState,
     host_live: bool,
+    /// The attached vCPU's registers are in the CPU (false after `schedule_out`: they are in
+    /// its container, "already saved").
+    guest_live: bool,
     hw_xfd: u64,
     has_xfd: bool,
     xfd_capable: u64,
@@ -166,7 +189,28 @@ impl<B: Backend> Engine<B> {
     /// Sets up the engine on `cpu`: chooses the save instruction, programs XCR0 and IA32_XSS
     /// when they differ (CPL 0 only), computes the configurations, allocates the host thread's
     /// container (default features) and arms XFD for the dynamic features it lacks.
-    pub fn new(mut cpu: B, opts: Options) -> Result<Self, EngineError> {
+    pub fn new(cpu: B, opts: Options) -> Result<Self, EngineError> {
+        Self::build(cpu, opts, None)
+    }
+
+    /// An engine for another host thread of the same process: it shares `perms` (take them
+    /// from [`process_permissions`](Self::process_permissions) of the first thread's engine),
+    /// so a grant on any thread holds on all, and the guest lock set by any thread's first
+    /// vCPU holds on all (Linux keeps permissions per process, DESIGN.md §6). `einval` when
+    /// `perms` belongs to a host with other supported features.
+    pub fn with_permissions(
+        cpu: B,
+        opts: Options,
+        perms: Arc<Permissions>,
+    ) -> Result<Self, EngineError> {
+        Self::build(cpu, opts, Some(perms))
+    }
+
+    fn build(
+        mut cpu: B,
+        opts: Options,
+        perms: Option<Arc<Permissions>>,
+    ) -> Result<Self, EngineError> {
         let profile = cpu.profile().clone();
         let layout = profile.layout.clone();
         if !profile.xsave && !profile.fxsr {
@@ -222,7 +266,22 @@ impl<B: Backend> Engine<B> {
                 .map_err(|f| fault_err(&format!("setting the host IA32_XSS to {xss:#x}"), &f))?;
         }
         let cfg = Configs::new(&layout, xcr0, xss, insn)?;
-        let perms = Permissions::new(&cfg);
+        let perms = match perms {
+            None => Arc::new(Permissions::new(&cfg)),
+            Some(p) if p.supported() == cfg.user.max_features => p,
+            Some(p) => {
+                return err(
+                    ErrorKind::Einval,
+                    format!(
+                        "the shared permissions are for a host supporting {:#x} ({}), this engine's host supports {:#x} ({})",
+                        p.supported(),
+                        mask_names(p.supported()),
+                        cfg.user.max_features,
+                        mask_names(cfg.user.max_features)
+                    ),
+                )
+            }
+        };
         let xfd_capable = if profile.xfd {
             profile.xfd_capable() & xcr0
         } else {
@@ -238,8 +297,10 @@ impl<B: Backend> Engine<B> {
             cfg,
             reason,
             perms,
+            growth: opts.growth,
             host,
             host_live: true,
+            guest_live: false,
             hw_xfd: 0,
             has_xfd: profile.xfd,
             xfd_capable,
@@ -271,14 +332,25 @@ impl<B: Backend> Engine<B> {
         &self.perms
     }
 
+    /// The process's permissions, to share with another host thread's engine
+    /// ([`with_permissions`](Self::with_permissions)).
+    pub fn process_permissions(&self) -> Arc<Permissions> {
+        Arc::clone(&self.perms)
+    }
+
+    /// When vCPU containers grow for dynamic features.
+    pub fn growth(&self) -> Growth {
+        self.growth
+    }
+
     /// `ARCH_REQ_XCOMP_PERM` / `ARCH_REQ_XCOMP_GUEST_PERM` (rules in [`perm`]).
-    pub fn request_perm(&mut self, scope: Scope, idx: u32) -> Result<Grant, EngineError> {
+    pub fn request_perm(&self, scope: Scope, idx: u32) -> Result<Grant, EngineError> {
         self.perms.request(scope, idx)
     }
 
     /// The installed sigaltstack size of the process's threads (see
     /// [`Permissions::set_sigaltstack_size`]).
-    pub fn set_sigaltstack_size(&mut self, size: Option<u32>) {
+    pub fn set_sigaltstack_size(&self, size: Option<u32>) {
         self.perms.set_sigaltstack_size(size);
     }
 
@@ -348,7 +420,9 @@ impl<B: Backend> Engine<B> {
                 ),
             );
         }
-        self.stats.allocations += 1;
+        if !confidential {
+            self.stats.allocations += 1;
+        }
         match from {
             Some(old) => {
                 self.stats.copied_bytes += u64::from(old.size());
@@ -363,26 +437,40 @@ impl<B: Backend> Engine<B> {
     /// Writes IA32_XFD when the value really changes ("when the XFD value really changes then
     /// a wrmsrl", seed 002).
     pub(crate) fn switch_xfd(&mut self, xfd: u64) -> Result<(), EngineError> {
-        if !self.has_xfd || xfd == self.hw_xfd {
+        Self::xfd_to(
+            &mut self.cpu,
+            self.has_xfd,
+            &mut self.hw_xfd,
+            &mut self.stats,
+            xfd,
+        )
+    }
+
+    /// [`switch_xfd`](Self::switch_xfd) on borrowed fields (the hot path holds a vCPU borrow).
+    pub(crate) fn xfd_to(
+        cpu: &mut B,
+        has_xfd: bool,
+        hw_xfd: &mut u64,
+        stats: &mut Stats,
+        xfd: u64,
+    ) -> Result<(), EngineError> {
+        if !has_xfd || xfd == *hw_xfd {
             return Ok(());
         }
-        self.cpu
-            .wrmsr(Msr::Xfd, xfd)
+        cpu.wrmsr(Msr::Xfd, xfd)
             .map_err(|f| fault_err(&format!("WRMSR IA32_XFD {xfd:#x}"), &f))?;
-        self.stats.xfd_writes += 1;
-        self.hw_xfd = xfd;
+        stats.xfd_writes += 1;
+        *hw_xfd = xfd;
         Ok(())
     }
 
-    /// The RFBM of restores: in the compacted form every enabled feature (components the
+    /// The RFBM of restores of `fp`: in the compacted form every enabled feature (components the
     /// container lacks are put in init state, SDM Vol. 1 §13.8.2), in the standard form the
     /// container's features (a standard buffer has no room beyond them).
-    fn restore_rfbm(&self, fp: &FpState) -> u64 {
+    pub(crate) fn rfbm_of(cfg: &Configs, fp: &FpState) -> u64 {
         match fp.insn() {
-            SaveInsn::Xsaves => {
-                (self.cfg.xcr0 | self.cfg.xss) & !self.cfg.independent & !mask::COMPACTED
-            }
-            SaveInsn::Xsavec => self.cfg.xcr0,
+            SaveInsn::Xsaves => (cfg.xcr0 | cfg.xss) & !cfg.independent & !mask::COMPACTED,
+            SaveInsn::Xsavec => cfg.xcr0,
             _ => fp.xfeatures(),
         }
     }
@@ -412,32 +500,6 @@ impl<B: Backend> Engine<B> {
         cpu.restore(r, fp.as_bytes(), rfbm)
             .map_err(|f| fault_err(&format!("{} from the container", r.name()), &f))?;
         stats.restores += 1;
-        Ok(())
-    }
-
-    /// Saves the host thread's registers into its container and marks them not live (the
-    /// thread is scheduled out, or the kernel is about to use the FPU). A later attach then
-    /// skips the host save (seed 002: "if (!test_thread_flag(TIF_NEED_FPU_LOAD))
-    /// save_fpregs_to_fpstate").
-    pub fn schedule_out(&mut self) -> Result<(), EngineError> {
-        if self.attached.is_some() {
-            return err(ErrorKind::Ebusy, "a vCPU is attached: detach it first");
-        }
-        if self.host_live {
-            Self::save_into(&mut self.cpu, &mut self.stats, &mut self.host)?;
-            self.host_live = false;
-        }
-        Ok(())
-    }
-
-    /// Brings the host thread's state back into the registers if it is not live.
-    pub fn schedule_in(&mut self) -> Result<(), EngineError> {
-        if self.attached.is_none() && !self.host_live {
-            self.switch_xfd(self.host.xfd())?;
-            let rfbm = self.restore_rfbm(&self.host);
-            Self::restore_from(&mut self.cpu, &mut self.stats, &self.host, rfbm)?;
-            self.host_live = true;
-        }
         Ok(())
     }
 
@@ -648,7 +710,7 @@ impl<B: Backend> Engine<B> {
                 if vc.fpstate().xfeatures() & fpstate::bit(id) == 0 {
                     return Err(not_held(vc.fpstate()));
                 }
-                if self.attached == Some(v) {
+                if self.attached == Some(v) && self.guest_live {
                     self.live_read(id)
                 } else {
                     let fp = vc.fpstate();
