@@ -199,8 +199,9 @@ impl<B: Backend> Engine<B> {
                     self.vcpu_mut(id)?.xfd_err = value;
                     return Ok(Outcome::default());
                 }
-                self.vcpu_mut(id)?.fpstate.set_xfd(value);
+                // The WRMSR first: if it faults, the guest's XFD is unchanged.
                 self.switch_xfd(value)?;
+                self.vcpu_mut(id)?.fpstate.set_xfd(value);
                 let realloc = self.check_expand(id)?;
                 Ok(Outcome {
                     realloc,

@@ -659,11 +659,12 @@ impl<B: Backend> Engine<B> {
             // The registers are live: put the new component in init state (it may hold a
             // guest's values: restores in the standard form do not cover it), save them into
             // the new container, then disarm XFD.
+            // Any failure drops the new container: the old one and XFD stay as they were.
             Self::restore_from(&mut self.cpu, &mut self.stats, &n, bit)?;
             Self::save_into(&mut self.cpu, &mut self.stats, &mut n)?;
+            self.switch_xfd(xfd)?;
             n.set_in_use(true);
             self.host = n;
-            self.switch_xfd(xfd)?;
             realloc = true;
         }
         match self.live_write(id, data)? {
