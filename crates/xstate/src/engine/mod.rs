@@ -79,6 +79,7 @@ pub use vcpu::{Detached, GuestPolicy, RejectedVcpu, Vcpu};
 
 use crate::components::{mask, mask_names, Component};
 use crate::image::XsaveImage;
+use crate::layout::FormLayout;
 use crate::model::{Backend, Fault, Msr, RestoreInsn};
 use crate::strategy::{choose, Caps, Policy, SaveInsn};
 use config::Configs;
@@ -159,13 +160,21 @@ pub struct Engine<B: Backend> {
     guest_live: bool,
     hw_xfd: u64,
     has_xfd: bool,
+    /// The engine programs IA32_XFD: only at CPL 0. In user mode the OS owns it (Linux arms
+    /// it for TILEDATA until the process holds the permission and first uses AMX, DESIGN.md
+    /// §6): the values are tracked per container, never written.
+    writes_xfd: bool,
     xfd_capable: u64,
     mxcsr_mask: u32,
     attached: Option<u32>,
     vcpus: BTreeMap<u32, Vcpu>,
     fail_next_alloc: bool,
     stats: Stats,
+    geometries: Vec<Arc<FormLayout>>,
 }
+
+/// Feature sets whose geometry the engine keeps (one per distinct guest policy in practice).
+const GEOMETRY_CACHE: usize = 16;
 
 /// The backend fault as an engine error (the engine only issues instructions it expects to
 /// succeed; a fault is a broken invariant or a backend that cannot do the operation).
@@ -303,14 +312,16 @@ impl<B: Backend> Engine<B> {
             guest_live: false,
             hw_xfd: 0,
             has_xfd: profile.xfd,
+            writes_xfd: profile.xfd && ring0,
             xfd_capable,
             mxcsr_mask: profile.mxcsr_mask,
             attached: None,
             vcpus: BTreeMap::new(),
             fail_next_alloc: false,
             stats: Stats::default(),
+            geometries: Vec::new(),
         };
-        if e.has_xfd {
+        if e.writes_xfd {
             e.hw_xfd = e.cpu.rdmsr(Msr::Xfd).unwrap_or(0);
             e.switch_xfd(host_xfd)?;
         }
@@ -423,15 +434,34 @@ impl<B: Backend> Engine<B> {
         if !confidential {
             self.stats.allocations += 1;
         }
+        let g = self.geometry_for(features)?;
         match from {
             Some(old) => {
                 self.stats.copied_bytes += u64::from(old.size());
-                let mut n = old.resized(&self.cfg, features)?;
+                let mut n = old.resized_with(&self.cfg, g)?;
                 n.set_xfd(xfd);
                 Ok(n)
             }
-            None => FpState::new(&self.cfg, features, xfd, is_guest, confidential),
+            None => FpState::with_geometry(&self.cfg, g, xfd, is_guest, confidential),
         }
+    }
+
+    /// The geometry of a container for `features`, shared by every container of the same
+    /// features (a small cache: a vCPU never pays for its own copy).
+    fn geometry_for(&mut self, features: u64) -> Result<Arc<FormLayout>, EngineError> {
+        let xf = FpState::features_for(&self.cfg, features);
+        if let Some(g) = self
+            .geometries
+            .iter()
+            .find(|g| g.mask & !mask::COMPACTED == xf)
+        {
+            return Ok(Arc::clone(g));
+        }
+        let g = Arc::new(fpstate::geometry(&self.cfg, self.cfg.insn, xf)?);
+        if self.geometries.len() < GEOMETRY_CACHE {
+            self.geometries.push(Arc::clone(&g));
+        }
+        Ok(g)
     }
 
     /// Writes IA32_XFD when the value really changes ("when the XFD value really changes then
@@ -439,7 +469,7 @@ impl<B: Backend> Engine<B> {
     pub(crate) fn switch_xfd(&mut self, xfd: u64) -> Result<(), EngineError> {
         Self::xfd_to(
             &mut self.cpu,
-            self.has_xfd,
+            self.writes_xfd,
             &mut self.hw_xfd,
             &mut self.stats,
             xfd,
@@ -449,12 +479,12 @@ impl<B: Backend> Engine<B> {
     /// [`switch_xfd`](Self::switch_xfd) on borrowed fields (the hot path holds a vCPU borrow).
     pub(crate) fn xfd_to(
         cpu: &mut B,
-        has_xfd: bool,
+        writes_xfd: bool,
         hw_xfd: &mut u64,
         stats: &mut Stats,
         xfd: u64,
     ) -> Result<(), EngineError> {
-        if !has_xfd || xfd == *hw_xfd {
+        if !writes_xfd || xfd == *hw_xfd {
             return Ok(());
         }
         cpu.wrmsr(Msr::Xfd, xfd)

@@ -292,20 +292,26 @@ impl<B: Backend> Engine<B> {
         }
         // 2. Switch XFD before the restore; 3. restore the guest, unless the firmware does.
         let host_xfd = self.hw_xfd;
-        let step = Self::xfd_to(cpu, self.has_xfd, &mut self.hw_xfd, stats, v.fpstate.xfd())
-            .and_then(|()| {
-                if v.fpstate.is_confidential() {
-                    Ok(())
-                } else {
-                    let rfbm = Self::rfbm_of(&self.cfg, &v.fpstate);
-                    Self::restore_from(cpu, stats, &v.fpstate, rfbm)
-                }
-            });
+        let step = Self::xfd_to(
+            cpu,
+            self.writes_xfd,
+            &mut self.hw_xfd,
+            stats,
+            v.fpstate.xfd(),
+        )
+        .and_then(|()| {
+            if v.fpstate.is_confidential() {
+                Ok(())
+            } else {
+                let rfbm = Self::rfbm_of(&self.cfg, &v.fpstate);
+                Self::restore_from(cpu, stats, &v.fpstate, rfbm)
+            }
+        });
         if let Err(e) = step {
             // Roll back: the host's XFD, then its registers from the container (a restore
             // that faulted may have loaded part of the guest's state).
-            let back =
-                Self::xfd_to(cpu, self.has_xfd, &mut self.hw_xfd, stats, host_xfd).and_then(|()| {
+            let back = Self::xfd_to(cpu, self.writes_xfd, &mut self.hw_xfd, stats, host_xfd)
+                .and_then(|()| {
                     if host_was_live {
                         let rfbm = Self::rfbm_of(&self.cfg, &self.host);
                         Self::restore_from(cpu, stats, &self.host, rfbm)
@@ -437,13 +443,13 @@ impl<B: Backend> Engine<B> {
         let guest_xfd = v.fpstate.xfd();
         let host_xfd = self.host.xfd();
         let step =
-            Self::xfd_to(cpu, self.has_xfd, &mut self.hw_xfd, stats, host_xfd).and_then(|()| {
+            Self::xfd_to(cpu, self.writes_xfd, &mut self.hw_xfd, stats, host_xfd).and_then(|()| {
                 let rfbm = Self::rfbm_of(&self.cfg, &self.host);
                 Self::restore_from(cpu, stats, &self.host, rfbm)
             });
         if let Err(e) = step {
             // Roll back: the guest's XFD and registers, from where they were just saved.
-            let back = Self::xfd_to(cpu, self.has_xfd, &mut self.hw_xfd, stats, guest_xfd)
+            let back = Self::xfd_to(cpu, self.writes_xfd, &mut self.hw_xfd, stats, guest_xfd)
                 .and_then(|()| {
                     if !saves_guest {
                         return Ok(());
@@ -530,15 +536,21 @@ impl<B: Backend> Engine<B> {
                 };
                 let cpu = &mut self.cpu;
                 let stats = &mut self.stats;
-                Self::xfd_to(cpu, self.has_xfd, &mut self.hw_xfd, stats, v.fpstate.xfd())
-                    .and_then(|()| {
-                        if v.fpstate.is_confidential() {
-                            return Ok(());
-                        }
-                        let rfbm = Self::rfbm_of(&self.cfg, &v.fpstate);
-                        Self::restore_from(cpu, stats, &v.fpstate, rfbm)
-                    })
-                    .map(|()| self.guest_live = true)
+                Self::xfd_to(
+                    cpu,
+                    self.writes_xfd,
+                    &mut self.hw_xfd,
+                    stats,
+                    v.fpstate.xfd(),
+                )
+                .and_then(|()| {
+                    if v.fpstate.is_confidential() {
+                        return Ok(());
+                    }
+                    let rfbm = Self::rfbm_of(&self.cfg, &v.fpstate);
+                    Self::restore_from(cpu, stats, &v.fpstate, rfbm)
+                })
+                .map(|()| self.guest_live = true)
             }
             None => {
                 if self.host_live {
@@ -546,12 +558,18 @@ impl<B: Backend> Engine<B> {
                 }
                 let cpu = &mut self.cpu;
                 let stats = &mut self.stats;
-                Self::xfd_to(cpu, self.has_xfd, &mut self.hw_xfd, stats, self.host.xfd())
-                    .and_then(|()| {
-                        let rfbm = Self::rfbm_of(&self.cfg, &self.host);
-                        Self::restore_from(cpu, stats, &self.host, rfbm)
-                    })
-                    .map(|()| self.host_live = true)
+                Self::xfd_to(
+                    cpu,
+                    self.writes_xfd,
+                    &mut self.hw_xfd,
+                    stats,
+                    self.host.xfd(),
+                )
+                .and_then(|()| {
+                    let rfbm = Self::rfbm_of(&self.cfg, &self.host);
+                    Self::restore_from(cpu, stats, &self.host, rfbm)
+                })
+                .map(|()| self.host_live = true)
             }
         };
         if r.is_err() {
