@@ -12,7 +12,7 @@ use xstate::cpuid::CpuidDump;
 use xstate::engine::{
     Context, Engine, ErrorKind, Growth, GuestMsr, GuestPolicy, Options, Permissions, Scope,
 };
-use xstate::model::{Backend, CpuProfile, ModelCpu};
+use xstate::model::{CpuProfile, ModelCpu};
 
 const SPR: &str = "tests/fixtures/cpuid/hwloc/Intel-SapphireRapids-2xXeonMax9460.txt";
 const TILES: u8 = 18;
