@@ -168,9 +168,86 @@ pub struct Engine<B: Backend> {
     mxcsr_mask: u32,
     attached: Option<u32>,
     vcpus: BTreeMap<u32, Vcpu>,
-    fail_next_alloc: bool,
+    allocs: Allocs,
     stats: Stats,
+}
+
+/// What a container allocation is for.
+#[derive(Clone, Copy)]
+pub(crate) struct AllocReq {
+    pub(crate) features: u64,
+    pub(crate) xfd: u64,
+    pub(crate) is_guest: bool,
+    pub(crate) confidential: bool,
+}
+
+/// The engine's container allocator: the injected failure and the geometries shared between
+/// containers of the same features. Apart from the rest of the engine so that the hot paths
+/// can allocate while holding their one borrow of a vCPU.
+#[derive(Default)]
+pub(crate) struct Allocs {
+    fail_next: bool,
     geometries: Vec<Arc<FormLayout>>,
+}
+
+impl Allocs {
+    /// A container for `req`, filled from `from` by conversion when given; confidential
+    /// containers have no buffer (and count as no allocation).
+    pub(crate) fn alloc(
+        &mut self,
+        cfg: &Configs,
+        stats: &mut Stats,
+        req: AllocReq,
+        from: Option<&FpState>,
+    ) -> Result<FpState, EngineError> {
+        let features = req.features;
+        if core::mem::take(&mut self.fail_next) {
+            return err(
+                ErrorKind::Enomem,
+                format!(
+                    "allocation of a {} byte container for {features:#x} ({}) failed (injected)",
+                    cfg.size_of(features).unwrap_or(0),
+                    mask_names(features)
+                ),
+            );
+        }
+        let g = self.geometry_for(cfg, features)?;
+        let n = match from {
+            Some(old) => {
+                let mut n = old.resized_with(cfg, g)?;
+                n.set_xfd(req.xfd);
+                stats.copied_bytes += u64::from(old.size());
+                n
+            }
+            None => FpState::with_geometry(cfg, g, req.xfd, req.is_guest, req.confidential)?,
+        };
+        if !req.confidential {
+            stats.allocations += 1;
+        }
+        Ok(n)
+    }
+
+    /// The geometry of a container for `features`, shared by every container of the same
+    /// features (a small cache: a vCPU never pays for its own copy).
+    fn geometry_for(
+        &mut self,
+        cfg: &Configs,
+        features: u64,
+    ) -> Result<Arc<FormLayout>, EngineError> {
+        let xf = FpState::features_for(cfg, features);
+        if let Some(g) = self
+            .geometries
+            .iter()
+            .find(|g| g.mask & !mask::COMPACTED == xf)
+        {
+            return Ok(Arc::clone(g));
+        }
+        let g = Arc::new(fpstate::geometry(cfg, cfg.insn, xf)?);
+        if self.geometries.len() < GEOMETRY_CACHE {
+            self.geometries.push(Arc::clone(&g));
+        }
+        Ok(g)
+    }
 }
 
 /// Feature sets whose geometry the engine keeps (one per distinct guest policy in practice).
@@ -317,9 +394,8 @@ impl<B: Backend> Engine<B> {
             mxcsr_mask: profile.mxcsr_mask,
             attached: None,
             vcpus: BTreeMap::new(),
-            fail_next_alloc: false,
+            allocs: Allocs::default(),
             stats: Stats::default(),
-            geometries: Vec::new(),
         };
         if e.writes_xfd {
             e.hw_xfd = e.cpu.rdmsr(Msr::Xfd).unwrap_or(0);
@@ -409,7 +485,7 @@ impl<B: Backend> Engine<B> {
     /// 002 ("If that fails, it does a save and restore with the existing fpstates and return
     /// an error code").
     pub fn fail_next_alloc(&mut self) {
-        self.fail_next_alloc = true;
+        self.allocs.fail_next = true;
     }
 
     /// Allocates a container (honours [`fail_next_alloc`](Self::fail_next_alloc)).
@@ -421,47 +497,13 @@ impl<B: Backend> Engine<B> {
         confidential: bool,
         from: Option<&FpState>,
     ) -> Result<FpState, EngineError> {
-        if core::mem::take(&mut self.fail_next_alloc) {
-            return err(
-                ErrorKind::Enomem,
-                format!(
-                    "allocation of a {} byte container for {features:#x} ({}) failed (injected)",
-                    self.cfg.size_of(features).unwrap_or(0),
-                    mask_names(features)
-                ),
-            );
-        }
-        if !confidential {
-            self.stats.allocations += 1;
-        }
-        let g = self.geometry_for(features)?;
-        match from {
-            Some(old) => {
-                self.stats.copied_bytes += u64::from(old.size());
-                let mut n = old.resized_with(&self.cfg, g)?;
-                n.set_xfd(xfd);
-                Ok(n)
-            }
-            None => FpState::with_geometry(&self.cfg, g, xfd, is_guest, confidential),
-        }
-    }
-
-    /// The geometry of a container for `features`, shared by every container of the same
-    /// features (a small cache: a vCPU never pays for its own copy).
-    fn geometry_for(&mut self, features: u64) -> Result<Arc<FormLayout>, EngineError> {
-        let xf = FpState::features_for(&self.cfg, features);
-        if let Some(g) = self
-            .geometries
-            .iter()
-            .find(|g| g.mask & !mask::COMPACTED == xf)
-        {
-            return Ok(Arc::clone(g));
-        }
-        let g = Arc::new(fpstate::geometry(&self.cfg, self.cfg.insn, xf)?);
-        if self.geometries.len() < GEOMETRY_CACHE {
-            self.geometries.push(Arc::clone(&g));
-        }
-        Ok(g)
+        let req = AllocReq {
+            features,
+            xfd,
+            is_guest,
+            confidential,
+        };
+        self.allocs.alloc(&self.cfg, &mut self.stats, req, from)
     }
 
     /// Writes IA32_XFD when the value really changes ("when the XFD value really changes then

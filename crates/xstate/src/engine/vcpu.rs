@@ -15,7 +15,7 @@ use alloc::format;
 
 use super::error::{err, EngineError, ErrorKind};
 use super::fpstate::FpState;
-use super::Engine;
+use super::{AllocReq, Engine};
 use crate::components::{mask, mask_names};
 use crate::layout::check_xcr0_rules;
 use crate::model::Backend;
@@ -231,31 +231,6 @@ impl<B: Backend> Engine<B> {
         Ok(self.vcpus.entry(id).or_insert(v))
     }
 
-    /// Serves a pending realloc request of a vCPU whose state is in its container (detached,
-    /// or attached and scheduled out): the larger container is filled by conversion. Returns
-    /// true when it reallocated; on failure nothing changed.
-    fn grow_in_memory(&mut self, id: u32) -> Result<bool, EngineError> {
-        let (req, features, xfd) = {
-            let v = self.vcpu(id)?;
-            (
-                v.realloc_request,
-                v.fpstate.xfeatures() | v.realloc_request,
-                v.fpstate.xfd(),
-            )
-        };
-        if req == 0 {
-            return Ok(false);
-        }
-        let old = &self.vcpu(id)?.fpstate;
-        let confidential = old.is_confidential();
-        let old = old.clone();
-        let n = self.alloc(features, xfd, true, confidential, Some(&old))?;
-        let v = self.vcpu_mut(id)?;
-        v.fpstate = n;
-        v.realloc_request = 0;
-        Ok(true)
-    }
-
     /// `vcpu_run() -> attach()`: makes vCPU `id` current. A realloc request left pending by a
     /// failed detach is served first (the guest never runs with a container smaller than what
     /// its XCR0 and XFD enable); its failure is returned and the vCPU stays detached.
@@ -274,15 +249,27 @@ impl<B: Backend> Engine<B> {
                 format!("vCPU {cur} is attached to this CPU: detach it before attaching vCPU {id}"),
             );
         }
-        let realloc = match self.vcpus.get(&id) {
-            None => return err(ErrorKind::Enoent, format!("no vCPU {id}")),
-            Some(v) if v.realloc_request != 0 => self.grow_in_memory(id)?,
-            Some(_) => false,
-        };
         // The hot path: one lookup, then disjoint borrows of the engine's fields.
         let Some(v) = self.vcpus.get_mut(&id) else {
             return err(ErrorKind::Enoent, format!("no vCPU {id}"));
         };
+        let mut realloc = false;
+        if v.realloc_request != 0 {
+            // A request left pending by a failed detach: its state is in its container,
+            // grow by conversion; on failure nothing changed.
+            let req = AllocReq {
+                features: v.fpstate.xfeatures() | v.realloc_request,
+                xfd: v.fpstate.xfd(),
+                is_guest: true,
+                confidential: v.fpstate.is_confidential(),
+            };
+            let n = self
+                .allocs
+                .alloc(&self.cfg, &mut self.stats, req, Some(&v.fpstate))?;
+            v.fpstate = n;
+            v.realloc_request = 0;
+            realloc = true;
+        }
         let cpu = &mut self.cpu;
         let stats = &mut self.stats;
         // 1. Save the host's registers if they are live (they stay in the registers too).
@@ -392,33 +379,29 @@ impl<B: Backend> Engine<B> {
                 ),
             );
         }
-        // The slow path first: a pending realloc request gets its new container.
+        // One lookup; the allocator, the CPU and the host container are borrowed apart.
+        let Some(v) = self.vcpus.get_mut(&id) else {
+            return err(ErrorKind::Enoent, format!("no vCPU {id}"));
+        };
+        let req = v.realloc_request;
+        let confidential = v.fpstate.is_confidential();
+        // A pending realloc request gets its new container (seed 002).
         let mut grown: Option<FpState> = None;
         let mut failure = None;
-        let (req, features, xfd, confidential) = match self.vcpus.get(&id) {
-            Some(v) => (
-                v.realloc_request,
-                v.fpstate.xfeatures() | v.realloc_request,
-                v.fpstate.xfd(),
-                v.fpstate.is_confidential(),
-            ),
-            None => return err(ErrorKind::Enoent, format!("no vCPU {id}")),
-        };
         if req != 0 {
-            let old = if self.guest_live || confidential {
-                None
-            } else {
-                // Scheduled out: the state is in the old container; grow by conversion.
-                self.vcpus.get(&id).map(|v| v.fpstate.clone())
+            let r = AllocReq {
+                features: v.fpstate.xfeatures() | req,
+                xfd: v.fpstate.xfd(),
+                is_guest: true,
+                confidential,
             };
-            match self.alloc(features, xfd, true, confidential, old.as_ref()) {
+            // Scheduled out: the state is in the old container; grow by conversion.
+            let from = (!self.guest_live && !confidential).then_some(&v.fpstate);
+            match self.allocs.alloc(&self.cfg, &mut self.stats, r, from) {
                 Ok(n) => grown = Some(n),
                 Err(e) => failure = Some(e),
             }
         }
-        let Some(v) = self.vcpus.get_mut(&id) else {
-            return err(ErrorKind::Enoent, format!("no vCPU {id}"));
-        };
         let cpu = &mut self.cpu;
         let stats = &mut self.stats;
         let saves_guest = self.guest_live && !confidential;
