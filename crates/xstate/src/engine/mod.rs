@@ -19,15 +19,21 @@
 //! The design, the rules and what was measured are written up in `docs/engine.md`.
 //!
 //! One [`Engine`] models one host thread (the VMM's vCPU thread) on one CPU: the thread's own
-//! container, the process's permissions, the vCPUs it created; at most one vCPU is attached
-//! at a time. The save instruction is chosen by [`crate::strategy`] (Linux or Xen order) or
-//! forced; the buffers follow its form.
+//! container and the vCPUs it holds; at most one vCPU is attached at a time. The permissions
+//! belong to the process and are shared by every thread's engine
+//! ([`Engine::with_permissions`]); a vCPU ([`Vcpu`] is `Send`) moves between threads with
+//! [`Engine::take_vcpu`] and [`Engine::put_vcpu`]. The save instruction is chosen by
+//! [`crate::strategy`] (Linux or Xen order) or forced; the buffers follow its form.
 //!
 //! Invariants the tests check:
 //! * a vCPU container holds exactly the features its guest can use without an exit, in the
 //!   compacted form when the instruction has one — 8 KiB of tiles only once AMX is enabled;
 //! * attach saves the host only if its registers are live, switches XFD *before* the restore
-//!   and restores the guest; detach saves the guest and restores the host; no copy;
+//!   and restores the guest; detach saves the guest (unless preemption already saved it) and
+//!   restores the host; no copy, no allocation, one vCPU lookup each;
+//! * attach, detach, reallocation and policy changes are atomic: a vCPU is attached only once
+//!   its state is loaded, and any failing instruction leaves every container and register as
+//!   it was (rolled back where it had started), the error reaching the caller;
 //! * restores in the compacted form use every enabled feature as RFBM, so any component a
 //!   container does not hold is put in init state (SDM Vol. 1 §13.8: XCOMP_BV bit i = 0 ⇒ init):
 //!   registers never carry another context's values (XSA-62, DESIGN.md §7); and when a
@@ -471,7 +477,8 @@ impl<B: Backend> Engine<B> {
         self.attached
     }
 
-    /// The value of IA32_XFD the engine last wrote (0 without XFD).
+    /// The value of IA32_XFD the engine last wrote (0 without XFD, and in user mode, where the
+    /// OS owns the MSR).
     pub fn hw_xfd(&self) -> u64 {
         self.hw_xfd
     }

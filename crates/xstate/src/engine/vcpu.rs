@@ -9,7 +9,14 @@
 //!   space during the run: the realloc request of seed 002); switch XFD to the host's;
 //!   restore the host.
 //! * **confidential guests**: their registers belong to the firmware (TDX, SEV-ES); the engine
-//!   neither saves nor restores them, only the host's, and switches XFD (seed 002).
+//!   neither saves nor restores them, only the host's, and switches XFD (seed 002); their
+//!   containers have no buffer.
+//! * **atomicity**: attach and detach commit (mark attached/detached, replace a container)
+//!   only after every instruction succeeded; a fault rolls XFD and the registers back.
+//! * **preemption** ([`Engine::schedule_out`] / [`Engine::schedule_in`]): the current context
+//!   is saved once; the detach of a scheduled-out vCPU saves nothing (seed 002).
+//! * **threads**: "the thread which creates the vCPU is not necessarily the same as the one
+//!   which runs it" (seed 002): [`Engine::take_vcpu`] / [`Engine::put_vcpu`].
 
 use alloc::format;
 
