@@ -27,6 +27,10 @@ enum Op {
     SetX(u32, Vec<u8>),
     SetCompacted(u32, bool),
     ScheduleOut,
+    ScheduleIn,
+    SetXcr0(u32, u64),
+    SetMsr(u32, u8, u64),
+    Move(u32),
 }
 
 fn masks() -> impl Strategy<Value = u64> {
@@ -82,6 +86,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(a, b)| Op::SetX(a, b)),
         (v.clone(), any::<bool>()).prop_map(|(a, b)| Op::SetCompacted(a, b)),
         Just(Op::ScheduleOut),
+        Just(Op::ScheduleIn),
+        (v.clone(), masks()).prop_map(|(a, b)| Op::SetXcr0(a, b)),
+        (v.clone(), 0u8..3, masks()).prop_map(|(a, b, c)| Op::SetMsr(a, b, c)),
+        v.clone().prop_map(Op::Move),
     ]
 }
 
@@ -166,6 +174,17 @@ fn apply(e: &mut Engine<ModelCpu>, op: &Op) -> Result<(), xstate::engine::Engine
             e.set_compacted(id, &img).map(|_| ())
         }
         Op::ScheduleOut => e.schedule_out(),
+        Op::ScheduleIn => e.schedule_in(),
+        Op::SetXcr0(id, v) => e.set_xcr0(id, v).map(|_| ()),
+        Op::SetMsr(id, m, v) => {
+            let m = [GuestMsr::Xfd, GuestMsr::XfdErr, GuestMsr::Xss][usize::from(m % 3)];
+            e.set_msr(id, m, v).map(|_| ())
+        }
+        Op::Move(id) => {
+            // Out of the engine and back (as another thread's engine would take it).
+            let v = e.take_vcpu(id)?;
+            e.put_vcpu(v).map(|_| ()).map_err(|r| r.error)
+        }
     }
 }
 
