@@ -626,6 +626,8 @@ impl<B: Backend> Engine<B> {
             return Err(reject(e, v));
         }
         let id = v.id;
+        // A vCPU's state exists: the guest permissions are locked (they sized it).
+        self.perms.lock_guest();
         self.vcpus.insert(id, v);
         Ok(id)
     }
