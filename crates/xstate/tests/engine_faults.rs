@@ -16,6 +16,7 @@ use xstate::engine::fpstate::pattern;
 use xstate::engine::{Context, Engine, EngineError, GuestMsr, GuestPolicy, Options, Scope};
 use xstate::model::inject::FaultInjector;
 use xstate::model::{CpuProfile, ModelCpu};
+use xstate::strategy::SaveInsn;
 
 const ZMM: u8 = 6;
 const TILES: u8 = 18;
@@ -66,7 +67,7 @@ fn profile() -> CpuProfile {
     CpuProfile::from_dump(&d)
 }
 
-fn engine(p: &CpuProfile) -> E {
+fn engine(p: &CpuProfile, insn: SaveInsn) -> E {
     let cpu = FaultInjector::new(ModelCpu::new(p.clone()));
     let e = Engine::new(
         cpu,
@@ -74,6 +75,7 @@ fn engine(p: &CpuProfile) -> E {
             xcr0: Some(0x602e7),
             xss: Some(0x1800),
             ring0: Some(true),
+            insn: Some(insn),
             ..Options::default()
         },
     )
@@ -235,9 +237,9 @@ fn isolated(e: &mut E, s: &Seen, step: usize) {
 
 /// Replays `ops`, the `fail_at`-th backend call failing; returns the number of backend calls
 /// and of operations that failed on the injected fault.
-fn run(p: &CpuProfile, ops: &[Op], fail_at: Option<u64>) -> (u64, usize) {
+fn run(p: &CpuProfile, insn: SaveInsn, ops: &[Op], fail_at: Option<u64>) -> (u64, usize) {
     let mut failed_on_injection = 0;
-    let mut e = engine(p);
+    let mut e = engine(p, insn);
     let setup = e.backend().calls();
     if let Some(n) = fail_at {
         e.backend_mut().fail_call(n);
@@ -272,13 +274,14 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
     fn every_failing_backend_call_leaves_the_engine_as_it_was(
-        ops in proptest::collection::vec(op(), 1..14)
+        ops in proptest::collection::vec(op(), 1..14),
+        insn in prop_oneof![Just(SaveInsn::Xsaves), Just(SaveInsn::Xsavec), Just(SaveInsn::Xsave)],
     ) {
         let p = profile();
-        let (calls, _) = run(&p, &ops, None);
+        let (calls, _) = run(&p, insn, &ops, None);
         for n in 1..=calls {
             // The fault reaches the caller (none is swallowed) and changed nothing.
-            prop_assert_eq!(run(&p, &ops, Some(n)).1, 1, "call {} of {}", n, calls);
+            prop_assert_eq!(run(&p, insn, &ops, Some(n)).1, 1, "call {} of {}", n, calls);
         }
     }
 }
@@ -306,11 +309,17 @@ fn two_phase_realloc_with_every_call_failing() {
         Op::Detach(0),
     ];
     let p = profile();
-    let (calls, failed) = run(&p, &ops, None);
-    assert_eq!(failed, 0);
-    assert!(calls > 20, "{calls} backend calls");
-    for n in 1..=calls {
-        // Every injected fault reaches the caller as an error (none is swallowed).
-        assert_eq!(run(&p, &ops, Some(n)).1, 1, "call {n} of {calls}");
+    for insn in [SaveInsn::Xsaves, SaveInsn::Xsavec, SaveInsn::Xsave] {
+        let (calls, failed) = run(&p, insn, &ops, None);
+        assert_eq!(failed, 0);
+        assert!(calls > 20, "{calls} backend calls");
+        for n in 1..=calls {
+            // Every injected fault reaches the caller as an error (none is swallowed).
+            assert_eq!(
+                run(&p, insn, &ops, Some(n)).1,
+                1,
+                "{insn:?}: call {n} of {calls}"
+            );
+        }
     }
 }
