@@ -260,23 +260,23 @@ impl<B: Backend> Engine<B> {
         let Some(v) = self.vcpus.get_mut(&id) else {
             return err(ErrorKind::Enoent, format!("no vCPU {id}"));
         };
-        let mut realloc = false;
-        if v.realloc_request != 0 {
-            // A request left pending by a failed detach: its state is in its container,
-            // grow by conversion; on failure nothing changed.
+        // A request left pending by a failed detach is served first: its state is in its
+        // container, grow by conversion (committed only with the attach).
+        let grown = if v.realloc_request != 0 {
             let req = AllocReq {
                 features: v.fpstate.xfeatures() | v.realloc_request,
                 xfd: v.fpstate.xfd(),
                 is_guest: true,
                 confidential: v.fpstate.is_confidential(),
             };
-            let n = self
-                .allocs
-                .alloc(&self.cfg, &mut self.stats, req, Some(&v.fpstate))?;
-            v.fpstate = n;
-            v.realloc_request = 0;
-            realloc = true;
-        }
+            Some(
+                self.allocs
+                    .alloc(&self.cfg, &mut self.stats, req, Some(&v.fpstate))?,
+            )
+        } else {
+            None
+        };
+        let cur = grown.as_ref().unwrap_or(&v.fpstate);
         let cpu = &mut self.cpu;
         let stats = &mut self.stats;
         // 1. Save the host's registers if they are live (they stay in the registers too).
@@ -286,21 +286,15 @@ impl<B: Backend> Engine<B> {
         }
         // 2. Switch XFD before the restore; 3. restore the guest, unless the firmware does.
         let host_xfd = self.hw_xfd;
-        let step = Self::xfd_to(
-            cpu,
-            self.writes_xfd,
-            &mut self.hw_xfd,
-            stats,
-            v.fpstate.xfd(),
-        )
-        .and_then(|()| {
-            if v.fpstate.is_confidential() {
-                Ok(())
-            } else {
-                let rfbm = Self::rfbm_of(&self.cfg, &v.fpstate);
-                Self::restore_from(cpu, stats, &v.fpstate, rfbm)
-            }
-        });
+        let step =
+            Self::xfd_to(cpu, self.writes_xfd, &mut self.hw_xfd, stats, cur.xfd()).and_then(|()| {
+                if cur.is_confidential() {
+                    Ok(())
+                } else {
+                    let rfbm = Self::rfbm_of(&self.cfg, cur);
+                    Self::restore_from(cpu, stats, cur, rfbm)
+                }
+            });
         if let Err(e) = step {
             // Roll back: the host's XFD, then its registers from the container (a restore
             // that faulted may have loaded part of the guest's state).
@@ -328,6 +322,11 @@ impl<B: Backend> Engine<B> {
             return Err(e);
         }
         // 4. Commit: the current container is the guest's (a flag and an id, no copy).
+        let realloc = grown.is_some();
+        if let Some(n) = grown {
+            v.fpstate = n; // the old container is freed here
+            v.realloc_request = 0;
+        }
         self.host_live = false;
         self.host.set_in_use(false);
         v.fpstate.set_in_use(true);
