@@ -337,7 +337,7 @@ fn two_phase_realloc_with_every_call_failing() {
         for n in 1..=calls {
             // Every injected fault reaches the caller as an error (none is swallowed).
             assert_eq!(
-                run(&p, insn, &ops, Some(n)).1,
+                run(&p, insn, ops, Some(n)).1,
                 1,
                 "{insn:?}: call {n} of {calls}"
             );
