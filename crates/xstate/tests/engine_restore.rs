@@ -584,8 +584,21 @@ fn amx_snapshot_on_this_cpu() {
     e.create_vcpu(0, p, false).unwrap();
     e.set_xcr0(0, p.xcr0_max).unwrap();
     e.attach(0).unwrap();
+    // A full tile configuration first — palette 1 as CPUID.(0x1D,1) describes it: 8 tiles of
+    // 16 rows × 64 bytes — so that every byte of TILEDATA belongs to a configured tile row
+    // (rows and bytes outside the configuration read as zero).
+    let mut cfg = vec![0u8; 64];
+    cfg[0] = 1;
+    for t in 0..8 {
+        cfg[16 + 2 * t] = 64;
+        cfg[48 + t] = 16;
+    }
     let tiles = bytes(0x6d, 8192);
-    match e.guest_write(0, TILES, &tiles) {
+    let wrote = e.guest_write(0, 17, &cfg).and_then(|o| match o.fault {
+        None => e.guest_write(0, TILES, &tiles),
+        Some(_) => Ok(o),
+    });
+    match wrote {
         Ok(o) if o.fault.is_none() => {}
         Ok(o) => {
             e.detach(0).unwrap();
@@ -605,6 +618,7 @@ fn amx_snapshot_on_this_cpu() {
     e.set_xcr0(1, p.xcr0_max).unwrap();
     e.set_xsave2(1, &snap).unwrap();
     e.attach(1).unwrap();
+    assert_eq!(e.read_component(Context::Vcpu(1), 17).unwrap(), cfg);
     assert_eq!(e.read_component(Context::Vcpu(1), TILES).unwrap(), tiles);
     e.detach(1).unwrap();
 }
