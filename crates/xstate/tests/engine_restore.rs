@@ -432,8 +432,14 @@ fn confidential_vcpus_allocate_nothing() {
         assert_eq!((fp.size(), fp.allocated(), fp.as_bytes().len()), (0, 0, 0));
         e.attach(0).unwrap();
         let o = e.xsetbv(0, h.xcr0).unwrap();
+        assert!(!o.realloc, "{growth:?}: no request, the run goes on");
+        assert_eq!(
+            e.vcpu(0).unwrap().fpstate().xfeatures() & mask::XTILEDATA,
+            mask::XTILEDATA,
+            "the features are tracked"
+        );
         let s = e.stats();
-        e.detach(0).unwrap();
+        assert!(!e.detach(0).unwrap().realloc);
         e.set_policy(
             0,
             GuestPolicy {
@@ -446,7 +452,6 @@ fn confidential_vcpus_allocate_nothing() {
         assert_eq!(e.vcpu(0).unwrap().fpstate().allocated(), 0);
         // Neither saved nor restored: only the host's save and restore.
         assert_eq!(e.stats().saves, s.saves);
-        let _ = o;
         let mut buf = vec![0u8; 11008];
         assert_eq!(
             e.get_xsave2(0, &mut buf).unwrap_err().kind,

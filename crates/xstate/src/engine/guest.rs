@@ -123,6 +123,19 @@ impl<B: Backend> Engine<B> {
         if need == 0 {
             return Ok(false);
         }
+        if v.fpstate.is_confidential() {
+            // Nothing of a confidential guest is ever saved by the engine: track the features
+            // (no buffer, no allocation) and keep the guest running.
+            let (features, xfd, in_use) = (
+                v.fpstate.xfeatures() | need,
+                v.fpstate.xfd(),
+                v.fpstate.in_use(),
+            );
+            let mut n = self.alloc(features, xfd, true, true, None)?;
+            n.set_in_use(in_use);
+            self.vcpu_mut(id)?.fpstate = n;
+            return Ok(false);
+        }
         v.realloc_request |= need;
         v.run_ended = true;
         Ok(true)
@@ -327,7 +340,8 @@ impl<B: Backend> Engine<B> {
         let v = self.vcpu_mut(id)?;
         v.fpstate = n;
         v.realloc_request &= !need;
-        Ok(true)
+        // A confidential container has no buffer: nothing was allocated.
+        Ok(!old.is_confidential())
     }
 
     /// The VMM restores vCPU `id`'s XCR0 (`KVM_SET_XCRS`), detached: the XSETBV rules against
@@ -432,8 +446,9 @@ impl<B: Backend> Engine<B> {
     /// changes"). Allowed while the vCPU is detached (`ebusy` otherwise). The container is
     /// resized to the new policy's default features plus the dynamic features it holds and
     /// the policy still allows; every component kept keeps its state. The guest's XCR0, XFD,
-    /// XFD_ERR and XSS lose the bits the policy no longer allows. Returns true when the
-    /// container was resized; on `enomem` nothing changed.
+    /// XFD_ERR and XSS lose the bits the policy no longer allows. Returns true when a resized
+    /// buffer was allocated (never for a confidential vCPU, which has none); on `enomem`
+    /// nothing changed.
     ///
     /// ```
     /// # use xstate::cpuid::CpuidDump;
@@ -502,6 +517,7 @@ impl<B: Backend> Engine<B> {
         v.xfd_err &= policy.xcr0_max;
         v.xss &= policy.xss;
         v.realloc_request = xcr0 & !xfd & !v.fpstate.xfeatures();
-        Ok(resized)
+        // A confidential container has no buffer: nothing was allocated.
+        Ok(resized && !v.fpstate.is_confidential())
     }
 }

@@ -322,7 +322,8 @@ impl<B: Backend> Engine<B> {
             return Err(e);
         }
         // 4. Commit: the current container is the guest's (a flag and an id, no copy).
-        let realloc = grown.is_some();
+        // Only a real buffer counts as a reallocation (a confidential container has none).
+        let realloc = grown.is_some() && !v.fpstate.is_confidential();
         if let Some(n) = grown {
             v.fpstate = n; // the old container is freed here
             v.realloc_request = 0;
@@ -463,8 +464,8 @@ impl<B: Backend> Engine<B> {
             }
             return Err(e);
         }
-        // 4. Commit.
-        let realloc = grown.is_some();
+        // 4. Commit. Only a real buffer counts as a reallocation.
+        let realloc = grown.is_some() && !confidential;
         if let Some(n) = grown {
             v.fpstate = n; // the old container is freed here
             v.realloc_request = 0;
