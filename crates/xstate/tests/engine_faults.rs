@@ -1,5 +1,5 @@
 //! Fault injection into the engine (issue 10): random operation sequences on the Sapphire
-//! Rapids model, replayed once per backend call with that call failing
+//! Rapids model and on the model of this machine's CPU, replayed once per backend call with that call failing
 //! (`xstate::model::inject::FaultInjector`). Three contexts hold distinct byte patterns —
 //! the host thread 0x11 in ZMM_Hi256, vCPU 0 (AMX) 0xaa in ZMM_Hi256 and 0xa5 in its tiles,
 //! vCPU 1 (AVX-512) 0xbb — and after every operation:
@@ -11,6 +11,7 @@
 //!   context reads them (live registers or container).
 
 use proptest::prelude::*;
+use xstate::components::mask;
 use xstate::cpuid::CpuidDump;
 use xstate::engine::fpstate::pattern;
 use xstate::engine::{Context, Engine, EngineError, GuestMsr, GuestPolicy, Options, Scope};
@@ -60,32 +61,55 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn profile() -> CpuProfile {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/cpuid/hwloc/Intel-SapphireRapids-2xXeonMax9460.txt");
-    let d = CpuidDump::parse(&std::fs::read_to_string(p).unwrap(), "spr").unwrap();
-    CpuProfile::from_dump(&d)
+/// A host: its CPU profile, XCR0 and IA32_XSS.
+struct Host {
+    p: CpuProfile,
+    xcr0: u64,
+    xss: u64,
 }
 
-fn engine(p: &CpuProfile, insn: SaveInsn) -> E {
-    let cpu = FaultInjector::new(ModelCpu::new(p.clone()));
-    let e = Engine::new(
+/// The Sapphire Rapids fixture and this machine's CPU (both on the model).
+fn hosts() -> Vec<Host> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/cpuid/hwloc/Intel-SapphireRapids-2xXeonMax9460.txt");
+    let d = CpuidDump::parse(&std::fs::read_to_string(path).unwrap(), "spr").unwrap();
+    let me = CpuidDump::from_host();
+    vec![
+        Host {
+            p: CpuProfile::from_dump(&d),
+            xcr0: 0x602e7,
+            xss: 0x1800,
+        },
+        Host {
+            xcr0: me.xcr0.unwrap_or(0x3),
+            xss: 0,
+            p: CpuProfile::from_dump(&me),
+        },
+    ]
+}
+
+/// The engine with vCPU 0 (every feature of the host) and vCPU 1 (no AMX); `None` when the
+/// host cannot save with `insn`.
+fn engine(h: &Host, insn: SaveInsn) -> Option<E> {
+    let cpu = FaultInjector::new(ModelCpu::new(h.p.clone()));
+    let mut e = Engine::new(
         cpu,
         Options {
-            xcr0: Some(0x602e7),
-            xss: Some(0x1800),
+            xcr0: Some(h.xcr0),
+            xss: Some(h.xss),
             ring0: Some(true),
             insn: Some(insn),
             ..Options::default()
         },
     )
-    .unwrap();
-    e.request_perm(Scope::Guest, 18).unwrap();
-    let mut e = e;
+    .ok()?;
+    if h.xcr0 & mask::AMX == mask::AMX {
+        e.request_perm(Scope::Guest, 18).unwrap();
+    }
     e.create_vcpu(
         0,
         GuestPolicy {
-            xcr0_max: 0x602e7,
+            xcr0_max: h.xcr0,
             xss: 0,
         },
         false,
@@ -94,13 +118,13 @@ fn engine(p: &CpuProfile, insn: SaveInsn) -> E {
     e.create_vcpu(
         1,
         GuestPolicy {
-            xcr0_max: 0xe7,
+            xcr0_max: h.xcr0 & !mask::AMX,
             xss: 0,
         },
         false,
     )
     .unwrap();
-    e
+    Some(e)
 }
 
 /// The pattern byte a context writes into a component.
@@ -113,15 +137,17 @@ fn own(ctx: Option<u32>, comp: u8) -> u8 {
     }
 }
 
-fn apply(e: &mut E, op: &Op) -> Result<(), EngineError> {
+/// Applies `op`; its masks are taken within the host's XCR0 (x87 always).
+fn apply(e: &mut E, xcr0: u64, op: &Op) -> Result<(), EngineError> {
+    let within = |m: u64| m & xcr0 | mask::X87;
     match op.clone() {
         Op::Attach(id) => e.attach(id).map(|_| ()),
         Op::Detach(id) => e.detach(id).map(|_| ()),
         Op::ScheduleOut => e.schedule_out(),
         Op::ScheduleIn => e.schedule_in(),
-        Op::Xsetbv(id, v) => e.xsetbv(id, v).map(|_| ()),
+        Op::Xsetbv(id, v) => e.xsetbv(id, within(v)).map(|_| ()),
         Op::GuestXfd(id, v) => e.wrmsr(id, GuestMsr::Xfd, v).map(|_| ()),
-        Op::SetXcr0(id, v) => e.set_xcr0(id, v).map(|_| ()),
+        Op::SetXcr0(id, v) => e.set_xcr0(id, within(v)).map(|_| ()),
         Op::SetXfd(id, v) => e.set_msr(id, GuestMsr::Xfd, v).map(|_| ()),
         Op::Write(ctx, comp) => {
             let data = pattern(comp, own(ctx, comp), e.register_len(comp).unwrap());
@@ -148,7 +174,7 @@ fn apply(e: &mut E, op: &Op) -> Result<(), EngineError> {
             .set_policy(
                 id,
                 GuestPolicy {
-                    xcr0_max: x,
+                    xcr0_max: within(x),
                     xss: 0,
                 },
             )
@@ -237,9 +263,11 @@ fn isolated(e: &mut E, s: &Seen, step: usize) {
 
 /// Replays `ops`, the `fail_at`-th backend call failing; returns the number of backend calls
 /// and of operations that failed on the injected fault.
-fn run(p: &CpuProfile, insn: SaveInsn, ops: &[Op], fail_at: Option<u64>) -> (u64, usize) {
+fn run(h: &Host, insn: SaveInsn, ops: &[Op], fail_at: Option<u64>) -> (u64, usize) {
     let mut failed_on_injection = 0;
-    let mut e = engine(p, insn);
+    let Some(mut e) = engine(h, insn) else {
+        return (0, 0);
+    };
     let setup = e.backend().calls();
     if let Some(n) = fail_at {
         e.backend_mut().fail_call(n);
@@ -247,7 +275,7 @@ fn run(p: &CpuProfile, insn: SaveInsn, ops: &[Op], fail_at: Option<u64>) -> (u64
     for (i, op) in ops.iter().enumerate() {
         let before = seen(&mut e);
         let injected = e.backend().injected();
-        let r = apply(&mut e, op);
+        let r = apply(&mut e, h.xcr0, op);
         let after = seen(&mut e);
         isolated(&mut e, &after, i);
         if let Err(err) = &r {
@@ -277,11 +305,12 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..14),
         insn in prop_oneof![Just(SaveInsn::Xsaves), Just(SaveInsn::Xsavec), Just(SaveInsn::Xsave)],
     ) {
-        let p = profile();
-        let (calls, _) = run(&p, insn, &ops, None);
-        for n in 1..=calls {
-            // The fault reaches the caller (none is swallowed) and changed nothing.
-            prop_assert_eq!(run(&p, insn, &ops, Some(n)).1, 1, "call {} of {}", n, calls);
+        for h in hosts() {
+            let (calls, _) = run(&h, insn, &ops, None);
+            for n in 1..=calls {
+                // The fault reaches the caller (none is swallowed) and changed nothing.
+                prop_assert_eq!(run(&h, insn, &ops, Some(n)).1, 1, "call {} of {}", n, calls);
+            }
         }
     }
 }
@@ -323,24 +352,25 @@ fn two_phase_realloc_with_every_call_failing() {
         Op::Attach(0),
         Op::Detach(0),
     ];
-    let p = profile();
-    for (ops, insn) in [
-        (&ops[..], SaveInsn::Xsaves),
-        (&ops[..], SaveInsn::Xsavec),
-        (&ops[..], SaveInsn::Xsave),
-        (&pending[..], SaveInsn::Xsaves),
-        (&pending[..], SaveInsn::Xsave),
-    ] {
-        let (calls, failed) = run(&p, insn, ops, None);
-        assert_eq!(failed, 0);
-        assert!(calls > 10, "{calls} backend calls");
-        for n in 1..=calls {
-            // Every injected fault reaches the caller as an error (none is swallowed).
-            assert_eq!(
-                run(&p, insn, ops, Some(n)).1,
-                1,
-                "{insn:?}: call {n} of {calls}"
-            );
+    for h in hosts() {
+        for (ops, insn) in [
+            (&ops[..], SaveInsn::Xsaves),
+            (&ops[..], SaveInsn::Xsavec),
+            (&ops[..], SaveInsn::Xsave),
+            (&pending[..], SaveInsn::Xsaves),
+            (&pending[..], SaveInsn::Xsave),
+        ] {
+            let (calls, failed) = run(&h, insn, ops, None);
+            assert_eq!(failed, 0);
+            assert!(calls > 10, "{calls} backend calls");
+            for n in 1..=calls {
+                // Every injected fault reaches the caller as an error (none is swallowed).
+                assert_eq!(
+                    run(&h, insn, ops, Some(n)).1,
+                    1,
+                    "{insn:?}: call {n} of {calls}"
+                );
+            }
         }
     }
 }
