@@ -122,6 +122,7 @@ pub mod aligned;
 pub mod backend;
 pub mod cpu;
 pub mod fault;
+pub mod inject;
 pub mod profile;
 
 #[cfg(all(feature = "ring0", target_arch = "x86_64"))]
