@@ -77,9 +77,9 @@ pub use state::{VcpuXstate, XstateControls};
 pub use xsave::{KvmXsaveRules, Refused, XsaveBuffer};
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-pub use kvm::{Kvm, KvmSetup};
+pub use kvm::{Kvm, KvmFacts, KvmSetup};
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-pub use vcpu::{ControlsSet, Vcpu};
+pub use vcpu::{host_mxcsr_mask, BorrowedVcpu, ControlsSet, Vcpu};
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub use vm::Vm;
 
