@@ -24,9 +24,10 @@
 
 use std::collections::BTreeMap;
 
+use xstate::compat::{completeness, OutsideImage};
 use xstate::cpuid::CpuidDump;
 use xstate::layout::{Form, Layout};
-use xstate::snapshot::{ControlRegs, Snapshot, SnapshotError};
+use xstate::snapshot::{ControlRegs, Snapshot, SnapshotError, SourceCpu};
 
 use crate::msr::{IA32_XFD, IA32_XFD_ERR, IA32_XSS};
 use crate::state::{VcpuXstate, XstateControls};
@@ -37,8 +38,46 @@ use crate::xsave::{XsaveBuffer, KVM_XSAVE_SIZE};
 ///
 /// IA32_XSS, IA32_XFD and IA32_XFD_ERR move from the MSR map to their own fields (0 when not
 /// captured); every other MSR is kept by index.
+///
+/// A capture that lacks state the CPU shows ([`xstate::compat::completeness`]: IA32_XSS where
+/// the CPU has XSAVES and supervisor components, IA32_XFD/IA32_XFD_ERR where XCR0 enables an
+/// XFD-capable component, the CET MSRs IA32_XSS calls for) is refused: `.xsnap` v1 always has
+/// those fields, and a 0 written for "not captured" would be a lie.
 pub fn to_snapshot(state: &VcpuXstate, cpu: &CpuidDump) -> Result<Snapshot, SnapshotError> {
-    Snapshot::from_image(state.xsave.as_bytes(), cpu, &control_regs(state))
+    let source = SourceCpu::from_dump(cpu);
+    complete(state, &source)?;
+    Snapshot::from_image_with(
+        state.xsave.as_bytes(),
+        &Layout::from_dump(cpu),
+        source,
+        &control_regs(state),
+    )
+}
+
+/// Refuses a captured state that lacks what `source` shows (see [`to_snapshot`]).
+fn complete(state: &VcpuXstate, source: &SourceCpu) -> Result<(), SnapshotError> {
+    let c = &state.controls;
+    let rec = OutsideImage {
+        xcr0: c.xcr0,
+        xss: c.xss(),
+        xfd: c.xfd(),
+        xfd_err: c.xfd_err(),
+        msrs: &c.msrs,
+        // KVM's image is the standard form: it never holds supervisor components.
+        in_image: c.xcr0,
+    };
+    let reasons = completeness(source, &rec);
+    if reasons.is_empty() {
+        return Ok(());
+    }
+    let text: Vec<String> = reasons
+        .iter()
+        .map(|r| format!("[{}] {}", r.rule, r.message))
+        .collect();
+    Err(SnapshotError::Malformed {
+        location: String::from("captured vCPU state"),
+        message: text.join("; "),
+    })
 }
 
 /// The snapshot's control registers of a captured state: IA32_XSS, IA32_XFD and IA32_XFD_ERR
@@ -114,6 +153,7 @@ mod kvm_side {
         state: &VcpuXstate,
     ) -> Result<Snapshot, SnapshotError> {
         let f = kvm.as_ref();
+        complete(state, f.source_cpu())?;
         Snapshot::from_image_with(
             state.xsave.as_bytes(),
             f.layout(),
@@ -210,6 +250,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(back, state);
+        // A CPU with XSAVES and CET (Zen 5's CPUID.(0xD,1)): a capture without IA32_XSS is
+        // refused rather than written with XSS = 0.
+        let mut cet = d.clone();
+        cet.insert(
+            0xd,
+            1,
+            Regs {
+                eax: 0xf,
+                ebx: 0,
+                ecx: 0x1800,
+                edx: 0,
+            },
+        );
+        let mut no_xss = state.clone();
+        no_xss.controls.msrs.remove(&IA32_XSS);
+        let e = to_snapshot(&no_xss, &cet).unwrap_err();
+        assert!(e.to_string().contains("completeness.xss_missing"), "{e}");
+        assert!(to_snapshot(&state, &cet).is_ok());
         // Not listed and zero: IA32_XSS is left out.
         let back =
             from_snapshot(&s, &xstate::layout::Layout::from_dump(&d), 4096, &[0x6a0]).unwrap();
