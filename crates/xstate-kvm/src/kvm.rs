@@ -197,8 +197,8 @@ impl KvmFacts {
     /// What the caller must have done first (the kernel's order, DESIGN §6, §10): request guest
     /// permissions for dynamic components (ARCH_REQ_XCOMP_GUEST_PERM, e.g. with
     /// [`crate::perm::request_guest`]) *before* this call, because KVM_GET_SUPPORTED_CPUID and
-    /// KVM_CAP_XSAVE2 depend on them; a permission granted later is detected by
-    /// [`crate::BorrowedVcpu::new`], which then refuses to work with these facts.
+    /// KVM_CAP_XSAVE2 depend on them. Permissions only grow: facts read before a later grant
+    /// are conservative (the component granted later is treated as not permitted).
     ///
     /// ```no_run
     /// let kvm = kvm_ioctls::Kvm::new()?;

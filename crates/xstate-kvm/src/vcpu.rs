@@ -110,16 +110,12 @@ struct VcpuCache {
 }
 
 impl VcpuCache {
-    /// Reads KVM_CAP_XSAVE2 of `vm` and checks the facts still hold: the guest permissions
-    /// they were read with are those in force (they are locked now that a vCPU exists).
+    /// Reads KVM_CAP_XSAVE2 of `vm` (fixed from now on: a vCPU exists, so the guest
+    /// permissions it depends on are locked) and allocates the buffers.
+    ///
+    /// Facts read before a later permission grant stay valid but conservative: permissions
+    /// only grow, so a component permitted after [`KvmFacts::read`] is refused, never assumed.
     fn new(vm: &VmFd, facts: &KvmFacts) -> Result<Self> {
-        let now = crate::perm::guest_permitted()?;
-        if now != facts.guest_permitted {
-            return Err(Error::Restore(format!(
-                "the guest permissions are {now:#x} but the KVM facts were read with {:#x}: read KvmFacts after ARCH_REQ_XCOMP_GUEST_PERM (and KVM_GET_SUPPORTED_CPUID after it too)",
-                facts.guest_permitted
-            )));
-        }
         let xsave2 = xsave2_size_of(vm)?;
         let size = xsave2.unwrap_or(KVM_XSAVE_SIZE);
         let xsave = Xsave::new(fam_len(size)).map_err(|e| alloc_error("the XSAVE buffer", e))?;
@@ -716,8 +712,9 @@ impl Vcpu {
 /// 3. set the guest CPUID (KVM_SET_CPUID2) before a restore: KVM checks XCR0 and the MSRs
 ///    against it, and grows the vCPU's buffer for dynamic components it enumerates.
 ///
-/// [`BorrowedVcpu::new`] checks what it can of (1) (the permissions in force are those the facts
-/// were read with); a restore checks (3) before writing anything. The vCPU must not be running
+/// Facts read before a permission request are not wrong, only conservative (a component
+/// permitted after [`KvmFacts::read`] is refused as not permitted); a restore checks (3) before
+/// writing anything. The vCPU must not be running
 /// during a capture or a restore.
 ///
 /// ```no_run
@@ -747,7 +744,7 @@ impl std::fmt::Debug for BorrowedVcpu<'_> {
 
 impl<'a> BorrowedVcpu<'a> {
     /// A view of `fd`, a vCPU of `vm`, with the facts of the KVM that created them. Reads
-    /// KVM_CAP_XSAVE2 of `vm` and the guest permissions once; allocates the buffers.
+    /// KVM_CAP_XSAVE2 of `vm` once; allocates the buffers.
     pub fn new(facts: &'a KvmFacts, vm: &VmFd, fd: &'a VcpuFd) -> Result<Self> {
         let cache = VcpuCache::new(vm, facts)?;
         Ok(BorrowedVcpu { fd, facts, cache })
