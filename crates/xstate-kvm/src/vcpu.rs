@@ -283,10 +283,15 @@ impl Access<'_> {
             .get(0xd, 0)
             .map(|r| u64::from(r.eax) | u64::from(r.edx) << 32)
             .unwrap_or(0);
-        if s.guest_0d != Some(m) {
+        s.guest_0d = Some(m);
+        // The rules depend on the leaf only through the dynamic components in the buffer.
+        let dynamic = self.facts.guest_permitted & mask::DYNAMIC & m;
+        if s.rules
+            .as_ref()
+            .is_some_and(|r| r.dynamic_in_buffer != dynamic)
+        {
             s.rules = None;
         }
-        s.guest_0d = Some(m);
         Ok(m)
     }
 
