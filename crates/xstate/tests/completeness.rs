@@ -51,6 +51,29 @@ fn amx_with_xfd_on_the_source_needs_xfd_and_xfd_err() {
     assert!(rules(&src, &rec).is_empty());
 }
 
+/// This project's Intel machine kind (Xeon model 0xa7, `cpuid -r`): XFD and AMX, IA32_XSS
+/// supporting nothing — only the XFD rule can apply.
+#[test]
+fn this_intel_machine_kind_needs_xfd_with_amx_and_no_ia32_xss() {
+    let path =
+        common::fixture_path("cpuid-r/Intel-Xeon-AMX-family6-model-A7-this-machine-kind.txt");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let d = xstate::cpuid::CpuidDump::parse(&text, "xeon-a7").unwrap();
+    let src = SourceCpu::from_dump(&d);
+    assert_eq!(src.xss_supported, 0);
+    let msrs = BTreeMap::new();
+    let rec = OutsideImage {
+        xcr0: 0x600e7,
+        xss: None,
+        xfd: None,
+        xfd_err: None,
+        msrs: &msrs,
+        in_image: 0x600e7,
+    };
+    assert_eq!(rules(&src, &rec), ["completeness.xfd_missing"]);
+    assert!(rules(&src, &OutsideImage { xcr0: 0xe7, ..rec }).is_empty());
+}
+
 #[test]
 fn a_source_with_xsaves_and_cet_needs_ia32_xss() {
     let src = SourceCpu::from_dump(&common::zen5());
