@@ -48,35 +48,51 @@ fn fam_len(size: usize) -> usize {
     size.saturating_sub(KVM_XSAVE_SIZE).div_ceil(4)
 }
 
-/// Copies the first `out.len()` bytes of a kvm-bindings XSAVE buffer into `out`.
+/// Copies the first `out.len()` bytes of a kvm-bindings XSAVE buffer into `out` (the fixed
+/// 4096-byte region, then the FAM words; little-endian, as the kernel wrote them).
 fn xsave_to_bytes(x: &Xsave, out: &mut [u8]) {
-    let words = x
-        .as_fam_struct_ref()
-        .xsave
-        .region
-        .iter()
-        .chain(x.as_slice().iter());
-    for (chunk, w) in out.chunks_mut(4).zip(words) {
-        let b = w.to_le_bytes();
-        chunk.copy_from_slice(&b[..chunk.len()]);
+    let (head, tail) = out.split_at_mut(out.len().min(KVM_XSAVE_SIZE));
+    copy_words_out(&x.as_fam_struct_ref().xsave.region, head);
+    copy_words_out(x.as_slice(), tail);
+}
+
+fn copy_words_out(words: &[u32], out: &mut [u8]) {
+    let full = out.len() / 4;
+    let mut chunks = out.chunks_exact_mut(4);
+    for (c, w) in (&mut chunks).zip(words) {
+        c.copy_from_slice(&w.to_le_bytes());
+    }
+    let rest = chunks.into_remainder();
+    if let Some(w) = words.get(full) {
+        let n = rest.len();
+        rest.copy_from_slice(&w.to_le_bytes()[..n]);
     }
 }
 
 /// Fills a kvm-bindings XSAVE buffer with `bytes`, zero-padded to its end.
 fn bytes_to_xsave(bytes: &[u8], x: &mut Xsave) {
-    let mut words = bytes.chunks(4).map(|c| {
-        let mut w = [0u8; 4];
-        w[..c.len()].copy_from_slice(c);
-        u32::from_le_bytes(w)
-    });
+    let (head, tail) = bytes.split_at(bytes.len().min(KVM_XSAVE_SIZE));
     // SAFETY: the reference is used only to fill the fixed 1024-word `region`; the FAM
     // length field, which this function must not change, is left alone.
-    let region = unsafe { &mut x.as_mut_fam_struct().xsave.region };
-    for slot in region.iter_mut() {
-        *slot = words.next().unwrap_or(0);
+    copy_words_in(head, unsafe { &mut x.as_mut_fam_struct().xsave.region });
+    copy_words_in(tail, x.as_mut_slice());
+}
+
+fn copy_words_in(bytes: &[u8], words: &mut [u32]) {
+    let chunks = bytes.chunks_exact(4);
+    let rest = chunks.remainder();
+    let full = bytes.len() / 4;
+    for (w, c) in words.iter_mut().zip(chunks) {
+        *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
     }
-    for slot in x.as_mut_slice().iter_mut() {
-        *slot = words.next().unwrap_or(0);
+    if let Some(w) = words.get_mut(full) {
+        let mut b = [0u8; 4];
+        b[..rest.len()].copy_from_slice(rest);
+        *w = u32::from_le_bytes(b);
+    }
+    let zero_from = full + usize::from(!rest.is_empty());
+    if let Some(z) = words.get_mut(zero_from..) {
+        z.fill(0);
     }
 }
 
@@ -796,5 +812,35 @@ impl ControlsSet<'_> {
     pub fn set_xsave_unchecked(&self, img: &XsaveBuffer) -> Result<()> {
         let mut s = self.access.cache.lock();
         self.access.set_xsave_ioctl(&mut s, img.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_copies_round_trip_every_length_and_zero_pad() {
+        for size in [4096usize, 4100, 11008] {
+            let mut x = Xsave::new(fam_len(size)).unwrap();
+            for len in [0usize, 1, 3, 4, 5, 4095, 4096, 4097, 4099, size - 1, size] {
+                if len > size {
+                    continue;
+                }
+                let src: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+                // Dirty the buffer first: bytes past `len` must come back zero.
+                let full = vec![0xffu8; size];
+                bytes_to_xsave(&full, &mut x);
+                bytes_to_xsave(&src, &mut x);
+                let mut out = vec![0xeeu8; size];
+                xsave_to_bytes(&x, &mut out);
+                assert_eq!(&out[..len], &src[..], "size {size} len {len}");
+                assert!(out[len..].iter().all(|&b| b == 0), "size {size} len {len}");
+                // A shorter output takes a prefix.
+                let mut short = vec![0u8; len];
+                xsave_to_bytes(&x, &mut short);
+                assert_eq!(short, src);
+            }
+        }
     }
 }
