@@ -295,6 +295,15 @@ mod p4 {
 
 fn main() {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    if std::env::var_os("P4_ENCODE_LOOP").is_some() {
+        // Profiling aid: the encoding alone, in a loop (e.g. under `perf record`).
+        let mut s = p4::setup().unwrap();
+        for _ in 0..200_000 {
+            p4::encode_only(&mut s);
+        }
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     {
         let mut s = match p4::setup() {
             Ok(s) => s,
