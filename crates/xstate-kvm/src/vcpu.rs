@@ -538,6 +538,32 @@ impl Access<'_> {
         self.set_xsave_ioctl(&mut s, state.xsave.as_bytes())
     }
 
+    /// [`restore`](Self::restore), and when it fails after a write (KVM refusing an MSR
+    /// value or the image after XCR0 was set), the state captured just before written back.
+    fn restore_or_roll_back(&self, state: &VcpuXstate) -> Result<()> {
+        let mut before = VcpuXstate {
+            controls: XstateControls::default(),
+            xsave: XsaveBuffer::zeroed(0),
+        };
+        self.capture_into(&mut before)?;
+        let Err(e) = self.restore(state) else {
+            return Ok(());
+        };
+        // KVM wrote `before` itself: it is written back without this crate's checks.
+        let back = (|| {
+            self.set_xcr0(before.controls.xcr0)?;
+            let mut s = self.cache.lock();
+            self.set_msrs(&mut s, &before.controls)?;
+            self.set_xsave_ioctl(&mut s, before.xsave.as_bytes())
+        })();
+        match back {
+            Ok(()) => Err(e),
+            Err(b) => Err(Error::Restore(format!(
+                "{e}; writing back the state captured before it failed too: {b}"
+            ))),
+        }
+    }
+
     fn xsave_rules(&self) -> Result<KvmXsaveRules> {
         let mut s = self.cache.lock();
         Ok(self.rules(&mut s)?.clone())
@@ -638,9 +664,20 @@ macro_rules! xstate_methods {
         ///
         /// The guest CPUID (KVM_SET_CPUID2) must be set before: KVM checks XCR0 and the MSRs
         /// against it. A refusal by these checks writes nothing; should KVM itself refuse a
-        /// later step, the error names the step and what was already written.
+        /// later step (an MSR value, which these checks cannot judge), the error names the step
+        /// and what was already written: use
+        /// [`restore_or_roll_back`](Self::restore_or_roll_back) where the vCPU must then be as
+        /// it was.
         pub fn restore(&self, state: &VcpuXstate) -> Result<()> {
             self.access().restore(state)
+        }
+
+        /// [`restore`](Self::restore) that leaves the vCPU as it was when it fails: the
+        /// current state is captured first (KVM_GET_XCRS, KVM_GET_MSRS, KVM_GET_XSAVE2) and
+        /// written back should KVM refuse a step after the first write. A refusal by the checks
+        /// writes nothing anyway. Costs the capture on every call (about twice a restore).
+        pub fn restore_or_roll_back(&self, state: &VcpuXstate) -> Result<()> {
+            self.access().restore_or_roll_back(state)
         }
 
         /// The guest CPUID set with KVM_SET_CPUID2 (KVM_GET_CPUID2), as a [`CpuidDump`];
@@ -841,6 +878,84 @@ mod tests {
                 xsave_to_bytes(&x, &mut short);
                 assert_eq!(short, src);
             }
+        }
+    }
+
+    /// The batched MSR paths against the real KVM. No KVM of this project lists an
+    /// extended-state MSR, so the facts are given always-present MSRs instead (SYSENTER_CS/
+    /// ESP/EIP, SDM Vol. 4) and one KVM refuses where the vCPU has no CET (IA32_U_CET): one
+    /// KVM_GET_MSRS reads them, a refusal in the middle costs no value, a restore writes them
+    /// in one KVM_SET_MSRS and a refused value is reported by name.
+    #[test]
+    fn batched_msrs_on_the_real_kvm() {
+        if let Some(why) = crate::unavailable() {
+            println!("skipped: {why}");
+            return;
+        }
+        let kvm = kvm_ioctls::Kvm::new().unwrap();
+        let mut facts = KvmFacts::read(&kvm).unwrap();
+        let vm = kvm.create_vm().unwrap();
+        let fd = vm.create_vcpu(0).unwrap();
+        fd.set_cpuid2(facts.supported_cpuid()).unwrap();
+        let u_cet = msr::IA32_U_CET;
+        let sysenter = [0x174u32, 0x175, 0x176];
+        let cet_readable = {
+            let mut m = Msrs::from_entries(&[kvm_msr_entry {
+                index: u_cet,
+                ..Default::default()
+            }])
+            .unwrap();
+            fd.get_msrs(&mut m).unwrap() == 1
+        };
+        facts.xstate_msrs = vec![sysenter[0], u_cet, sysenter[1], sysenter[2]];
+        let v = BorrowedVcpu::new(&facts, &vm, &fd).unwrap();
+        let mut state = v.capture().unwrap();
+        for i in sysenter {
+            assert!(
+                state.controls.msrs.contains_key(&i),
+                "{i:#x}: {:?}",
+                state.controls
+            );
+        }
+        assert_eq!(state.controls.msrs.contains_key(&u_cet), cet_readable);
+        // Restore new values in one KVM_SET_MSRS, read them back.
+        state.controls.msrs.remove(&u_cet);
+        state.controls.xcr0 = 1;
+        for (k, i) in sysenter.into_iter().enumerate() {
+            state.controls.msrs.insert(i, 0x10 + 8 * k as u64);
+        }
+        v.restore(&state).unwrap();
+        assert_eq!(v.capture().unwrap().controls.msrs.get(&0x176), Some(&0x20));
+        if cet_readable {
+            println!("skipped part: this vCPU lets the host read IA32_U_CET");
+            return;
+        }
+        // A value KVM refuses: the error names the MSR and what was written before it. The
+        // catalogued CET MSR comes before the others in restore order, so no MSR was.
+        state.controls.msrs.insert(u_cet, 1);
+        let e = v.restore(&state).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("IA32_U_CET") && text.contains("0 MSR(s) before it"),
+            "{text}"
+        );
+        // XCR0 was written before KVM refused: visible without a roll-back, undone with one.
+        assert_eq!(v.get_xcr0().unwrap(), 1);
+        let other = VcpuXstate {
+            controls: XstateControls {
+                xcr0: facts.guest_xcr0 & facts.layout.xcr0_supported() & 0x3,
+                msrs: state.controls.msrs.clone(),
+            },
+            xsave: state.xsave.clone(),
+        };
+        let before = v.capture().unwrap();
+        let e = v.restore_or_roll_back(&other).unwrap_err();
+        assert!(e.to_string().contains("IA32_U_CET"), "{e}");
+        assert_eq!(v.capture().unwrap(), before, "rolled back");
+        if other.controls.xcr0 != 1 {
+            // Without the roll-back the refused restore leaves the new XCR0 behind.
+            assert!(v.restore(&other).is_err());
+            assert_eq!(v.get_xcr0().unwrap(), other.controls.xcr0);
         }
     }
 }
