@@ -98,7 +98,9 @@ fn main() {
             // text is an I/O error (2).
             let code = if e.use_stderr() { 2 } else { 0 };
             if let Err(w) = e.print() {
-                errln!("xstate: error: cannot write the help or usage text: {w}");
+                errln!(
+                    "xstate: error: cannot write to standard output: {w} (the help or usage text)"
+                );
                 std::process::exit(2);
             }
             std::process::exit(code);

@@ -168,9 +168,13 @@ pub fn write_file(path: &Path, bytes: &[u8], inputs: &[&Path], force: bool) -> a
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let fail = |what: &str| {
-        format!(
-            "cannot write {}: {what}; nothing was written",
+    // "cannot write OUT: <step>: <OS error>; nothing was written" (OUT unchanged).
+    let fail = |what: String, e: std::io::Error| {
+        // tempfile appends the temporary file's name (` at path "…"`), which is gone.
+        let e = e.to_string();
+        let e = e.split(" at path \"").next().unwrap_or_default();
+        anyhow::anyhow!(
+            "cannot write {}: {what}: {e}; nothing was written",
             path.display()
         )
     };
@@ -188,10 +192,10 @@ pub fn write_file(path: &Path, bytes: &[u8], inputs: &[&Path], force: bool) -> a
     }
     let mut tmp = b
         .tempfile_in(&dir)
-        .with_context(|| fail(&format!("cannot create a file in {}", dir.display())))?;
+        .map_err(|e| fail(format!("cannot create a file in {}", dir.display()), e))?;
     tmp.write_all(bytes)
         .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| fail("writing the data"))?;
+        .map_err(|e| fail(format!("writing {} bytes", bytes.len()), e))?;
     let persisted = if force {
         tmp.persist(&target)
     } else {
@@ -199,11 +203,13 @@ pub fn write_file(path: &Path, bytes: &[u8], inputs: &[&Path], force: bool) -> a
         // is not replaced either.
         tmp.persist_noclobber(&target)
     };
-    persisted.map_err(|e| e.error).with_context(|| {
-        fail(&format!(
-            "renaming the temporary file in {} to it",
-            dir.display()
-        ))
+    persisted.map_err(|e| {
+        let what = if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+            String::from("it appeared while the output was written (give --force to replace it)")
+        } else {
+            format!("renaming the temporary file in {} to it", dir.display())
+        };
+        fail(what, e.error)
     })?;
     // The rename is durable once the directory is. A filesystem that cannot sync a directory
     // (EINVAL, ENOTSUP) has nothing more to make durable.

@@ -375,7 +375,16 @@ pub fn render(r: &Report, source: &str) -> String {
 "##,
     );
     // The title fits the picture: a long source keeps its end (the file name).
-    let tail = format!(": XCR0 {:#x}, IA32_XSS {:#x}", r.xcr0, r.xss);
+    let tail = format!(
+        ": XCR0 {:#x}, IA32_XSS {:#x}{}",
+        r.xcr0,
+        r.xss,
+        if r.consistent {
+            ""
+        } else {
+            " (INCONSISTENT CPUID data: see `xstate layout`)"
+        }
+    );
     let room = ((width - 2 * MARGIN) as f32 / (16.0 * CHAR_EM)) as usize;
     let head = "XSAVE layout of ";
     let keep = room.saturating_sub(head.len() + tail.len() + 1);

@@ -95,6 +95,8 @@ impl Work {
             .collect();
         assert!(overlap.contains("ebx=0x00000240"), "the Zen 5 dump changed");
         std::fs::write(w.p("overlap.txt"), overlap).unwrap();
+        let sim = serde_json::json!({"host": {"cpuid": w.s("overlap.txt")}, "steps": []});
+        std::fs::write(w.p("overlap-sim.json"), sim.to_string()).unwrap();
         for (img, cpuid, snap) in [
             ("zen5.img", zen5(), "zen5.xsnap"),
             ("amx.img", spr(), "amx.xsnap"),
@@ -429,7 +431,52 @@ fn cases(w: &Work) -> Vec<Case> {
             None,
         ),
         case(&["nonsense"], 2, None),
+        case(&["--help"], 0, None),
+        case(&["--version"], 0, None),
+        case(&["inspect", "--help"], 0, None),
     ];
+    // Inconsistent CPUID data is a negative verdict (1) in every command that uses a layout,
+    // and nothing is written.
+    let ov = w.s("overlap.txt");
+    v.extend([
+        case(
+            &[
+                "convert",
+                &img,
+                "--to",
+                "compacted",
+                "-o",
+                &w.out("ov"),
+                "--cpuid",
+                &ov,
+            ],
+            1,
+            None,
+        ),
+        case(
+            &[
+                "model",
+                "--insn",
+                "xsave",
+                "--mem",
+                &mem,
+                "-o",
+                &w.out("ov"),
+                "--cpuid",
+                &ov,
+            ],
+            1,
+            None,
+        ),
+        case(&["kvm", "cpuid", "--cpuid", &ov], 1, None),
+        case(&["diff", &img, &img, "--cpuid", &ov], 1, None),
+        case(
+            &["validate", &img, "--profile", "xrstor", "--cpuid", &ov],
+            1,
+            None,
+        ),
+        case(&["sim", &w.s("overlap-sim.json")], 1, None),
+    ]);
     for c in [
         case(&["kvm", "info", "--json"], 0, Some("kvm-info")),
         case(&["kvm", "info"], 0, None),
@@ -530,6 +577,12 @@ fn every_command_exits_as_documented_and_its_json_matches_its_schema() {
             validated.insert(name);
         }
     }
+    // No refused or failed command left an output behind.
+    let leftovers: Vec<String> = entries(w.dir.path())
+        .into_iter()
+        .filter(|n| n.starts_with("out-ov") || n.contains(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // Every schema in the repository is exercised (KVM's only where KVM is).
     let dir = format!("{}/../../schemas", env!("CARGO_MANIFEST_DIR"));

@@ -194,9 +194,15 @@ fn frame_check(bytes: &[u8]) -> Result<(), String> {
         ));
     }
     if bytes[..MAGIC.len()] != MAGIC {
+        let mut found = String::new();
+        for (i, b) in bytes[..MAGIC.len()].iter().enumerate() {
+            if i > 0 {
+                found.push(' ');
+            }
+            found.push_str(&format!("{b:02x}"));
+        }
         return Err(format!(
-            "bytes 0..8 are {:02x?}, not the magic 89 58 53 4e 41 50 0d 0a",
-            &bytes[..MAGIC.len()]
+            "bytes 0..8 are {found}, not the magic 89 58 53 4e 41 50 0d 0a"
         ));
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);

@@ -555,6 +555,15 @@ fn save_case(
             msg += &format!("XGETBV(1) hw {:x?} model {:x?}", rep.xinuse, model_xinuse);
         }
         msg += &format!(
+            "hw XSTATE_BV {:#x} model {:#x}; model XINUSE {:#x} XMODIFIED {:#x} XRSTOR_INFO {:x?} (save at {:#x}); ",
+            q(hw_mem, 512),
+            q(model_mem, 512),
+            cpu.xinuse(),
+            cpu.xmodified(),
+            cpu.xrstor_info(),
+            if in_place { a_addr } else { d_addr }
+        );
+        msg += &format!(
             "\n   pre: {}\n   img: {}",
             summary(e, &pre),
             summary(e, &a0)

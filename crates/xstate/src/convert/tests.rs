@@ -434,3 +434,16 @@ fn convert_into_failure_writes_nothing() {
     assert!(matches!(e, ConvertError::NoRoom { .. }), "{e}");
     assert!(out.iter().all(|&b| b == 0x55));
 }
+
+/// A target laid out from absurd CPUID data (beyond 1 MiB) is refused before allocating.
+#[test]
+fn absurd_target_is_refused() {
+    let l = crate::testutil::zen5();
+    let src = XsaveImage::new(&l.standard(0x7).unwrap());
+    let mut t = l.standard(0x7).unwrap();
+    t.size = (1 << 20) + 64;
+    assert!(matches!(
+        convert(&src, &t),
+        Err(ConvertError::TargetTooLarge(n)) if n == (1 << 20) + 64
+    ));
+}

@@ -1206,12 +1206,14 @@ impl ModelCpu {
                 zero_ext(self, 2, 0..256);
                 zero_ext(self, 6, 0..512);
                 let upper = mask::AVX | mask::ZMM_HI256;
-                // Measured on Zen 5: both mark SSE modified too.
                 if insn == SimpleInsn::Vzeroall {
                     self.xmm = [0; 256];
                     self.touch(mask::SSE | upper, 0, mask::SSE | upper);
-                } else {
+                } else if self.profile.vzeroupper_modifies_sse {
+                    // Measured on Zen 5: VZEROUPPER marks SSE modified too.
                     self.touch(mask::SSE | upper, 0, upper);
+                } else {
+                    self.touch(upper, 0, upper);
                 }
             }
             SimpleInsn::Fninit => {

@@ -71,8 +71,9 @@
 //! 7. **The modified optimization is real and per component**: XRSTOR from A, a memory write
 //!    into A, XSAVEOPT to A leaves the written bytes of unmodified components in place; an
 //!    instruction writing a component (PXOR → SSE, FNCLEX/FNINIT → x87, KXORW → opmask,
-//!    VPXOR ymm → SSE, AVX, ZMM_Hi256; VZEROUPPER → also SSE; LDMXCSR → none on Zen 5, SSE on the
-//!    Intel Xeon measured: [`CpuProfile::ldmxcsr_writes_sse`]) makes it
+//!    VPXOR ymm → SSE, AVX, ZMM_Hi256; VZEROUPPER → also SSE on Zen 5, not on the Intel Xeon
+//!    measured ([`CpuProfile::vzeroupper_modifies_sse`]); LDMXCSR → none on Zen 5, SSE on the
+//!    Intel Xeon ([`CpuProfile::ldmxcsr_writes_sse`])) makes it
 //!    written. Components **outside the RFBM of that XRSTOR** are always written (the model
 //!    sets XMODIFIED for them).
 //! 8. MXCSR_MASK is 0x2FFFF (bit 17, AMD's misaligned-exception mask, is writable).
@@ -122,6 +123,7 @@ pub mod aligned;
 pub mod backend;
 pub mod cpu;
 pub mod fault;
+pub mod inject;
 pub mod profile;
 
 #[cfg(all(feature = "ring0", target_arch = "x86_64"))]

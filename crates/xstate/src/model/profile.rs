@@ -79,6 +79,10 @@ pub struct CpuProfile {
     /// XRSTOR, LDMXCSR writes the XMM registers and XSTATE_BV\[1\] = 1; on Zen 5 LDMXCSR
     /// changes neither).
     pub ldmxcsr_writes_sse: bool,
+    /// VZEROUPPER marks SSE modified for XSAVEOPT's modified optimization although it leaves
+    /// the XMM registers as they are (measured on Zen 5; the Intel Xeon, family 6 model 0xA7,
+    /// does not: XSAVEOPT to the XRSTOR address after VZEROUPPER skips the XMM registers).
+    pub vzeroupper_modifies_sse: bool,
 }
 
 impl CpuProfile {
@@ -115,6 +119,7 @@ impl CpuProfile {
             fcw_fixed: Some((0x1f3f, 0x0040)),
             sse_write_marks_avx: amd_like,
             ldmxcsr_writes_sse: !amd_like,
+            vzeroupper_modifies_sse: amd_like,
             xinuse_tracking: if amd_like {
                 XinuseTracking::ByValue
             } else {
