@@ -271,3 +271,70 @@ fn refusals() {
         println!("skipped: TILEDATA refusal (no AMX/XFD here)");
     }
 }
+
+/// The guard has no TILECFG rule because the CPU has none: XRSTOR of TILECFG holding an
+/// invalid configuration (palette 0xFF, a reserved byte set, 200 rows, 0xFFFF bytes per row)
+/// does not fault on this CPU. Run through `HwBackend` in a forked child that first requests
+/// AMX permission (the permission is per process and cannot be dropped, so the test's own
+/// process never asks); the child exits 0 when every restore returned Ok and nothing trapped.
+#[test]
+fn xrstor_of_any_tilecfg_bytes_does_not_fault() {
+    let Some(hw) = backend() else { return };
+    if hw.host().xcr0() & mask::AMX != mask::AMX || !hw.host().has_xsavec() {
+        return println!("skipped: no AMX in XCR0 on this CPU");
+    }
+    let mut valid = [0u8; 64];
+    valid[0] = 1;
+    for t in 0..8 {
+        valid[16 + 2 * t] = 64;
+        valid[48 + t] = 16;
+    }
+    let mut cfgs = vec![valid; 5];
+    cfgs[1][0] = 0xff;
+    cfgs[2][5] = 1;
+    cfgs[3][48] = 200;
+    cfgs[4][16..18].copy_from_slice(&[0xff, 0xff]);
+    let xcr0 = hw.host().xcr0();
+    let g = hw.profile().layout.compacted(xcr0).unwrap();
+    let mut imgs = Vec::new();
+    for c in &cfgs {
+        let mut img = XsaveImage::new(&g);
+        img.set_tilecfg(c).unwrap();
+        img.set_xstate_bv(1 << 17);
+        imgs.push(AlignedBuf::from_bytes(img.as_bytes()));
+    }
+    // Everything that allocates happens before the fork (the test harness is multi-threaded:
+    // a child of a threaded process must not take the allocator's lock).
+    let mut b = hw;
+    // SAFETY: fork(2) in a test: the child only makes a syscall, runs the restores (which do
+    // not allocate when they succeed) and _exit(2)s; the parent waits for it.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM, 18) with integer arguments.
+        let code = if unsafe { libc::syscall(libc::SYS_arch_prctl, 0x1023, 18) } != 0 {
+            10
+        } else if imgs
+            .iter()
+            .all(|i| b.restore(RestoreInsn::Xrstor, i, xcr0).is_ok())
+        {
+            0
+        } else {
+            11
+        };
+        // SAFETY: ends the child without running the parent's test harness.
+        unsafe { libc::_exit(code) };
+    }
+    let mut st = 0;
+    // SAFETY: waits for the child forked above.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    assert!(
+        libc::WIFEXITED(st),
+        "the child was killed by signal {}",
+        libc::WTERMSIG(st)
+    );
+    let code = libc::WEXITSTATUS(st);
+    if code == 10 {
+        return println!("skipped: the kernel refuses AMX permission");
+    }
+    assert_eq!(code, 0, "a restore of TILECFG was refused");
+}
