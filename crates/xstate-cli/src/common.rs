@@ -56,6 +56,25 @@ pub fn load_dump(path: &Path) -> anyhow::Result<CpuidDump> {
 /// Reads and parses a CPUID dump file as it is, consistent or not (for `layout` and `host`,
 /// whose job is to report the data).
 pub fn load_dump_unjudged(path: &Path) -> anyhow::Result<CpuidDump> {
+    // A batch names the same dump for every file: read and parse it once per process.
+    thread_local! {
+        static DUMPS: std::cell::RefCell<Vec<(PathBuf, CpuidDump)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if let Some(d) = DUMPS.with(|c| {
+        c.borrow()
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, d)| d.clone())
+    }) {
+        return Ok(d);
+    }
+    let d = read_dump(path)?;
+    DUMPS.with(|c| c.borrow_mut().push((path.to_path_buf(), d.clone())));
+    Ok(d)
+}
+
+fn read_dump(path: &Path) -> anyhow::Result<CpuidDump> {
     let input = crate::input::read(path, "CPUID dump")?;
     crate::input::expect(
         path,

@@ -17,7 +17,7 @@ mod trust;
 /// x86 extended processor state (XSAVE) for hypervisors, VMMs and their operators.
 #[derive(Parser)]
 #[command(name = "xstate", version, about, long_about = None, propagate_version = true)]
-struct Cli {
+pub(crate) struct Cli {
     /// Use CPUID data that breaks a consistency rule (overlapping components, a size of 0, a
     /// size disagreeing with CPUID.(0xD,0).ECX, …) instead of refusing it (exit 1): for
     /// forensics only; every line of output then carries the warning (JSON: the
@@ -25,11 +25,11 @@ struct Cli {
     #[arg(long, global = true)]
     trust_cpuid: bool,
     #[command(subcommand)]
-    command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// This machine: CPU, XCR0, IA32_XSS support, XINUSE, every component's offsets and sizes,
     /// the save instruction the engine would use and /dev/kvm.
     Host(cmd::host::Args),
@@ -52,6 +52,30 @@ enum Command {
     Kvm(cmd::kvm::Args),
     /// Check whether a snapshot can be restored on a destination.
     Check(cmd::check::Args),
+    /// Run convert, validate or check over many files in one process (for scripts).
+    Batch(cmd::batch::Args),
+}
+
+/// Parses a command line (program name first) as `main` does.
+fn parse(argv: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(argv)
+}
+
+/// Runs one parsed command (`batch` runs the others through it).
+fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Host(a) => cmd::host::run(a),
+        Command::Layout(a) => cmd::layout::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Validate(a) => cmd::validate::run(a),
+        Command::Convert(a) => cmd::convert::run(a),
+        Command::Diff(a) => cmd::diff::run(a),
+        Command::Model(a) => cmd::model::run(a),
+        Command::Sim(a) => cmd::sim::run(a),
+        Command::Kvm(a) => cmd::kvm::run(a),
+        Command::Check(a) => cmd::check::run(a),
+        Command::Batch(_) => anyhow::bail!("a batch cannot run a batch"),
+    }
 }
 
 /// Restores the default SIGPIPE action, so that `xstate … | head` ends quietly like any Unix
@@ -85,16 +109,8 @@ fn main() {
     // `--json` is the one spelling of machine-readable output in every subcommand.
     trust::configure(cli.trust_cpuid, std::env::args_os().any(|a| a == "--json"));
     let result = match cli.command {
-        Command::Host(a) => cmd::host::run(a),
-        Command::Layout(a) => cmd::layout::run(a),
-        Command::Inspect(a) => cmd::inspect::run(a),
-        Command::Validate(a) => cmd::validate::run(a),
-        Command::Convert(a) => cmd::convert::run(a),
-        Command::Diff(a) => cmd::diff::run(a),
-        Command::Model(a) => cmd::model::run(a),
-        Command::Sim(a) => cmd::sim::run(a),
-        Command::Kvm(a) => cmd::kvm::run(a),
-        Command::Check(a) => cmd::check::run(a),
+        Command::Batch(a) => cmd::batch::run(a),
+        _ => dispatch(cli),
     };
     let result = result.and_then(|code| trust::finish().map(|()| code));
     let code = match result {

@@ -66,6 +66,12 @@ macro_rules! outln {
     ($($t:tt)*) => { $crate::output::out_fmt(format_args!("{}\n", format_args!($($t)*))) };
 }
 
+/// `err!` (no newline) through the checked standard-error writer.
+#[allow(unused_macros)]
+macro_rules! err {
+    ($($t:tt)*) => { $crate::output::err_fmt(format_args!($($t)*)) };
+}
+
 /// `errln!` through the checked standard-error writer.
 macro_rules! errln {
     ($($t:tt)*) => { $crate::output::err_fmt(format_args!("{}\n", format_args!($($t)*))) };

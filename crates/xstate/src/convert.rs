@@ -49,7 +49,7 @@ use crate::components::{bits, mask, Component};
 use crate::image::{
     AlignedBuf, ImageError, Xsave, XsaveImage, FXSAVE_SIZE, MXCSR_INIT, MXCSR_OFFSET,
 };
-use crate::layout::{Form, FormLayout, Layout, LayoutError, MAX_AREA_SIZE};
+use crate::layout::{Form, FormLayout, Layout, LayoutError, EXTENDED_START, MAX_AREA_SIZE};
 
 /// Why an image cannot be converted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +89,14 @@ pub enum ConvertError {
     /// The target layout cannot be computed.
     #[error("target layout: {0}")]
     Layout(#[from] LayoutError),
+    /// The output buffer of [`convert_into`] is smaller than the target image.
+    #[error("output buffer: {have} bytes, the target image needs {need}")]
+    OutTooSmall {
+        /// Bytes given.
+        have: usize,
+        /// Bytes the target image needs.
+        need: usize,
+    },
     /// An FXSAVE image is exactly 512 bytes.
     #[error("an FXSAVE image is 512 bytes, {0} given")]
     FxsaveSize(usize),
@@ -111,6 +119,7 @@ pub fn meaningful_len(id: u8, size: u32) -> u32 {
     }
 }
 
+#[inline]
 fn set(b: &mut [u8], off: usize, v: &[u8]) {
     if let Some(s) = b.get_mut(off..off.saturating_add(v.len())) {
         s.copy_from_slice(v);
@@ -149,7 +158,8 @@ fn present<B: AsRef<[u8]>>(src: &Xsave<B>) -> Result<u64, ConvertError> {
 }
 
 /// Converts `src` (read with its own geometry) into a new image of geometry `target`: any
-/// form, any mask, any CPU's layout. See the module documentation for the rules.
+/// form, any mask, any CPU's layout. See the module documentation for the rules. Built on
+/// [`convert_into`]: one buffer and one geometry are allocated, nothing else.
 ///
 /// Trust: `target` comes from [`Layout::standard`] / [`Layout::compacted`], which never place
 /// two components on the same bytes or inside the legacy area and header; a target larger
@@ -159,17 +169,87 @@ pub fn convert<B: AsRef<[u8]>>(
     src: &Xsave<B>,
     target: &FormLayout,
 ) -> Result<XsaveImage, ConvertError> {
+    let plan = plan(src, target)?;
+    let mut buf = AlignedBuf::new(plan.len);
+    write(src, target, &plan, &mut buf, true);
+    Ok(Xsave::with_geometry(buf, target.clone())?)
+}
+
+/// The size of the image [`convert_into`] writes for `target`: its size, at least 576.
+pub fn target_len(target: &FormLayout) -> usize {
+    (target.size as usize).max(crate::image::MIN_SIZE)
+}
+
+/// [`convert`] into a buffer the caller owns (reused across calls: no allocation): writes
+/// bytes `0..target_len(target)` of `out` and returns that length; bytes after it are not
+/// touched. The two layouts are walked in step, component by component; every byte of the
+/// target is written once (copied, or zeroed where the target has padding, an absent
+/// component or a smaller source area).
+///
+/// Nothing is written when an error is returned: `out` too small (the error names the
+/// needed size), a present component the target has no room for, a truncation that would
+/// lose non-zero bytes, a header without a meaning.
+///
+/// ```
+/// # use xstate::cpuid::{CpuidDump, Regs};
+/// # use xstate::image::XsaveImage;
+/// # use xstate::layout::Layout;
+/// use xstate::convert::{convert, convert_into};
+/// # let mut d = CpuidDump::new("doc");
+/// # d.insert(0xd, 0, Regs { eax: 0xe7, ebx: 0x980, ecx: 0x980, edx: 0 });
+/// # d.insert(0xd, 1, Regs { eax: 0xf, ebx: 0, ecx: 0, edx: 0 });
+/// # d.insert(0xd, 2, Regs { eax: 256, ebx: 576, ecx: 0, edx: 0 });
+/// # d.insert(0xd, 5, Regs { eax: 64, ebx: 832, ecx: 0, edx: 0 });
+/// # d.insert(0xd, 6, Regs { eax: 512, ebx: 896, ecx: 0, edx: 0 });
+/// # d.insert(0xd, 7, Regs { eax: 1024, ebx: 1408, ecx: 0, edx: 0 });
+/// # let l = Layout::from_dump(&d);
+/// let mut img = XsaveImage::new(&l.standard(0xe7).unwrap());
+/// img.set_k(3, 0xff).unwrap();
+/// let target = l.compacted(0xe7).unwrap();
+/// let mut out = vec![0xaa; 4096];                  // reused buffer, any content
+/// let n = convert_into(&img, &target, &mut out).unwrap();
+/// assert_eq!(&out[..n], convert(&img, &target).unwrap().as_bytes());
+/// assert_eq!(out[n], 0xaa);                         // past the image: untouched
+/// ```
+pub fn convert_into<B: AsRef<[u8]>>(
+    src: &Xsave<B>,
+    target: &FormLayout,
+    out: &mut [u8],
+) -> Result<usize, ConvertError> {
+    let plan = plan(src, target)?;
+    if out.len() < plan.len {
+        return Err(ConvertError::OutTooSmall {
+            have: out.len(),
+            need: plan.len,
+        });
+    }
+    write(src, target, &plan, &mut out[..plan.len], false);
+    Ok(plan.len)
+}
+
+/// What the checks of a conversion decided: the components carried and the MXCSR written.
+struct Plan {
+    kept: u64,
+    mxcsr: u32,
+    len: usize,
+}
+
+/// Every check of a conversion, before any byte is written.
+fn plan<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Plan, ConvertError> {
     if target.size > MAX_AREA_SIZE {
         return Err(ConvertError::TargetTooLarge(target.size));
     }
     let mut p = present(src)?;
     let mxcsr = src.mxcsr();
-    let mut dst = XsaveImage::new(target);
-    let holds =
-        |id: u8| target.mask & (1u64 << id) != 0 && (id < 2 || target.placement(id).is_some());
+    // The components ≥ 2 the target places (a hand-built geometry may omit some of its mask).
+    let placed = target
+        .placements
+        .iter()
+        .fold(mask::LEGACY, |m, d| m | 1u64 << (d.id & 63))
+        & target.mask;
     // A component the target cannot hold may be left out only when it is in its init state.
-    for id in bits(p) {
-        if !holds(id) && !src.is_init(id)? {
+    for id in bits(p & !placed) {
+        if !src.is_init(id)? {
             return Err(no_room(id, target));
         }
     }
@@ -190,55 +270,183 @@ pub fn convert<B: AsRef<[u8]>>(
             }
         }
     }
-    let kept = p & target.mask;
+    let kept = p & placed;
     let s = src.as_bytes();
+    // Components walked in step: both placement lists are in increasing component order.
+    let (sp, dp) = (&src.geometry().placements, &target.placements);
+    let mut i = 0;
+    for d in dp
+        .iter()
+        .filter(|d| d.id >= 2 && kept & (1u64 << d.id) != 0)
     {
-        let d = dst.as_mut_bytes();
-        // Legacy area: bytes 416..511 and MXCSR_MASK verbatim; registers below.
-        set(d, 416, s.get(416..512).unwrap_or(&[]));
-        set(d, 28, s.get(28..32).unwrap_or(&[]));
-        if kept & mask::X87 != 0 {
-            set(d, 0, s.get(0..24).unwrap_or(&[]));
-            set(d, 32, s.get(32..160).unwrap_or(&[]));
+        while i < sp.len() && sp[i].id < d.id {
+            i += 1;
         }
-        if kept & mask::SSE != 0 && src.is_present(1) {
-            set(d, 160, s.get(160..416).unwrap_or(&[]));
-        }
-        let written_mxcsr = match target.form {
-            Form::Standard => mxcsr,
-            Form::Compacted if kept & mask::SSE != 0 => mxcsr,
-            Form::Compacted => MXCSR_INIT,
+        let Some(sp) = sp
+            .get(i)
+            .filter(|x| x.id == d.id && x.end() as usize <= s.len())
+        else {
+            return Err(src
+                .placement(d.id)
+                .err()
+                .map_or_else(|| no_room(d.id, target), Into::into));
         };
-        set(d, MXCSR_OFFSET, &written_mxcsr.to_le_bytes());
-    }
-    for id in bits(kept & !mask::LEGACY) {
-        let sp = src.placement(id)?;
-        let Some(dp) = target.placement(id) else {
-            return Err(no_room(id, target));
-        };
-        let n = sp.size.min(dp.size) as usize;
-        let m = meaningful_len(id, sp.size);
-        if m > dp.size {
+        if sp.size > d.size {
+            let m = meaningful_len(d.id, sp.size);
             let tail = s
-                .get(sp.offset as usize + dp.size as usize..sp.offset as usize + m as usize)
+                .get(sp.offset as usize + d.size as usize..sp.offset as usize + m as usize)
                 .unwrap_or(&[]);
-            if tail.iter().any(|&b| b != 0) {
+            if m > d.size && tail.iter().any(|&b| b != 0) {
                 return Err(ConvertError::Truncation {
-                    id,
-                    name: Component::name_of(id),
+                    id: d.id,
+                    name: Component::name_of(d.id),
                     src_size: sp.size,
-                    dst_size: dp.size,
-                    offset: sp.offset + dp.size,
+                    dst_size: d.size,
+                    offset: sp.offset + d.size,
                 });
             }
         }
-        let from = s
-            .get(sp.offset as usize..sp.offset as usize + n)
-            .unwrap_or(&[]);
-        set(dst.as_mut_bytes(), dp.offset as usize, from);
     }
-    dst.set_xstate_bv(kept);
-    Ok(dst)
+    let written_mxcsr = match target.form {
+        Form::Standard => mxcsr,
+        Form::Compacted if kept & mask::SSE != 0 => mxcsr,
+        Form::Compacted => MXCSR_INIT,
+    };
+    Ok(Plan {
+        kept,
+        mxcsr: written_mxcsr,
+        len: target_len(target),
+    })
+}
+
+/// A run of bytes copied from the source to the target: consecutive components that are
+/// adjacent in both images are copied with one `memcpy`.
+struct Run {
+    from: usize,
+    to: usize,
+    len: usize,
+}
+
+impl Run {
+    #[inline]
+    fn flush(&mut self, s: &[u8], d: &mut [u8]) {
+        if self.len > 0 {
+            if let (Some(a), Some(b)) = (
+                s.get(self.from..self.from + self.len),
+                d.get_mut(self.to..self.to + self.len),
+            ) {
+                b.copy_from_slice(a);
+            }
+            self.len = 0;
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, from: usize, to: usize, len: usize, s: &[u8], d: &mut [u8]) {
+        if self.len > 0 && self.from + self.len == from && self.to + self.len == to {
+            self.len += len;
+        } else {
+            self.flush(s, d);
+            *self = Run { from, to, len };
+        }
+    }
+}
+
+/// Writes the planned image into `d` (exactly `plan.len` bytes). `zeroed`: `d` is known to
+/// be all zero (a fresh buffer), so zero runs need not be written.
+fn write<B: AsRef<[u8]>>(
+    src: &Xsave<B>,
+    target: &FormLayout,
+    plan: &Plan,
+    d: &mut [u8],
+    zeroed: bool,
+) {
+    let s = src.as_bytes();
+    let kept = plan.kept;
+    let zero = |d: &mut [u8], from: usize, to: usize| {
+        if !zeroed && from < to {
+            if let Some(r) = d.get_mut(from..to) {
+                r.fill(0);
+            }
+        }
+    };
+    // Components ≥ 2 in target order, the source walked in step. Every byte from 576 to the
+    // end is either copied or zeroed once: gaps before a placement (alignment padding,
+    // holes of the standard form), absent components, the part of a larger target area the
+    // source does not fill. Placements out of offset order (only in broken CPUID data) fall
+    // back to zeroing the whole extended area first and copying component by component.
+    let sorted = target
+        .placements
+        .windows(2)
+        .all(|w| w[0].end() <= w[1].offset);
+    let mut cursor = EXTENDED_START as usize;
+    let sp = &src.geometry().placements;
+    let mut i = 0;
+    // The legacy area and the header start the first run (the header and what is absent from
+    // the legacy area are written after the copies): the components that follow them at the
+    // same offsets in both images join it.
+    let mut run = Run {
+        from: 0,
+        to: 0,
+        len: EXTENDED_START as usize,
+    };
+    if !sorted {
+        run.flush(s, d);
+        zero(d, cursor, d.len());
+    }
+    for t in target.placements.iter().filter(|t| t.id >= 2) {
+        let (off, size) = (t.offset as usize, t.size as usize);
+        if sorted {
+            if cursor < off {
+                run.flush(s, d);
+                zero(d, cursor, off);
+            }
+            cursor = cursor.max(off + size);
+        }
+        let mut n = 0;
+        if kept & (1u64 << t.id) != 0 {
+            while i < sp.len() && sp[i].id < t.id {
+                i += 1;
+            }
+            if let Some(p) = sp.get(i).filter(|p| p.id == t.id) {
+                n = (p.size as usize).min(size);
+                if sorted {
+                    run.push(p.offset as usize, off, n, s, d);
+                } else {
+                    set(
+                        d,
+                        off,
+                        s.get(p.offset as usize..p.offset as usize + n)
+                            .unwrap_or(&[]),
+                    );
+                }
+            }
+        }
+        if sorted && n < size {
+            run.flush(s, d);
+            zero(d, off + n, off + size);
+        }
+    }
+    run.flush(s, d);
+    if sorted {
+        zero(d, cursor, d.len());
+    }
+    // Legacy area (SDM §10.5.1), copied whole above (x87 0..160 with MXCSR and MXCSR_MASK at
+    // 24..32, XMM 160..416, bytes 416..511 verbatim): what is absent put in init state.
+    if kept & mask::X87 == 0 {
+        set(d, 0, &crate::image::FCW_INIT.to_le_bytes());
+        d[2..24].fill(0);
+        d[32..160].fill(0);
+    }
+    set(d, MXCSR_OFFSET, &plan.mxcsr.to_le_bytes());
+    if kept & mask::SSE == 0 || !src.is_present(1) {
+        d[160..416].fill(0);
+    }
+    // Header: XSTATE_BV, XCOMP_BV, reserved bytes zero.
+    let mut h = [0u8; 64];
+    h[..8].copy_from_slice(&kept.to_le_bytes());
+    h[8..16].copy_from_slice(&target.xcomp_bv().to_le_bytes());
+    set(d, 512, &h);
 }
 
 /// Converts to the standard form of `xcr0` on `layout`.

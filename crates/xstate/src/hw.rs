@@ -39,6 +39,8 @@ use crate::components::mask;
 use crate::cpuid::{CpuidDump, Regs};
 use crate::layout::{Layout, EXTENDED_START, LEGACY_SIZE};
 
+pub mod guard;
+pub mod live;
 #[cfg(feature = "ring0")]
 pub mod ring0;
 #[cfg(all(feature = "std", target_os = "linux"))]
@@ -85,12 +87,19 @@ pub fn xgetbv(xcr: u32) -> u64 {
         1 => has_xgetbv1(),
         _ => false,
     };
-    if !allowed {
+    xgetbv_if(xcr, allowed)
+}
+
+/// XGETBV(`xcr`) when `allowed` says CPUID permits it (CR4.OSXSAVE for ECX = 0, plus
+/// CPUID.(0xD,1):EAX\[2\] for ECX = 1), from CPUID answers the caller already holds (CPUID
+/// executes in microseconds in a VM; these bits do not change under a running process).
+pub(crate) fn xgetbv_if(xcr: u32, allowed: bool) -> u64 {
+    if !allowed || xcr > 1 {
         return 0;
     }
     let (lo, hi): (u32, u32);
-    // SAFETY: CR4.OSXSAVE is set (checked above) so XGETBV does not raise #UD; ECX is 0 or a
-    // supported 1, so it does not raise #GP. It touches no memory.
+    // SAFETY: CR4.OSXSAVE is set (the caller's CPUID answer) so XGETBV does not raise #UD;
+    // ECX is 0 or a supported 1, so it does not raise #GP. It touches no memory.
     unsafe {
         core::arch::asm!("xgetbv", in("ecx") xcr, out("eax") lo, out("edx") hi,
             options(nomem, nostack, preserves_flags));
@@ -474,7 +483,7 @@ impl Host {
         let layout = Layout::from_dump(&dump);
         let xsave = dump.has_xsave() && dump.os_xsave();
         let leaf = dump.leaf_0d();
-        let xcr0 = if xsave { xgetbv(0) } else { 0 };
+        let xcr0 = xgetbv_if(0, xsave);
         let mut h = Host {
             layout,
             xcr0,
@@ -1026,7 +1035,7 @@ fn save_code(op: SaveOp) -> u64 {
 }
 
 /// MXCSR with an exception unmasked: later ordinary SSE code could trap (#XM).
-fn check_mxcsr_masked(insn: &'static str, mem: &[u8]) -> Result<(), HwError> {
+pub(crate) fn check_mxcsr_masked(insn: &'static str, mem: &[u8]) -> Result<(), HwError> {
     let m = u32::from_le_bytes([mem[24], mem[25], mem[26], mem[27]]);
     if m & 0x1f80 != 0x1f80 {
         return Err(HwError::WouldFault {
@@ -1039,7 +1048,7 @@ fn check_mxcsr_masked(insn: &'static str, mem: &[u8]) -> Result<(), HwError> {
     Ok(())
 }
 
-fn check_x87_env(mem: &[u8]) -> Result<(), HwError> {
+pub(crate) fn check_x87_env(mem: &[u8]) -> Result<(), HwError> {
     let fcw = u16::from_le_bytes([mem[0], mem[1]]);
     let fsw = u16::from_le_bytes([mem[2], mem[3]]);
     if fsw & 0x80 != 0 || fsw & 0x3f & !fcw != 0 {

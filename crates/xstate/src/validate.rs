@@ -224,6 +224,7 @@ pub enum Profile {
 }
 
 /// Applies a profile; an empty list means the image passes.
+#[inline]
 pub fn validate(bytes: &[u8], profile: &Profile) -> Vec<Violation> {
     match profile {
         Profile::Xrstor(c) => xrstor(bytes, c),
@@ -317,7 +318,17 @@ fn bits_text(m: u64) -> String {
 /// has a bit not in XCR0 (bit 63 included), when header bytes 8..23 are not zero, and when
 /// MXCSR sets bits outside the mask while RFBM\[1\] or RFBM\[2\] is set (the standard form loads
 /// MXCSR from the image even with XSTATE_BV\[1\] clear). Header bytes 24..63 are not checked.
+#[inline]
 pub fn xrstor(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
+    if xrstor_ok(bytes, cfg) {
+        return Vec::new();
+    }
+    xrstor_detail(bytes, cfg)
+}
+
+#[cold]
+#[inline(never)]
+fn xrstor_detail(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
     let mut out = Vec::new();
     if let Some(t) = too_small(bytes) {
         out.push(t);
@@ -418,7 +429,17 @@ fn compacted_common(
 /// lacks XSAVEC, XCOMP_BV\[62:0\] has a bit not in XCR0, XSTATE_BV has a bit not in
 /// XCOMP_BV\[62:0\], header bytes 16..63 are not zero, or MXCSR sets bits outside the mask while
 /// SSE is restored from the image.
+#[inline]
 pub fn xrstor_compacted(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
+    if xrstor_compacted_ok(bytes, cfg) {
+        return Vec::new();
+    }
+    xrstor_compacted_detail(bytes, cfg)
+}
+
+#[cold]
+#[inline(never)]
+fn xrstor_compacted_detail(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
     let mut out = Vec::new();
     if let Some(t) = too_small(bytes) {
         out.push(t);
@@ -462,11 +483,123 @@ pub fn xrstor_compacted(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
 /// What XRSTOR does with these bytes on a CPU: the compacted-form rules when XCOMP_BV bit 63
 /// is set and the CPU has XSAVEC, the standard-form rules otherwise (SDM Vol. 2B XRSTOR
 /// "Operation").
+#[inline]
 pub fn xrstor_any(bytes: &[u8], cfg: &RestoreConfig) -> Vec<Violation> {
     if cfg.xsavec && raw_xcomp_bv(bytes) & mask::COMPACTED != 0 {
         xrstor_compacted(bytes, cfg)
     } else {
         xrstor(bytes, cfg)
+    }
+}
+
+// ---- The fast path: one read of the header, no allocation ----
+//
+// Each `*_ok` function is the conjunction of the rules its profile lists, evaluated on one
+// copy of the 64-byte header and MXCSR. It answers only "passes"; the profile functions call
+// it first and build the violation list (the `*_detail` functions) only when it says no, so
+// a valid image costs a few loads and compares. `tests::fast_path_agrees_with_detail` checks
+// that both paths agree on every header the proptest generates.
+
+/// The fields every restore rule reads: XSTATE_BV, XCOMP_BV, the OR of header bytes 16..23
+/// and of 24..63, and MXCSR. `None` when the image is shorter than 576 bytes.
+#[inline(always)]
+fn header(bytes: &[u8]) -> Option<Header> {
+    let h: &[u8; 64] = bytes.get(XSTATE_BV_OFFSET..MIN_SIZE)?.try_into().ok()?;
+    let w = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[8 * i..8 * i + 8]);
+        u64::from_le_bytes(b)
+    };
+    Some(Header {
+        xstate_bv: w(0),
+        xcomp_bv: w(1),
+        res16: w(2),
+        res24: w(3) | w(4) | w(5) | w(6) | w(7),
+        mxcsr: raw_mxcsr(bytes),
+    })
+}
+
+struct Header {
+    xstate_bv: u64,
+    xcomp_bv: u64,
+    res16: u64,
+    res24: u64,
+    mxcsr: u32,
+}
+
+/// True when [`xrstor`] finds no violation (standard form), without building the list.
+#[inline]
+pub fn xrstor_ok(bytes: &[u8], cfg: &RestoreConfig) -> bool {
+    let Some(h) = header(bytes) else {
+        return false;
+    };
+    let mxcsr_ok =
+        cfg.xcr0 & cfg.request & (mask::SSE | mask::AVX) == 0 || h.mxcsr & !cfg.mxcsr_mask == 0;
+    h.xstate_bv & !cfg.xcr0 == 0 && h.xcomp_bv == 0 && h.res16 == 0 && mxcsr_ok
+}
+
+#[inline(always)]
+fn compacted_ok(h: &Header, enabled: u64, request: u64, mxcsr_mask: u32) -> bool {
+    let comp = h.xcomp_bv & !mask::COMPACTED;
+    let mxcsr_ok = enabled & request & h.xstate_bv & mask::SSE == 0 || h.mxcsr & !mxcsr_mask == 0;
+    comp & !enabled == 0 && h.xstate_bv & !comp == 0 && h.res16 | h.res24 == 0 && mxcsr_ok
+}
+
+/// True when [`xrstor_compacted`] finds no violation, without building the list.
+#[inline]
+pub fn xrstor_compacted_ok(bytes: &[u8], cfg: &RestoreConfig) -> bool {
+    let Some(h) = header(bytes) else {
+        return false;
+    };
+    cfg.xsavec
+        && h.xcomp_bv & mask::COMPACTED != 0
+        && compacted_ok(&h, cfg.xcr0, cfg.request, cfg.mxcsr_mask)
+}
+
+/// True when [`xrstor_any`] finds no violation, without building the list.
+#[inline]
+pub fn xrstor_any_ok(bytes: &[u8], cfg: &RestoreConfig) -> bool {
+    if cfg.xsavec && raw_xcomp_bv(bytes) & mask::COMPACTED != 0 {
+        xrstor_compacted_ok(bytes, cfg)
+    } else {
+        xrstor_ok(bytes, cfg)
+    }
+}
+
+/// The header rules of [`xrstors`] (not the supervisor values, which need a layout).
+#[inline]
+fn xrstors_header_ok(bytes: &[u8], cfg: &RestoreConfig) -> bool {
+    let Some(h) = header(bytes) else {
+        return false;
+    };
+    cfg.xsaves
+        && h.xcomp_bv & mask::COMPACTED != 0
+        && compacted_ok(&h, cfg.xcr0 | cfg.xss, cfg.request, cfg.mxcsr_mask)
+}
+
+/// True when [`kvm`] finds no violation, without building the list.
+#[inline]
+pub fn kvm_ok(bytes: &[u8], cfg: &KvmConfig) -> bool {
+    let Some(h) = header(bytes) else {
+        return false;
+    };
+    let mxcsr_ok =
+        h.xstate_bv & (mask::X87 | mask::SSE | mask::AVX) == 0 || h.mxcsr & !cfg.mxcsr_mask == 0;
+    h.xstate_bv & !(cfg.supported_xcr0 & cfg.user_features) == 0
+        && h.xcomp_bv == 0
+        && h.res16 | h.res24 == 0
+        && mxcsr_ok
+}
+
+/// True when [`validate`] returns no violation, without building the list (XRSTORS: the
+/// header rules; its supervisor values need a layout, see [`xrstors_with_layout`]).
+#[inline]
+pub fn is_valid(bytes: &[u8], profile: &Profile) -> bool {
+    match profile {
+        Profile::Xrstor(c) => xrstor_ok(bytes, c),
+        Profile::XrstorCompacted(c) => xrstor_compacted_ok(bytes, c),
+        Profile::Xrstors(c) => xrstors_header_ok(bytes, c),
+        Profile::Kvm(c) => kvm_ok(bytes, c),
     }
 }
 
@@ -499,6 +632,17 @@ pub fn xrstors_with_layout(
     cfg: &RestoreConfig,
     layout: Option<&Layout>,
 ) -> Vec<Violation> {
+    // The header rules first, read once; the supervisor values need the layout and are
+    // checked by the detailed path only when a supervisor component is restored.
+    if layout.is_none() && xrstors_header_ok(bytes, cfg) {
+        return Vec::new();
+    }
+    xrstors_detail(bytes, cfg, layout)
+}
+
+#[cold]
+#[inline(never)]
+fn xrstors_detail(bytes: &[u8], cfg: &RestoreConfig, layout: Option<&Layout>) -> Vec<Violation> {
     let mut out = Vec::new();
     if let Some(t) = too_small(bytes) {
         out.push(t);
@@ -604,7 +748,17 @@ fn supervisor_values(bytes: &[u8], cfg: &RestoreConfig, l: &Layout, out: &mut Ve
 /// assert_eq!(v[0].rule, Rule::XstateBvUnsupported);
 /// assert_eq!((v[1].rule, v[1].offset), (Rule::HeaderReserved, 560));
 /// ```
+#[inline]
 pub fn kvm(bytes: &[u8], cfg: &KvmConfig) -> Vec<Violation> {
+    if kvm_ok(bytes, cfg) {
+        return Vec::new();
+    }
+    kvm_detail(bytes, cfg)
+}
+
+#[cold]
+#[inline(never)]
+fn kvm_detail(bytes: &[u8], cfg: &KvmConfig) -> Vec<Violation> {
     let mut out = Vec::new();
     if let Some(t) = too_small(bytes) {
         out.push(t);
@@ -754,10 +908,92 @@ pub fn size_rule(bytes: &[u8], profile: &Profile, layout: &Layout) -> Option<Vio
     }
 }
 
+/// The fast path of [`validate_with_layout`]: the header read once ([`is_valid`]) and the
+/// size rule computed from the layout's per-component geometry without building a layout
+/// (no allocation). False means "look closer"; XRSTORS with a supervisor CET component
+/// loaded always looks closer (its values need the detailed path).
+pub fn is_valid_with_layout(bytes: &[u8], profile: &Profile, layout: &Layout) -> bool {
+    if !is_valid(bytes, profile) {
+        return false;
+    }
+    let bv = raw_xstate_bv(bytes);
+    let xc = raw_xcomp_bv(bytes);
+    let need = match profile {
+        Profile::Xrstor(c) => standard_end(layout, c.xcr0 & c.request),
+        Profile::XrstorCompacted(c) => compacted_end(layout, xc, c.xcr0 & c.request),
+        Profile::Xrstors(c) => {
+            if bv & (c.xcr0 | c.xss) & c.request & (mask::CET_U | mask::CET_S) != 0 {
+                return false;
+            }
+            compacted_end(layout, xc, (c.xcr0 | c.xss) & c.request)
+        }
+        Profile::Kvm(c) => {
+            let buf = standard_end(layout, c.user_features & c.supported_xcr0);
+            let img = standard_end(layout, bv & c.supported_xcr0);
+            match (buf, img) {
+                (Some(b), Some(i)) => Some(b.max(i).max(KVM_XSAVE_SIZE)),
+                _ => None,
+            }
+        }
+    };
+    need.is_some_and(|n| n as usize <= bytes.len())
+}
+
+/// The standard-form size of `m` from the per-component geometry (as `Layout::standard`),
+/// None where that refuses the mask.
+fn standard_end(layout: &Layout, m: u64) -> Option<u32> {
+    let leaf = layout.leaf();
+    // Supervisor components have no standard offset: the detailed path names them.
+    if m & (mask::COMPACTED | leaf.xss_supported()) != 0 {
+        return None;
+    }
+    let mut end = MIN_SIZE as u32;
+    for id in bits(m & !mask::LEGACY) {
+        let c = leaf.component(id);
+        if c.size == 0 || c.offset < MIN_SIZE as u32 || c.supervisor {
+            return None;
+        }
+        end = end.max(c.offset.checked_add(c.size)?);
+    }
+    Some(end)
+}
+
+/// The end of the last component of `rfbm` ∩ XCOMP_BV\[62:0\] at its compacted location (as
+/// `required_size`), None where `Layout::compacted` refuses XCOMP_BV.
+fn compacted_end(layout: &Layout, xcomp_bv: u64, rfbm: u64) -> Option<u32> {
+    let mut loc = MIN_SIZE as u32;
+    let mut end = MIN_SIZE as u32;
+    let leaf = layout.leaf();
+    for id in bits(xcomp_bv & !mask::COMPACTED & !mask::LEGACY) {
+        let g = leaf.component(id);
+        if g.size == 0 {
+            return None;
+        }
+        if g.align64 {
+            loc = loc.checked_next_multiple_of(64)?;
+        }
+        let e = loc.checked_add(g.size)?;
+        if rfbm & (1u64 << id) != 0 {
+            end = end.max(e);
+        }
+        loc = e;
+    }
+    Some(end)
+}
+
 /// [`validate`] plus the rules that need the CPU's layout: the size rule ([`size_rule`]) and,
 /// for XRSTORS, the supervisor values ([`xrstors_with_layout`]). This is what an image file
 /// is judged by: a valid header on too few bytes is not a valid image.
 pub fn validate_with_layout(bytes: &[u8], profile: &Profile, layout: &Layout) -> Vec<Violation> {
+    if is_valid_with_layout(bytes, profile, layout) {
+        return Vec::new();
+    }
+    validate_with_layout_detail(bytes, profile, layout)
+}
+
+#[cold]
+#[inline(never)]
+fn validate_with_layout_detail(bytes: &[u8], profile: &Profile, layout: &Layout) -> Vec<Violation> {
     let mut out = match profile {
         Profile::Xrstors(c) => xrstors_with_layout(bytes, c, Some(layout)),
         p => validate(bytes, p),
@@ -1069,5 +1305,100 @@ mod tests {
         assert_eq!(j[0]["rule"], "header_reserved");
         assert_eq!(j[0]["offset"], 528);
         assert_eq!(j[0]["value"], 256);
+    }
+
+    /// The fast path and the detailed path give the same verdict on every header: bits drawn
+    /// around the masks the rules compare against (in, out, bit 63), one reserved byte set or
+    /// not, MXCSR inside or outside the mask, each profile, short images.
+    #[test]
+    fn fast_path_agrees_with_detail() {
+        use proptest::prelude::*;
+        let masks = [0u64, 0x3, 0x7, 0xe7, 0x602e7, 0x18e7, 1 << 63, u64::MAX];
+        let word = prop_oneof![
+            proptest::sample::select(masks.to_vec()),
+            proptest::sample::select(masks.to_vec()).prop_map(|m| m | 1 << 63),
+            any::<u64>(),
+        ];
+        let cfg = (
+            proptest::sample::select(masks.to_vec()),
+            proptest::sample::select(masks.to_vec()),
+            any::<bool>(),
+            any::<bool>(),
+            proptest::sample::select(vec![0u64, 0x3, 0x4, u64::MAX]),
+        );
+        let img_s = (
+            word.clone(),
+            word,
+            proptest::option::of(528usize..576),
+            proptest::sample::select(vec![0x1f80u32, 0x1fc0, 0x2_0000, 0xffff_ffff]),
+            proptest::sample::select(vec![400usize, 575, 576, 2432]),
+        );
+        proptest!(ProptestConfig::with_cases(4000), |((xcr0, xss, xsavec, xsaves, request) in cfg,
+                   (bv, xc, res, mxcsr, len) in img_s)| {
+            let mut b = vec![0u8; len];
+            if len >= 576 {
+                set64(&mut b, 512, bv);
+                set64(&mut b, 520, xc);
+                if let Some(r) = res { b[r] = 0x10; }
+            }
+            if len >= 28 {
+                b[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+            }
+            let rc = RestoreConfig { xcr0, xss, request, mxcsr_mask: MASK, xsavec, xsaves, linear_address_bits: 48 };
+            let kc = KvmConfig { supported_xcr0: xcr0, user_features: xss | 0x7, mxcsr_mask: MASK };
+            prop_assert_eq!(xrstor_ok(&b, &rc), xrstor_detail(&b, &rc).is_empty());
+            prop_assert_eq!(xrstor_compacted_ok(&b, &rc), xrstor_compacted_detail(&b, &rc).is_empty());
+            prop_assert_eq!(xrstors_header_ok(&b, &rc), xrstors_detail(&b, &rc, None).is_empty());
+            prop_assert_eq!(kvm_ok(&b, &kc), kvm_detail(&b, &kc).is_empty());
+            prop_assert_eq!(xrstor_any_ok(&b, &rc), xrstor_any(&b, &rc).is_empty());
+        });
+    }
+
+    /// The fast path with the size rule agrees with the detailed path: Sapphire Rapids and
+    /// Zen 5 layouts, headers around the masks, lengths around every extent.
+    #[test]
+    fn fast_size_rule_agrees_with_detail() {
+        use crate::testutil::{spr, zen5};
+        use proptest::prelude::*;
+        let (spr, zen5) = (spr(), zen5());
+        let masks = vec![
+            0u64, 0x3, 0x7, 0xe7, 0x200e7, 0x600e7, 0x602e7, 0x18e7, 0x1800,
+        ];
+        let lens = vec![
+            576usize, 832, 2432, 2440, 2696, 2752, 2816, 4095, 4096, 10687, 10688, 10752, 11008,
+        ];
+        let s = (
+            any::<bool>(),
+            proptest::sample::select(masks.clone()),
+            proptest::sample::select(masks.clone()),
+            any::<bool>(),
+            proptest::sample::select(masks.clone()),
+            proptest::sample::select(vec![u64::MAX, 0x7, 0x40003]),
+            proptest::sample::select(lens),
+            0usize..6,
+        );
+        proptest!(ProptestConfig::with_cases(3000), |((which, bv, xc, c63, xcr0, request, len, prof) in s)| {
+            let l = if which { &spr } else { &zen5 };
+            let mut b = vec![0u8; len];
+            b[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+            set64(&mut b, 512, bv);
+            set64(&mut b, 520, if c63 { xc | 1 << 63 } else { xc });
+            let rc = RestoreConfig { xcr0, xss: 0x1800 & l.xss_supported(), request, mxcsr_mask: MASK, xsavec: true, xsaves: true, linear_address_bits: 48 };
+            let kc = KvmConfig { supported_xcr0: xcr0, user_features: xcr0 & !(1 << 18), mxcsr_mask: MASK };
+            let p = match prof {
+                0 => Profile::Xrstor(rc),
+                1 | 4 => Profile::XrstorCompacted(rc),
+                2 | 5 => Profile::Xrstors(rc),
+                _ => Profile::Kvm(kc),
+            };
+            let detail = validate_with_layout_detail(&b, &p, l);
+            let fast = is_valid_with_layout(&b, &p, l);
+            if fast {
+                prop_assert!(detail.is_empty(), "fast yes, detail {:?}", detail);
+            } else if detail.is_empty() {
+                // Conservative only for XRSTORS with CET loaded, or a layout the fast path refuses.
+                prop_assert!(matches!(p, Profile::Xrstors(_)) || required_size(&b, &p, l).is_err(), "fast no, detail yes");
+            }
+        });
     }
 }

@@ -1,4 +1,4 @@
-//! The two user-mode backends behind one trait: [`HwBackend`] (this CPU) and [`ModelCpu`]
+//! The two user-mode backends behind one trait: [`CheckedHwBackend`] (this CPU) and [`ModelCpu`]
 //! (this CPU's profile) driven through [`Backend`] with the same operations give the same
 //! memory and the same register state — what lets the guest FPU engine run on either.
 #![cfg(target_arch = "x86_64")]
@@ -7,7 +7,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use xstate::components::{bits, mask};
 use xstate::model::{
-    AlignedBuf, Backend, CpuProfile, Exception, HwBackend, ModelCpu, Msr, RestoreInsn, SaveInsn,
+    AlignedBuf, Backend, CheckedHwBackend, CpuProfile, Exception, ModelCpu, Msr, RestoreInsn,
+    SaveInsn,
 };
 
 fn q(b: &[u8], o: usize) -> u64 {
@@ -58,7 +59,7 @@ fn init_components(cpu: &ModelCpu, xcr0: u64) -> u64 {
 /// Sets the model's XINUSE bits in `free` (components whose registers hold their init values)
 /// to what the CPU reported in `xstate_bv`; true when anything changed. For such a component the
 /// SDM lets XINUSE be either 0 or 1, and this CPU re-decides it whenever the state is restored
-/// (each HwBackend call, each context switch of this thread).
+/// (each CheckedHwBackend call, each context switch of this thread).
 fn adopt_free_bits(model: &mut ModelCpu, xstate_bv: u64, free: u64) -> bool {
     let want = (model.xinuse() & !free) | (xstate_bv & free);
     if want == model.xinuse() {
@@ -70,7 +71,7 @@ fn adopt_free_bits(model: &mut ModelCpu, xstate_bv: u64, free: u64) -> bool {
 
 #[test]
 fn hw_backend_and_model_agree_through_the_trait() {
-    let Some(mut hw) = HwBackend::new() else {
+    let Some(mut hw) = CheckedHwBackend::new() else {
         println!("skipped: XSAVE not usable here");
         return;
     };
@@ -156,7 +157,7 @@ fn hw_backend_and_model_agree_through_the_trait() {
             hw.save(insn, &mut a, rfbm).unwrap();
             model.save(insn, &mut b, rfbm).unwrap();
             if a[..] != b[..] && insn != SaveInsn::Fxsave {
-                // Each HwBackend call restores its context image and saves it back, so the
+                // Each CheckedHwBackend call restores its context image and saves it back, so the
                 // CPU re-evaluates XINUSE on every call (and again after any context switch
                 // of this thread). It may report a component in use while its registers hold
                 // the init values, or not in use (SDM Vol. 1 §13.6: XINUSE[i] = 0 only means
@@ -182,5 +183,5 @@ fn hw_backend_and_model_agree_through_the_trait() {
             saves += 1;
         }
     }
-    println!("HwBackend == ModelCpu through Backend: {saves} saves, {restores} restores, {adopted} states or saves where the CPU kept XINUSE = 1 for a component in init state");
+    println!("CheckedHwBackend == ModelCpu through Backend: {saves} saves, {restores} restores, {adopted} states or saves where the CPU kept XINUSE = 1 for a component in init state");
 }

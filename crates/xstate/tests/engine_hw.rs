@@ -2,17 +2,21 @@
 //! missing): attach/detach keep the host's and two vCPUs' user registers apart, with distinct
 //! byte patterns in the widest vector component the OS enabled. Skipped with a printed reason
 //! where XSAVE is not usable.
+//!
+//! Both user-mode hardware backends: [`HwBackend`] on the thread's live registers (the
+//! engine's hot path: between calls the patterns live in the real ZMM registers, which this
+//! test's code does not use) and [`CheckedHwBackend`] on a context image.
 
 #![cfg(target_arch = "x86_64")]
 
 use xstate::components::mask;
 use xstate::engine::fpstate::{init_bytes, pattern};
 use xstate::engine::{Context, Engine, GuestPolicy, Options};
-use xstate::model::{Backend, HwBackend};
+use xstate::model::{Backend, CheckedHwBackend, HwBackend};
 use xstate::strategy::SaveInsn;
 
-fn hw_engine(insn: Option<SaveInsn>) -> Option<Engine<HwBackend>> {
-    let Some(hw) = HwBackend::new() else {
+fn hw_engine<B: Backend>(make: fn() -> Option<B>, insn: Option<SaveInsn>) -> Option<Engine<B>> {
+    let Some(hw) = make() else {
         println!("skipped: XSAVE is not usable on this CPU");
         return None;
     };
@@ -42,15 +46,17 @@ fn vec_comp(xcr0: u64) -> u8 {
     }
 }
 
-fn isolation(insn: Option<SaveInsn>) {
-    let Some(mut e) = hw_engine(insn) else { return };
+fn isolation<B: Backend>(make: fn() -> Option<B>, insn: Option<SaveInsn>) {
+    let Some(mut e) = hw_engine(make, insn) else {
+        return;
+    };
     let xcr0 = e.config().xcr0 & !mask::AMX;
     let vc = vec_comp(xcr0);
     let policy = GuestPolicy {
         xcr0_max: xcr0,
         xss: 0,
     };
-    let pat = |e: &Engine<HwBackend>, b: u8| pattern(vc, b, e.register_len(vc).unwrap());
+    let pat = |e: &Engine<B>, b: u8| pattern(vc, b, e.register_len(vc).unwrap());
     println!(
         "hardware engine: {} ({}), component {vc}",
         e.save_insn().0.name(),
@@ -93,10 +99,16 @@ fn isolation(insn: Option<SaveInsn>) {
 
 #[test]
 fn hardware_attach_detach_keeps_contexts_apart() {
-    isolation(None);
+    isolation(HwBackend::new, None);
 }
 
 #[test]
 fn hardware_with_standard_xsave() {
-    isolation(Some(SaveInsn::Xsave));
+    isolation(HwBackend::new, Some(SaveInsn::Xsave));
+}
+
+#[test]
+fn checked_hardware_attach_detach_keeps_contexts_apart() {
+    isolation(CheckedHwBackend::new, None);
+    isolation(CheckedHwBackend::new, Some(SaveInsn::Xsave));
 }

@@ -19,7 +19,7 @@ use super::xsnap::load_snapshot;
 use crate::common::{hex, load_dump, parse_hex, print_json};
 
 /// Arguments of `xstate check`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 #[command(group = clap::ArgGroup::new("destination").required(true).args(["kvm", "to_cpuid"]))]
 pub struct Args {
     /// The snapshot (`.xsnap`).

@@ -40,7 +40,7 @@ pub enum Target {
 }
 
 /// Arguments of `xstate convert`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Args {
     /// The image file.
     pub file: PathBuf,
@@ -136,7 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         crate::input::IMAGE_OR_SNAPSHOT,
     )?;
     if input.kind == xstate::filekind::FileKind::Snapshot {
-        return convert_snapshot(&args);
+        return convert_snapshot(&args, &input.bytes);
     }
     let src_m = machine(&args.cpu, None, None, None)?;
     let ld = load_image(&args.file, &src_m.layout)?;
@@ -223,14 +223,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 /// `convert SNAP.xsnap --to standard|compacted -o IMG [--to-cpuid DEST] [--xcr0 HEX]`: the
 /// image rebuilt with the destination's offsets (default: this machine's). XCR0 defaults to
 /// the snapshot's.
-fn convert_snapshot(args: &Args) -> anyhow::Result<i32> {
+fn convert_snapshot(args: &Args, bytes: &[u8]) -> anyhow::Result<i32> {
     if args.cpu.cpuid.is_some() {
         anyhow::bail!(
             "{}: a snapshot carries its source CPU, and --cpuid names the CPU an input image comes from; give the destination with --to-cpuid FILE (default: this machine)",
             args.file.display()
         );
     }
-    let snap = super::xsnap::load_snapshot(&args.file)?;
+    // The bytes already read and recognised as a snapshot (read once).
+    let snap = super::xsnap::decode(&args.file, bytes)?;
     let dest = match &args.to_cpuid {
         Some(p) => load_dump(p)?,
         None => args.cpu.load()?,

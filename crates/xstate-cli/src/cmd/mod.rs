@@ -1,6 +1,7 @@
 //! One module per subcommand; each has `Args` and `run(Args) -> anyhow::Result<i32>` returning
 //! the exit status.
 
+pub mod batch;
 pub mod check;
 pub mod convert;
 pub mod diff;

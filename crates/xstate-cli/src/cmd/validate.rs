@@ -47,7 +47,7 @@ impl ProfileArg {
 }
 
 /// Arguments of `xstate validate`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Args {
     /// The image file.
     pub file: PathBuf,

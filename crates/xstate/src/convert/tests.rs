@@ -358,6 +358,83 @@ fn supervisor_state_moves_between_compacted_layouts() {
     assert_eq!(s.xstate_bv(), 1 << 5);
 }
 
+/// `convert_into` writes every byte of the target once: into a buffer full of 0xAA or of
+/// zeros it gives the bytes `convert` gives (a gap left unwritten would keep 0xAA), and
+/// bytes past the image stay as they were. Every form pair of Sapphire Rapids (AMX, holes and
+/// 64-byte alignment in the compacted form) and Zen 5.
+#[test]
+fn convert_into_writes_every_byte_once() {
+    for (l, xcr0) in [(spr(), 0x602e7u64), (zen5(), 0xe7), (skx(), 0x2ff)] {
+        let std_g = l.standard(xcr0).unwrap();
+        for present in [
+            0u64,
+            0x3,
+            0x22,
+            0x40004 & xcr0,
+            0x60000 & xcr0,
+            0x200 & xcr0,
+            xcr0,
+        ] {
+            let seed: Vec<u8> = (0..61u8).map(|b| b.wrapping_mul(7) | 1).collect();
+            let s = random_image(&std_g, present, &seed, 0x1fa0);
+            let c = convert(&s, &l.compacted(xcr0).unwrap()).unwrap();
+            for src in [&s, &c] {
+                for target in [
+                    std_g.clone(),
+                    l.compacted(xcr0).unwrap(),
+                    l.compacted(present | 0x2 | 0x40000 & xcr0).unwrap(),
+                ] {
+                    let want = convert(src, &target);
+                    for fill in [0u8, 0xaa] {
+                        let mut out = vec![fill; target.size as usize + 100];
+                        let got = convert_into(src, &target, &mut out);
+                        match &want {
+                            Ok(w) => {
+                                assert_eq!(got, Ok(w.len()));
+                                assert_eq!(
+                                    &out[..w.len()],
+                                    w.as_bytes(),
+                                    "{target:?} fill {fill:#x}"
+                                );
+                                assert!(out[w.len()..].iter().all(|&b| b == fill));
+                            }
+                            Err(e) => {
+                                assert_eq!(got.as_ref().unwrap_err(), e);
+                                assert!(
+                                    out.iter().all(|&b| b == fill),
+                                    "a failed conversion wrote"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A failed `convert_into` leaves the output as it was: a too-small buffer, and a target
+/// without room for a present component.
+#[test]
+fn convert_into_failure_writes_nothing() {
+    let l = spr();
+    let s = random_image(&l.standard(0x602e7).unwrap(), 0xe7, b"xyz", 0x1f80);
+    let t = l.compacted(0x602e7).unwrap();
+    let mut out = vec![0x55u8; t.size as usize - 1];
+    assert_eq!(
+        convert_into(&s, &t, &mut out),
+        Err(ConvertError::OutTooSmall {
+            have: out.len(),
+            need: t.size as usize
+        })
+    );
+    assert!(out.iter().all(|&b| b == 0x55));
+    let mut out = vec![0x55u8; 4096];
+    let e = convert_into(&s, &l.compacted(0x3).unwrap(), &mut out).unwrap_err();
+    assert!(matches!(e, ConvertError::NoRoom { .. }), "{e}");
+    assert!(out.iter().all(|&b| b == 0x55));
+}
+
 /// A target laid out from absurd CPUID data (beyond 1 MiB) is refused before allocating.
 #[test]
 fn absurd_target_is_refused() {

@@ -375,8 +375,14 @@ impl Leaf0D {
 
 #[cfg(target_arch = "x86_64")]
 impl CpuidDump {
-    /// Reads the kept leaves (see [`KEPT_LEAVES`]), every subleaf of 0xD up to 63, the brand
-    /// string, and XCR0/XINUSE from this CPU.
+    /// This CPU: the kept leaves (see [`KEPT_LEAVES`]), the subleaves of 0xD the CPU
+    /// enumerates (0, 1 and every component of CPUID.(0xD,0).EDX:EAX or CPUID.(0xD,1).EDX:ECX,
+    /// SDM Vol. 1 §13.2), the brand string, and XCR0/XINUSE.
+    ///
+    /// CPUID is executed once per process (with `std`): in a VM each CPUID is a VM exit
+    /// costing microseconds (DESIGN §9), and its answers do not change under a running
+    /// process. Later calls return a copy of the first reading with XCR0 and XINUSE read
+    /// again (XGETBV, which does not exit).
     ///
     /// ```
     /// # #[cfg(target_arch = "x86_64")] {
@@ -385,11 +391,30 @@ impl CpuidDump {
     /// # }
     /// ```
     pub fn from_host() -> Self {
+        #[cfg(feature = "std")]
+        let mut d = {
+            static HOST: std::sync::OnceLock<CpuidDump> = std::sync::OnceLock::new();
+            HOST.get_or_init(Self::read_host).clone()
+        };
+        #[cfg(not(feature = "std"))]
+        let mut d = Self::read_host();
+        if d.os_xsave() {
+            d.xcr0 = Some(crate::hw::xgetbv_if(0, true));
+            let s1 = d.get_or_zero(0xd, 1);
+            if d.get(0, 0).is_some_and(|r| r.eax >= 0xd) && s1.eax & 4 != 0 {
+                d.xinuse = Some(crate::hw::xgetbv_if(1, true));
+            }
+        }
+        d
+    }
+
+    /// Executes the CPUIDs of [`from_host`](Self::from_host).
+    fn read_host() -> Self {
         use crate::hw;
         let mut d = CpuidDump::new("host");
         d.format = String::from("host");
-        let max_basic = hw::cpuid(0, 0).eax;
-        let max_ext = hw::cpuid(0x8000_0000, 0).eax;
+        let (l0, l8) = (hw::cpuid(0, 0), hw::cpuid(0x8000_0000, 0));
+        let (max_basic, max_ext) = (l0.eax, l8.eax);
         for &leaf in KEPT_LEAVES.iter() {
             let in_range = if leaf >= 0x8000_0000 {
                 leaf <= max_ext
@@ -400,9 +425,19 @@ impl CpuidDump {
                 continue;
             }
             match leaf {
+                0x0 => d.insert(leaf, 0, l0),
+                0x8000_0000 => d.insert(leaf, 0, l8),
                 0xd => {
-                    for sub in 0..64 {
-                        d.insert(leaf, sub, hw::cpuid(leaf, sub));
+                    let s0 = hw::cpuid(leaf, 0);
+                    let s1 = hw::cpuid(leaf, 1);
+                    d.insert(leaf, 0, s0);
+                    d.insert(leaf, 1, s1);
+                    let listed = (u64::from(s0.edx) << 32 | u64::from(s0.eax))
+                        | (u64::from(s1.edx) << 32 | u64::from(s1.ecx));
+                    for sub in 2..63u32 {
+                        if listed & (1u64 << sub) != 0 {
+                            d.insert(leaf, sub, hw::cpuid(leaf, sub));
+                        }
                     }
                 }
                 0x7 | 0x14 | 0x1d => {
@@ -419,12 +454,36 @@ impl CpuidDump {
                 d.insert(leaf, 0, hw::cpuid(leaf, 0));
             }
         }
-        if d.os_xsave() {
-            d.xcr0 = Some(hw::xgetbv(0));
-            if d.leaf_0d().has_xgetbv1() {
-                d.xinuse = Some(hw::xgetbv(1));
+        d
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod host_tests {
+    use super::*;
+
+    /// `from_host` holds exactly the subleaves of 0xD this CPU enumerates, each equal to what
+    /// CPUID answers now, and a second call gives the same table (read once).
+    #[test]
+    fn host_reads_the_enumerated_subleaves() {
+        let d = CpuidDump::from_host();
+        if d.get(0xd, 0).is_none() {
+            return println!("skipped: no leaf 0xD on this CPU");
+        }
+        let (s0, s1) = (crate::hw::cpuid(0xd, 0), crate::hw::cpuid(0xd, 1));
+        let listed = (u64::from(s0.edx) << 32 | u64::from(s0.eax))
+            | (u64::from(s1.edx) << 32 | u64::from(s1.ecx));
+        for sub in 0..64u32 {
+            let want = sub < 2 || (sub < 63 && listed & (1u64 << sub) != 0);
+            assert_eq!(d.get(0xd, sub).is_some(), want, "subleaf {sub}");
+            if want {
+                assert_eq!(d.get(0xd, sub), Some(crate::hw::cpuid(0xd, sub)));
             }
         }
-        d
+        let again = CpuidDump::from_host();
+        assert_eq!(
+            again.entries().collect::<Vec<_>>(),
+            d.entries().collect::<Vec<_>>()
+        );
     }
 }

@@ -4,26 +4,35 @@
 //! registers of the executing logical processor.
 //!
 //! **Compile-tested only** in this project (CI builds and lints the crate with
-//! `--features ring0`): at CPL 3 these instructions fault. Every operation is checked first
-//! on a [`ModelCpu`](crate::model::ModelCpu) that mirrors the control state (XCR0, IA32_XSS,
-//! IA32_XFD, CPL 0): when the model says the instruction faults, the fault is returned and
-//! the instruction is not executed. Only an #NM from XFD and faults the model cannot see
-//! (such as an MSR the hypervisor above us refuses) can still reach the CPU.
+//! `--features ring0`): at CPL 3 these instructions fault.
 //!
-//! Unlike [`HwBackend`](crate::model::HwBackend), the register file is the processor's own:
+//! Save and restore are the hot path: before each, the O(1) checks of
+//! [`InsnGuard`] against the cached control state (support,
+//! alignment, extent cached per RFBM, the header rules read once, MXCSR, the CET supervisor
+//! values of XRSTORS, #NM for an XFD-armed component), then exactly the instruction asked
+//! for; nothing is allocated. XSETBV, RDMSR and WRMSR (rare) are checked on a
+//! [`ModelCpu`] that mirrors the control state (XCR0, IA32_XSS,
+//! IA32_XFD, CPL 0), and update the guard. [`Ring0Backend::set_verify`] also runs every save
+//! and restore on a clone of the mirror first (the model's full fault rules, several
+//! allocations per call: for bring-up and tests, not for production). Faults the checks
+//! cannot see (such as an MSR the hypervisor above us refuses) can still reach the CPU.
+//!
+//! Like [`HwBackend`](crate::model::HwBackend), the register file is the processor's own:
 //! compiled code between calls may change vector registers (the kernel must own the FPU, with
 //! the compiler told not to use vector registers, as kernels do).
 
 use alloc::vec::Vec;
 
-use crate::components::mask;
-use crate::model::{Backend, CpuProfile, Exception, Fault, ModelCpu, Msr, RestoreInsn, SaveInsn};
+use super::guard::{InsnGuard, Support};
+use crate::model::{Backend, CpuProfile, Fault, ModelCpu, Msr, RestoreInsn, SaveInsn};
 
 /// The real CPU at CPL 0.
 #[derive(Debug)]
 pub struct Ring0Backend {
     profile: CpuProfile,
     mirror: ModelCpu,
+    guard: InsnGuard,
+    verify: bool,
 }
 
 impl Ring0Backend {
@@ -47,7 +56,38 @@ impl Ring0Backend {
             // SAFETY: CPL 0 and the CPU has IA32_XFD (CPUID.(0xD,1):EAX[4]).
             mirror.xfd = unsafe { rdmsr(Msr::Xfd.index()) };
         }
-        Ring0Backend { profile, mirror }
+        let guard = InsnGuard::new(
+            &profile.layout,
+            Support {
+                xsave: profile.xsave,
+                xsaveopt: profile.xsaveopt,
+                xsavec: profile.xsavec,
+                xsaves: profile.xsaves,
+                fxsr: profile.fxsr,
+            },
+            mirror.xcr0,
+            mirror.xss,
+            mirror.xfd,
+            profile.mxcsr_mask,
+        );
+        Ring0Backend {
+            profile,
+            mirror,
+            guard,
+            verify: false,
+        }
+    }
+
+    /// Verify mode: every save and restore is first run on a clone of the model mirroring the
+    /// control state (the model's full fault rules, CR0.TS included), as well as the O(1)
+    /// checks. Off by default: it allocates and costs microseconds per call.
+    pub fn set_verify(&mut self, on: bool) {
+        self.verify = on;
+    }
+
+    fn sync_guard(&mut self) {
+        let (x, s, f) = (self.mirror.xcr0, self.mirror.xss, self.mirror.xfd);
+        self.guard.set_control(&self.profile.layout, x, s, f);
     }
 }
 
@@ -96,6 +136,7 @@ impl Backend for Ring0Backend {
             core::arch::asm!("xsetbv", in("ecx") ecx, in("eax") value as u32,
                 in("edx") (value >> 32) as u32, options(nomem, nostack, preserves_flags));
         }
+        self.sync_guard();
         Ok(())
     }
 
@@ -109,53 +150,32 @@ impl Backend for Ring0Backend {
         self.mirror.wrmsr(msr, value)?;
         // SAFETY: the model checked the MSR exists and the value's bits are allowed.
         unsafe { wrmsr(msr.index(), value) };
+        self.sync_guard();
         Ok(())
     }
 
     fn save(&mut self, insn: SaveInsn, mem: &mut [u8], rfbm: u64) -> Result<(), Fault> {
-        // Dry run on a scratch copy of the mirror: alignment, size, support, CPL, TS.
-        let mut scratch = alloc::vec![0u8; mem.len()];
-        let addr = mem.as_ptr() as u64;
-        let mut m = self.mirror.clone();
-        match insn {
-            SaveInsn::Xsave => m.xsave(&mut scratch, addr, rfbm),
-            SaveInsn::Xsaveopt => m.xsaveopt(&mut scratch, addr, rfbm),
-            SaveInsn::Xsavec => m.xsavec(&mut scratch, addr, rfbm),
-            SaveInsn::Xsaves => m.xsaves(&mut scratch, addr, rfbm),
-            SaveInsn::Fxsave => m.fxsave(&mut scratch, addr),
-        }?;
-        // The model writes at most what the instruction may write; require the full extent
-        // for the mask so that a CPU writing more than the model predicts stays in bounds.
-        let enabled = match insn {
-            SaveInsn::Xsaves => self.mirror.xcr0 | self.mirror.xss,
-            _ => self.mirror.xcr0,
-        };
-        let need = match insn {
-            SaveInsn::Fxsave => 512,
-            SaveInsn::Xsave | SaveInsn::Xsaveopt => self
-                .profile
-                .layout
-                .standard(rfbm & enabled & !mask::COMPACTED)
-                .map(|l| l.size as usize)
-                .unwrap_or(usize::MAX),
-            _ => self
-                .profile
-                .layout
-                .compacted(rfbm & enabled & !mask::COMPACTED)
-                .map(|l| l.size as usize)
-                .unwrap_or(usize::MAX),
-        };
-        if mem.len() < need {
-            return Err(Fault::new(
-                Exception::Pf,
-                "memory operand extends past the end of the buffer",
-            ));
+        if self.verify {
+            // Dry run on a scratch copy of the mirror: alignment, size, support, CPL, TS.
+            let mut scratch = alloc::vec![0u8; mem.len()];
+            let addr = mem.as_ptr() as u64;
+            let mut m = self.mirror.clone();
+            match insn {
+                SaveInsn::Xsave => m.xsave(&mut scratch, addr, rfbm),
+                SaveInsn::Xsaveopt => m.xsaveopt(&mut scratch, addr, rfbm),
+                SaveInsn::Xsavec => m.xsavec(&mut scratch, addr, rfbm),
+                SaveInsn::Xsaves => m.xsaves(&mut scratch, addr, rfbm),
+                SaveInsn::Fxsave => m.fxsave(&mut scratch, addr),
+            }?;
         }
+        // Support, alignment and the full extent for the mask (so that a CPU writing more
+        // than the model predicts stays in bounds), O(1).
+        self.guard.check_save(insn, mem, rfbm)?;
         let p = mem.as_mut_ptr();
         let (lo, hi) = (rfbm as u32, (rfbm >> 32) as u32);
-        // SAFETY: the model found no fault for this instruction, address and mask (support,
-        // CR4.OSXSAVE, CR0.TS as mirrored, CPL 0, alignment), and `mem` holds the whole extent
-        // for the mask. Saves only read registers and write `mem`, borrowed mutably.
+        // SAFETY: the guard found the instruction supported (CR4.OSXSAVE and CPL 0 by the
+        // constructor's contract), `mem` aligned and holding the whole extent for the mask.
+        // Saves only read registers and write `mem`, borrowed mutably.
         unsafe {
             match insn {
                 SaveInsn::Xsave => core::arch::asm!("xsave64 [{p}]", p = in(reg) p,
@@ -174,17 +194,21 @@ impl Backend for Ring0Backend {
     }
 
     fn restore(&mut self, insn: RestoreInsn, mem: &[u8], rfbm: u64) -> Result<(), Fault> {
-        let addr = mem.as_ptr() as u64;
-        let mut m = self.mirror.clone();
-        match insn {
-            RestoreInsn::Xrstor => m.xrstor(mem, addr, rfbm),
-            RestoreInsn::Xrstors => m.xrstors(mem, addr, rfbm),
-            RestoreInsn::Fxrstor => m.fxrstor(mem, addr),
-        }?;
+        if self.verify {
+            let addr = mem.as_ptr() as u64;
+            let mut m = self.mirror.clone();
+            match insn {
+                RestoreInsn::Xrstor => m.xrstor(mem, addr, rfbm),
+                RestoreInsn::Xrstors => m.xrstors(mem, addr, rfbm),
+                RestoreInsn::Fxrstor => m.fxrstor(mem, addr),
+            }?;
+        }
+        self.guard.check_restore(insn, mem, rfbm)?;
         let p = mem.as_ptr();
         let (lo, hi) = (rfbm as u32, (rfbm >> 32) as u32);
-        // SAFETY: the model, mirroring XCR0/IA32_XSS/IA32_XFD and CPL 0, found no fault: the
-        // header, MXCSR, supervisor values, alignment and the extent read are valid. Every
+        // SAFETY: the guard, with the mirrored XCR0/IA32_XSS/IA32_XFD at CPL 0, found no fault:
+        // support, alignment, the extent read, the header rules, MXCSR, the CET values and no
+        // XFD-armed component loaded. Every
         // register the restore writes is declared clobbered; memory is only read.
         unsafe {
             match insn {

@@ -153,12 +153,14 @@ pub use crate::model::AlignedBuf;
 // The owned image stores its bytes in the model's aligned buffer (64-byte aligned as
 // XSAVE/XRSTOR require of their memory operand, SDM Vol. 1 §13.4; built without `unsafe`).
 impl AsRef<[u8]> for AlignedBuf {
+    #[inline]
     fn as_ref(&self) -> &[u8] {
         self.as_slice()
     }
 }
 
 impl AsMut<[u8]> for AlignedBuf {
+    #[inline]
     fn as_mut(&mut self) -> &mut [u8] {
         self.as_mut_slice()
     }
@@ -195,6 +197,7 @@ pub struct Bound {
     pub upper: u64,
 }
 
+#[inline]
 fn rd<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
     let mut out = [0u8; N];
     if let Some(s) = b.get(off..off.saturating_add(N)) {
@@ -203,6 +206,7 @@ fn rd<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
     out
 }
 
+#[inline]
 fn rd_u64(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(rd::<8>(b, off))
 }
@@ -214,16 +218,19 @@ fn wr(b: &mut [u8], off: usize, v: &[u8]) {
 }
 
 /// Reads XSTATE_BV from raw image bytes (0 when shorter than the header).
+#[inline]
 pub fn raw_xstate_bv(bytes: &[u8]) -> u64 {
     rd_u64(bytes, XSTATE_BV_OFFSET)
 }
 
 /// Reads XCOMP_BV from raw image bytes (0 when shorter than the header).
+#[inline]
 pub fn raw_xcomp_bv(bytes: &[u8]) -> u64 {
     rd_u64(bytes, XCOMP_BV_OFFSET)
 }
 
 /// Reads MXCSR from raw image bytes (0 when shorter than the legacy area).
+#[inline]
 pub fn raw_mxcsr(bytes: &[u8]) -> u32 {
     u32::from_le_bytes(rd::<4>(bytes, MXCSR_OFFSET))
 }

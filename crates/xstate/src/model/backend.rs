@@ -1,13 +1,15 @@
 //! The [`Backend`] trait: one interface to the XSAVE machinery, implemented by the model
-//! ([`ModelCpu`](super::ModelCpu)), by the user-mode hardware backend ([`HwBackend`]) and, for
-//! kernels and hypervisors, by `Ring0Backend` (`xstate::hw::ring0`, cargo feature `ring0`,
-//! compile-tested only: it needs CPL 0).
+//! ([`ModelCpu`](super::ModelCpu)), by the user-mode hardware backends ([`HwBackend`] on the
+//! live registers, [`CheckedHwBackend`] on a context image) and, for kernels and hypervisors,
+//! by `Ring0Backend` (`xstate::hw::ring0`, cargo feature `ring0`).
 //!
 //! The register state a backend operates on is *its* register file: for the model the
-//! modelled registers; for [`HwBackend`] a context image that every operation loads into the
-//! real registers, operates on, and saves back, inside one `asm!` block (compiled Rust code
-//! clobbers vector registers between calls, so the real registers cannot carry state from one
-//! call to the next). Memory operands are plain byte slices: their address is the linear
+//! modelled registers; for [`HwBackend`] the calling thread's
+//! live registers (one instruction per call, the hot path); for [`CheckedHwBackend`] a
+//! context image that every operation loads into the real registers, operates on, and saves
+//! back, inside one `asm!` block (compiled Rust code clobbers vector registers between calls,
+//! so the real registers cannot carry state from one call to the next: tests that compare
+//! register states across calls with the model use it). Memory operands are plain byte slices: their address is the linear
 //! address the instruction sees (alignment rules apply to it).
 
 use alloc::string::ToString;
@@ -130,7 +132,9 @@ pub trait Backend {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub use hw_backend::HwBackend;
+pub use crate::hw::live::HwBackend;
+#[cfg(target_arch = "x86_64")]
+pub use hw_backend::CheckedHwBackend;
 
 #[cfg(target_arch = "x86_64")]
 mod hw_backend {
@@ -146,14 +150,18 @@ mod hw_backend {
     /// context image), and a restore image is copied to an aligned buffer after the alignment
     /// check. Images the OS would intercept (XFD-armed components) are `Refused`.
     ///
+    /// Off the hot path: each call is a sequence of several instructions (load the context,
+    /// the instruction, save the context) and a restore copies and validates the image; use
+    /// [`HwBackend`](crate::hw::live::HwBackend) to switch contexts.
+    ///
     /// ```
-    /// use xstate::model::{Backend, HwBackend, SaveInsn};
-    /// if let Some(mut hw) = HwBackend::new() {
+    /// use xstate::model::{Backend, CheckedHwBackend, SaveInsn};
+    /// if let Some(mut hw) = CheckedHwBackend::new() {
     ///     let mut mem = xstate::model::AlignedBuf::new(hw.profile().layout.max_standard_size() as usize);
     ///     hw.save(SaveInsn::Xsave, &mut mem, u64::MAX).unwrap();
     /// }
     /// ```
-    pub struct HwBackend {
+    pub struct CheckedHwBackend {
         host: Host,
         profile: CpuProfile,
         ctx: AlignedBuf,
@@ -210,10 +218,10 @@ mod hw_backend {
         )
     }
 
-    impl HwBackend {
+    impl CheckedHwBackend {
         /// The hardware backend of this CPU, with the current registers as its initial state;
         /// None when XSAVE is not usable.
-        pub fn new() -> Option<HwBackend> {
+        pub fn new() -> Option<CheckedHwBackend> {
             let host = Host::detect();
             if !host.xsave_usable() {
                 return None;
@@ -223,7 +231,7 @@ mod hw_backend {
             let n = host.standard_size() as usize;
             let mut ctx = AlignedBuf::new(n);
             host.xsave(&mut ctx, u64::MAX).ok()?;
-            Some(HwBackend {
+            Some(CheckedHwBackend {
                 host,
                 profile,
                 ctx,
@@ -237,7 +245,7 @@ mod hw_backend {
         }
     }
 
-    impl Backend for HwBackend {
+    impl Backend for CheckedHwBackend {
         fn profile(&self) -> &CpuProfile {
             &self.profile
         }

@@ -1,0 +1,241 @@
+//! P2 and P3 of issue 11: conversion and validation of real-sized images against the
+//! physical operation — `memcpy` of the same bytes into a reused buffer — measured in the
+//! same run (see `common::ratio`).
+//!
+//! Images: this host's XSAVE layout without AMX (AVX-512: 2.4-2.7 KiB), and the Sapphire
+//! Rapids layout with AMX (standard 11008 bytes, compacted 10688) from its real CPUID dump.
+//! Every component present, filled with a pattern.
+//!
+//! `cargo bench -p xstate --bench convert_validate` (lines starting `RATIO` are the figures
+//! of docs/performance.md).
+
+mod common;
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, Criterion};
+use xstate::components::{bits, mask};
+use xstate::convert::{convert, convert_into};
+use xstate::cpuid::CpuidDump;
+use xstate::image::XsaveImage;
+use xstate::layout::Layout;
+use xstate::validate::{self, KvmConfig, Profile, RestoreConfig};
+
+#[global_allocator]
+static A: common::Counting = common::Counting;
+
+struct Case {
+    name: &'static str,
+    layout: Layout,
+    xcr0: u64,
+    std_img: XsaveImage,
+    cmp_img: XsaveImage,
+}
+
+fn image(l: &Layout, xcr0: u64) -> XsaveImage {
+    let g = l.standard(xcr0).expect("layout");
+    let mut img = XsaveImage::new(&g);
+    for id in bits(xcr0 & !mask::LEGACY) {
+        let p = img.placement(id).expect("placed");
+        let data: Vec<u8> = (0..p.size)
+            .map(|i| (i as u8).wrapping_mul(13) | 1)
+            .collect();
+        img.set_component_bytes(id, &data).expect("component");
+    }
+    for i in 0..16 {
+        img.set_xmm(
+            i,
+            0x0101_0101_0101_0101_0101_0101_0101_0101 * (i as u128 + 1),
+        )
+        .expect("xmm");
+    }
+    img.set_xstate_bv(xcr0);
+    img
+}
+
+fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    let host = Layout::from_dump(&CpuidDump::from_host());
+    let xcr0 = if host.has_xsave() && xstate::hw::os_xsave() {
+        xstate::hw::xgetbv(0) & !mask::AMX
+    } else {
+        0
+    };
+    if xcr0 & mask::AVX512 == mask::AVX512 {
+        let std_img = image(&host, xcr0);
+        let cmp_img = convert(&std_img, &host.compacted(xcr0).unwrap()).unwrap();
+        v.push(Case {
+            name: "host AVX-512",
+            layout: host,
+            xcr0,
+            std_img,
+            cmp_img,
+        });
+    } else {
+        println!("skipped: host case (no AVX-512 on this CPU)");
+    }
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cpuid/hwloc/Intel-SapphireRapids-2xXeonMax9460.txt"
+    );
+    let d = CpuidDump::parse(&std::fs::read_to_string(path).expect("fixture"), "spr").unwrap();
+    let spr = Layout::from_dump(&d);
+    let std_img = image(&spr, 0x602e7);
+    let cmp_img = convert(&std_img, &spr.compacted(0x602e7).unwrap()).unwrap();
+    v.push(Case {
+        name: "SPR AMX",
+        layout: spr,
+        xcr0: 0x602e7,
+        std_img,
+        cmp_img,
+    });
+    v
+}
+
+fn memcpy_baseline(src: &[u8], dst: &mut [u8]) {
+    dst[..src.len()].copy_from_slice(black_box(src));
+    black_box(&mut *dst);
+}
+
+fn ratios(cases: &[Case]) {
+    for c in cases {
+        let (s, k) = (&c.std_img, &c.cmp_img);
+        let (sg, kg) = (s.geometry().clone(), k.geometry().clone());
+        let mut out = vec![0u8; 16384];
+        let mut base = vec![0u8; 16384];
+        println!(
+            "{}: standard {} bytes, compacted {} bytes (XCR0 {:#x})",
+            c.name,
+            s.len(),
+            k.len(),
+            c.xcr0
+        );
+        // P2: convert_into a reused buffer, both directions; memcpy of the source bytes.
+        let mut o2 = out.clone();
+        common::ratio(
+            &format!("P2 {} convert_into standard->compacted", c.name),
+            "memcpy",
+            || {
+                convert_into(black_box(s), &kg, &mut out).unwrap();
+            },
+            || memcpy_baseline(s.as_bytes(), &mut base),
+        );
+        common::ratio(
+            &format!("P2 {} convert_into compacted->standard", c.name),
+            "memcpy",
+            || {
+                convert_into(black_box(k), &sg, &mut o2).unwrap();
+            },
+            || memcpy_baseline(k.as_bytes(), &mut base),
+        );
+        // P2: convert (allocates the new image and its geometry).
+        common::ratio(
+            &format!("P2 {} convert standard->compacted", c.name),
+            "memcpy",
+            || {
+                black_box(convert(black_box(s), &kg).unwrap());
+            },
+            || memcpy_baseline(s.as_bytes(), &mut base),
+        );
+        common::ratio(
+            &format!("P2 {} convert compacted->standard", c.name),
+            "memcpy",
+            || {
+                black_box(convert(black_box(k), &sg).unwrap());
+            },
+            || memcpy_baseline(k.as_bytes(), &mut base),
+        );
+        // P3: the validate profiles on a valid image (their fast path), memcpy of the image.
+        let rc = RestoreConfig::for_layout(&c.layout, c.xcr0, 0, 0xffff);
+        let kc = KvmConfig::new(c.xcr0, 0xffff);
+        let sb = s.as_bytes();
+        let kb = k.as_bytes();
+        assert!(validate::xrstor(sb, &rc).is_empty());
+        assert!(validate::xrstor_compacted(kb, &rc).is_empty());
+        assert!(validate::kvm(sb, &kc).is_empty());
+        common::ratio(
+            &format!("P3 {} validate xrstor", c.name),
+            "memcpy",
+            || {
+                black_box(validate::validate(black_box(sb), &Profile::Xrstor(rc)));
+            },
+            || memcpy_baseline(sb, &mut base),
+        );
+        common::ratio(
+            &format!("P3 {} validate xrstor-compacted", c.name),
+            "memcpy",
+            || {
+                black_box(validate::validate(
+                    black_box(kb),
+                    &Profile::XrstorCompacted(rc),
+                ));
+            },
+            || memcpy_baseline(kb, &mut base),
+        );
+        common::ratio(
+            &format!("P3 {} validate kvm", c.name),
+            "memcpy",
+            || {
+                black_box(validate::validate(black_box(sb), &Profile::Kvm(kc)));
+            },
+            || memcpy_baseline(sb, &mut base),
+        );
+        let l = &c.layout;
+        assert!(validate::validate_with_layout(sb, &Profile::Xrstor(rc), l).is_empty());
+        common::ratio(
+            &format!(
+                "P3 {} validate_with_layout xrstor (with the size rule)",
+                c.name
+            ),
+            "memcpy",
+            || {
+                black_box(validate::validate_with_layout(
+                    black_box(sb),
+                    &Profile::Xrstor(rc),
+                    l,
+                ));
+            },
+            || memcpy_baseline(sb, &mut base),
+        );
+        common::ratio(
+            &format!("P3 {} is_valid xrstor", c.name),
+            "memcpy",
+            || {
+                black_box(validate::is_valid(black_box(sb), &Profile::Xrstor(rc)));
+            },
+            || memcpy_baseline(sb, &mut base),
+        );
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let cases = cases();
+    let mut g = c.benchmark_group("convert_validate");
+    for k in &cases {
+        let kg = k.cmp_img.geometry().clone();
+        let mut out = vec![0u8; 16384];
+        let s = &k.std_img;
+        g.bench_function(format!("{} convert_into std->cmp", k.name), |b| {
+            b.iter(|| convert_into(black_box(s), &kg, &mut out).unwrap())
+        });
+        let rc = RestoreConfig::for_layout(&k.layout, k.xcr0, 0, 0xffff);
+        g.bench_function(format!("{} validate xrstor", k.name), |b| {
+            b.iter(|| validate::xrstor(black_box(s.as_bytes()), &rc))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_secs(1));
+    targets = bench
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    ratios(&cases());
+}
