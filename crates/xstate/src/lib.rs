@@ -48,3 +48,4 @@ pub mod strategy;
 #[cfg(test)]
 mod testutil;
 pub mod validate;
+pub mod vmm;

@@ -65,7 +65,7 @@ pub(crate) fn load_image(path: &Path, layout: &Layout) -> anyhow::Result<Loaded>
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
     let file_size = bytes.len();
-    if xstate::snapshot::is_snapshot(&bytes) {
+    if xstate::vmm::detect(&bytes) != xstate::vmm::FileKind::Other {
         let snap = super::xsnap::decode(path, &bytes)?;
         return Ok(Loaded {
             image: super::xsnap::source_image(path, &snap)?,

@@ -20,19 +20,59 @@ pub fn load_snapshot(path: &Path) -> anyhow::Result<Snapshot> {
     decode(path, &bytes)
 }
 
-/// Decodes snapshot bytes read from `path`.
+/// Decodes snapshot bytes read from `path`, whatever VMM wrote them (detected by content:
+/// `.xsnap`, a QEMU migration stream, a Cloud Hypervisor `state.json`). A multi-vCPU file gives
+/// its first vCPU (a note on stderr says so). Firecracker and crosvm files are recognised and
+/// refused with their format and version (exit 2).
 pub fn decode(path: &Path, bytes: &[u8]) -> anyhow::Result<Snapshot> {
-    Snapshot::decode(bytes)
-        .with_context(|| format!("{} is not a readable .xsnap file", path.display()))
+    let mut all = decode_all(path, bytes)?;
+    if all.len() > 1 {
+        eprintln!(
+            "note: {} holds {} vCPUs; using the first",
+            path.display(),
+            all.len()
+        );
+    }
+    if all.is_empty() {
+        bail!("{}: the snapshot holds no vCPU", path.display());
+    }
+    Ok(all.swap_remove(0))
 }
 
-/// True when the file starts with the `.xsnap` magic (unreadable files are not snapshots).
+/// Every vCPU of a snapshot file, as snapshot records (see [`decode`]).
+pub fn decode_all(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<Snapshot>> {
+    use xstate::vmm::FileKind;
+    match xstate::vmm::detect(bytes) {
+        FileKind::QemuStream => {
+            let st = xstate::vmm::qemu::parse(bytes)
+                .with_context(|| format!("{} is not a readable QEMU stream", path.display()))?;
+            Ok(st.snapshots()?)
+        }
+        FileKind::CloudHypervisor => {
+            let st = xstate::vmm::cloud_hypervisor::StateJson::parse(bytes).with_context(|| {
+                format!(
+                    "{} is not a readable Cloud Hypervisor state.json",
+                    path.display()
+                )
+            })?;
+            Ok(st.snapshots()?)
+        }
+        k @ (FileKind::Firecracker { .. } | FileKind::Crosvm { .. }) => {
+            bail!("{}: {}", path.display(), k.describe())
+        }
+        FileKind::Xsnap | FileKind::Other => Ok(vec![Snapshot::decode(bytes)
+            .with_context(|| format!("{} is not a readable .xsnap file", path.display()))?]),
+    }
+}
+
+/// True when the file is a snapshot of a kind the commands read or recognise (`.xsnap`, QEMU,
+/// Cloud Hypervisor, Firecracker, crosvm), judged from its first 64 KiB.
 pub fn is_snapshot_file(path: &Path) -> bool {
     use std::io::Read;
-    let mut head = [0u8; 8];
+    let mut head = Vec::new();
     std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map(|_| xstate::snapshot::is_snapshot(&head))
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .map(|_| xstate::vmm::detect(&head) != xstate::vmm::FileKind::Other)
         .unwrap_or(false)
 }
 
