@@ -95,7 +95,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         d
     };
-    let v = check(&snap, &dest);
+    let mut v = check(&snap, &dest);
+    if super::xsnap::is_cloud_hypervisor_file(&args.snapshot) {
+        super::xsnap::add_blob_reasons(&snap, &dest, &mut v);
+    }
     if args.json {
         print_json(&verdict_json(&args.snapshot, &snap, &dest, &v));
     } else {

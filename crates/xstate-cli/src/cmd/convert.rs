@@ -34,6 +34,9 @@ pub enum Target {
     Fxsave,
     /// A portable `.xsnap` snapshot (the CPU given by --cpuid/--host is the image's source).
     Snapshot,
+    /// A Cloud Hypervisor `state.json` (input must be one) whose xsave regions are laid out
+    /// for the destination (--to-cpuid, --cpuid or --host); every other byte as it was.
+    StateJson,
 }
 
 /// Arguments of `xstate convert`.
@@ -62,6 +65,9 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    if args.to == Target::StateJson {
+        return repair_state_json(&args);
+    }
     if super::xsnap::is_snapshot_file(&args.file) {
         return convert_snapshot(&args);
     }
@@ -101,6 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             let fx = convert::to_fxsave(&ld.image)?;
             (fx.to_vec(), String::from("FXSAVE, 512 bytes"))
         }
+        Target::StateJson => anyhow::bail!("--to state-json takes a Cloud Hypervisor state.json"),
         Target::Standard | Target::Compacted | Target::Snapshot => {
             let form = if args.to == Target::Standard {
                 Form::Standard
@@ -164,7 +171,37 @@ fn convert_snapshot(args: &Args) -> anyhow::Result<i32> {
             "{}: a snapshot converts to --to standard or --to compacted (then to fxsave)",
             args.file.display()
         ),
+        Target::StateJson => anyhow::bail!("--to state-json takes a Cloud Hypervisor state.json"),
     };
     println!("wrote {}: {what}", args.output.display());
+    Ok(0)
+}
+
+/// `convert state.json --to state-json -o OUT (--to-cpuid DEST | --cpuid DEST | --host)`: every
+/// vCPU's xsave region rebuilt with the destination's standard offsets, every other byte of
+/// the file as it was (checked by reading the result back).
+fn repair_state_json(args: &Args) -> anyhow::Result<i32> {
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    if xstate::vmm::detect(&bytes) != xstate::vmm::FileKind::CloudHypervisor {
+        anyhow::bail!(
+            "{}: --to state-json needs a Cloud Hypervisor state.json as input",
+            args.file.display()
+        );
+    }
+    let dest = match &args.to_cpuid {
+        Some(p) => load_dump(p)?,
+        None => args.cpu.load()?,
+    };
+    let layout = layout_of(&dest)?;
+    let out = xstate::vmm::cloud_hypervisor::repair(&bytes, &layout)
+        .with_context(|| format!("{}", args.file.display()))?;
+    super::xsnap::write_new(&args.output, &args.file, &out)?;
+    println!(
+        "wrote {}: {} bytes, xsave regions laid out for {}",
+        args.output.display(),
+        out.len(),
+        dest.source
+    );
     Ok(0)
 }

@@ -226,3 +226,61 @@ pub fn validate_file(path: &Path, json_out: bool) -> anyhow::Result<i32> {
     }
     Ok(if valid { 0 } else { 1 })
 }
+
+/// True when the file is a Cloud Hypervisor `state.json` (judged from its first 64 KiB).
+pub fn is_cloud_hypervisor_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .map(|_| xstate::vmm::detect(&head) == xstate::vmm::FileKind::CloudHypervisor)
+        .unwrap_or(false)
+}
+
+/// Cloud Hypervisor restores the raw KVM region, laid out with the source host's offsets:
+/// every present component whose standard offset differs on the destination is misplaced
+/// there (KVM_SET_XSAVE accepts it with rc 0, DESIGN.md §10). One reason per component.
+pub fn add_blob_reasons(
+    s: &Snapshot,
+    dest: &xstate::compat::Destination,
+    v: &mut xstate::compat::Verdict,
+) {
+    for m in xstate::vmm::cloud_hypervisor::blob_moves(s, &dest.layout) {
+        v.reasons.push(xstate::compat::Reason {
+            rule: String::from("layout.raw_region_misplaced"),
+            component: Some(Component::name_of(m.id)),
+            message: format!(
+                "Cloud Hypervisor restores the saved KVM region as it is: component {} ({}) was saved at standard offset {} but the destination reads it at {}; KVM_SET_XSAVE would accept the region (rc 0) and misplace the registers. `xstate convert FILE --to state-json` writes a state.json whose region is laid out for the destination",
+                m.id,
+                Component::name_of(m.id),
+                m.from,
+                m.to
+            ),
+        });
+    }
+    v.compatible = v.reasons.is_empty();
+}
+
+/// Writes `bytes` to `out` atomically (a temporary file in the same directory, then rename),
+/// refusing to write over `input`.
+pub fn write_new(out: &Path, input: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(out), std::fs::canonicalize(input)) {
+        if a == b {
+            bail!(
+                "{}: the output would overwrite the input; choose another -o",
+                out.display()
+            );
+        }
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| String::from("out"));
+    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let r = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, out));
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", out.display()));
+    }
+    Ok(())
+}

@@ -427,10 +427,46 @@ fn replace_region(state: &str, img: &[u8], id: &str) -> Result<String, StateErro
     Ok(out)
 }
 
+/// In the vCPU's saved CPUID, the standard offset (EBX) of leaf 0xD subleaf `id`: `from` →
+/// `to`, so that the CPUID the file carries describes the region it now holds.
+fn replace_cpuid_offset(
+    state: &str,
+    id: u8,
+    from: u32,
+    to: u32,
+    vcpu: &str,
+) -> Result<String, StateError> {
+    let loc = format!("snapshots.cpu-manager.snapshots.{vcpu}.snapshot_data.state.cpuid");
+    let head = format!("{{\"function\":13,\"index\":{id},");
+    let hits: Vec<usize> = state.match_indices(head.as_str()).map(|(i, _)| i).collect();
+    if hits.len() != 1 {
+        return Err(serr(
+            &loc,
+            format!("leaf 0xD subleaf {id} occurs {} times as `{head}` (expected once): cannot rewrite its offset in place", hits.len()),
+        ));
+    }
+    let obj_end = state[hits[0]..]
+        .find('}')
+        .map(|e| hits[0] + e)
+        .ok_or_else(|| serr(&loc, "unterminated CPUID entry"))?;
+    let old = format!("\"ebx\":{from},");
+    let at = state[hits[0]..obj_end]
+        .find(old.as_str())
+        .map(|e| hits[0] + e)
+        .ok_or_else(|| serr(&loc, format!("leaf 0xD subleaf {id} has no `{old}`")))?;
+    let mut out = String::with_capacity(state.len() + 4);
+    out.push_str(&state[..at]);
+    out.push_str(&format!("\"ebx\":{to},"));
+    out.push_str(&state[at + old.len()..]);
+    Ok(out)
+}
+
 /// Rewrites a `state.json` with every vCPU's xsave region rebuilt for `dest` (standard form
-/// of the vCPU's XCR0), every other byte of the file as it was. The result is checked: it
-/// parses, every vCPU's state equals the original apart from `xsave`, and each vCPU reads
-/// back on the destination's layout to the same registers.
+/// of the vCPU's XCR0). The vCPU's saved CPUID keeps describing the region: the standard
+/// offsets (leaf 0xD EBX) of the components that moved are set to the destination's. Every
+/// other byte of the file stays as it was. The result is checked: it parses, every vCPU's
+/// state equals the original apart from `xsave` and those CPUID offsets, and each vCPU reads
+/// back (with its rewritten CPUID) to the same registers.
 pub fn repair(bytes: &[u8], dest: &Layout) -> Result<Vec<u8>, StateError> {
     let parsed = StateJson::parse(bytes)?;
     let text = core::str::from_utf8(bytes).map_err(|_| serr("file", "is not UTF-8"))?;
@@ -442,7 +478,10 @@ pub fn repair(bytes: &[u8], dest: &Layout) -> Result<Vec<u8>, StateError> {
         let img = snap
             .to_image(dest, Form::Standard, snap.xcr0)
             .map_err(|e| serr(&format!("vCPU {}", v.id), e.to_string()))?;
-        let new_state = replace_region(&v.state_text, &img, &v.id)?;
+        let mut new_state = replace_region(&v.state_text, &img, &v.id)?;
+        for m in blob_moves(&snap, dest) {
+            new_state = replace_cpuid_offset(&new_state, m.id, m.from, m.to, &v.id)?;
+        }
         // The state string as the file spells it: serde_json's escaping of the original.
         let old_lit = serde_json::to_string(&v.state_text)
             .map_err(|e| serr(&format!("vCPU {}", v.id), e.to_string()))?;
@@ -469,7 +508,13 @@ pub fn repair(bytes: &[u8], dest: &Layout) -> Result<Vec<u8>, StateError> {
             } else {
                 &mut v
             };
-            st.as_object_mut()?.remove("xsave");
+            let o = st.as_object_mut()?;
+            o.remove("xsave");
+            for e in o.get_mut("cpuid")?.as_array_mut()? {
+                if e.get("function")?.as_u64()? == 13 && e.get("index")?.as_u64()? >= 2 {
+                    e.as_object_mut()?.remove("ebx");
+                }
+            }
             Some(v)
         };
         if strip(&a.state_text) != strip(&b.state_text) || strip(&a.state_text).is_none() {
@@ -481,8 +526,15 @@ pub fn repair(bytes: &[u8], dest: &Layout) -> Result<Vec<u8>, StateError> {
         let sa = a
             .to_snapshot()
             .map_err(|e| serr(&format!("vCPU {}", a.id), e.to_string()))?;
-        let sb = Snapshot::from_image(&b.image, &dest_dump(dest), &b.control_regs())
+        let sb = b
+            .to_snapshot()
             .map_err(|e| serr(&format!("vCPU {} (rewritten)", b.id), e.to_string()))?;
+        if !blob_moves(&sb, dest).is_empty() {
+            return Err(serr(
+                &format!("vCPU {}", a.id),
+                "rewritten CPUID still places a component elsewhere than the destination (internal check)",
+            ));
+        }
         if sa.components != sb.components || sa.legacy != sb.legacy {
             return Err(serr(
                 &format!("vCPU {}", a.id),
@@ -491,36 +543,4 @@ pub fn repair(bytes: &[u8], dest: &Layout) -> Result<Vec<u8>, StateError> {
         }
     }
     Ok(out.into_bytes())
-}
-
-/// A CPUID table with the destination layout's leaf 0xD (enough for `Snapshot::from_image`).
-fn dest_dump(l: &Layout) -> CpuidDump {
-    let mut d = CpuidDump::new("destination");
-    let xs = l.xcr0_supported();
-    d.insert(
-        0xd,
-        0,
-        Regs {
-            eax: xs as u32,
-            ebx: l.max_standard_size(),
-            ecx: l.max_standard_size(),
-            edx: (xs >> 32) as u32,
-        },
-    );
-    for id in bits(xs & !mask::LEGACY & !mask::COMPACTED) {
-        let g = l.geometry(id);
-        if let Some(off) = g.standard_offset {
-            d.insert(
-                0xd,
-                u32::from(id),
-                Regs {
-                    eax: g.size,
-                    ebx: off,
-                    ecx: 0,
-                    edx: 0,
-                },
-            );
-        }
-    }
-    d
 }
