@@ -55,8 +55,9 @@ fn serr(location: &str, rule: impl Into<String>) -> StateError {
     }
 }
 
-/// Cheap content test: a JSON object whose first 64 KiB mention `snapshots`, `cpu-manager`
-/// and `xsave` (the vCPU state strings carry `\"xsave\"`).
+/// Cheap content test: a JSON object whose first 64 KiB have the keys `snapshots` and
+/// `snapshot_data` (every Cloud Hypervisor snapshot node has both). A truncated or damaged
+/// file is still recognised, so that reading it fails with the reason rather than as an image.
 pub fn looks_like_state_json(bytes: &[u8]) -> bool {
     let head = &bytes[..bytes.len().min(64 * 1024)];
     let first = head.iter().find(|b| !b.is_ascii_whitespace());
@@ -64,7 +65,7 @@ pub fn looks_like_state_json(bytes: &[u8]) -> bool {
         return false;
     }
     let has = |p: &[u8]| head.windows(p.len()).any(|w| w == p);
-    has(b"\"snapshots\"") && has(b"cpu-manager") && has(b"xsave")
+    has(b"\"snapshots\"") && has(b"\"snapshot_data\"")
 }
 
 /// One vCPU of the file.
