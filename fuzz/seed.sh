@@ -52,3 +52,11 @@ for sel, (xcr0, std, cmp) in enumerate(cpus):
             open(os.path.join(corpus, "convert", f"{name}-to{dst}"), "wb").write(bytes([sel, dst]) + struct.pack("<Q", 0xFF) + img)
 PY
 echo "seeded image targets"
+
+# Snapshots of other VMMs: the Cloud Hypervisor fixtures; a QEMU stream when one is given
+# (QEMU_STREAM=FILE, e.g. one the qemu_stream CLI test wrote), with the mode byte 0 (raw).
+mkdir -p "$here/corpus/cloud_hypervisor" "$here/corpus/qemu_stream"
+cp "$here"/../crates/xstate/tests/fixtures/vmm/cloud-hypervisor/*.json "$here/corpus/cloud_hypervisor/"
+if [ -n "${QEMU_STREAM:-}" ]; then
+    { printf '\000'; cat "$QEMU_STREAM"; } > "$here/corpus/qemu_stream/real"
+fi

@@ -131,7 +131,7 @@ fn damaged_state_files_give_clear_errors() {
         assert_eq!(rc, 2, "{err}");
     }
     // A region of 1023 words.
-    let bad = orig.replacen("\\\"region\\\":[", "\\\"region\\\":[", 1);
+    let bad = orig.clone();
     let i = bad.find("\\\"region\\\":[").unwrap() + 12;
     let j = i + bad[i..].find(',').unwrap() + 1;
     std::fs::write(&p, format!("{}{}", &bad[..i], &bad[j..])).unwrap();
