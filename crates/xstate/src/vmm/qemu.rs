@@ -823,32 +823,45 @@ fn cpu(b: &[u8], w: &Walked, instance: u32, version: u32) -> Result<QemuVcpu, St
             b[data.offset..data.offset + 8192].to_vec(),
         ));
     }
-    // CET (SDM Vol. 1 §18): the MSRs by their architectural index, whatever the subsection's
-    // name; a CET subsection field this reader cannot map is an error, never dropped.
+    // CET (SDM Vol. 1 §18): the MSRs by their architectural index, whatever the subsection
+    // (`cpu/cet`, `cpu/cet_shstk`, `cpu/pl0_ssp`, … depending on the QEMU version). A field
+    // this reader cannot map is an error when it holds state, never silently dropped; the
+    // shadow-stack pointer register itself (`env.guest_ssp`) has no MSR and no place in a
+    // snapshot record, so it too must be zero.
     for (name, s) in w
         .subsections
         .iter()
-        .filter(|(n, _)| n.starts_with("cpu/cet"))
+        .filter(|(n, _)| n.starts_with("cpu/cet") || n.contains("ssp"))
     {
         for f in &s.fields {
             let idx = match f.name.as_str() {
-                "env.u_cet" => 0x6a0,
-                "env.s_cet" => 0x6a2,
-                "env.pl0_ssp" => 0x6a4,
-                "env.pl1_ssp" => 0x6a5,
-                "env.pl2_ssp" => 0x6a6,
-                "env.pl3_ssp" => 0x6a7,
-                "env.int_ssp_table" | "env.int_ssp_table_addr" => 0x6a8,
-                other => {
+                "env.u_cet" => Some(0x6a0),
+                "env.s_cet" => Some(0x6a2),
+                "env.pl0_ssp" => Some(0x6a4),
+                "env.pl1_ssp" => Some(0x6a5),
+                "env.pl2_ssp" => Some(0x6a6),
+                "env.pl3_ssp" => Some(0x6a7),
+                "env.int_ssp_table" | "env.ssp_table_addr" => Some(0x6a8),
+                _ => None,
+            };
+            let bytes = &b[f.offset..f.offset + f.size * f.count];
+            match idx {
+                Some(i) => {
+                    let val = scalar(b, s, &f.name, 8)?.unwrap_or(0);
+                    v.msrs.insert(i, val);
+                }
+                None if bytes.iter().all(|&x| x == 0) => {}
+                None => {
                     return Err(err(
                         f.offset,
                         name,
-                        format!("field `{other}` is not a CET MSR this reader knows"),
+                        format!(
+                            "field `{}` holds state that is not a CET MSR this reader knows",
+                            f.name
+                        ),
                     ))
                 }
-            };
-            let val = scalar(b, s, &f.name, 8)?.unwrap_or(0);
-            v.msrs.insert(idx, val);
+            }
         }
     }
     Ok(v)
@@ -875,7 +888,9 @@ impl QemuVcpu {
     /// so no source offset matters; a component the catalog does not know cannot be carried
     /// and is refused.
     pub fn to_snapshot(&self, producer: &str) -> Result<Snapshot, StreamError> {
-        let enabled = self.xcr0 | mask::LEGACY;
+        // XCR0[0] is always 1 (SDM Vol. 1 §13.3); QEMU stores 0 for CPU models without XSAVE.
+        let xcr0 = self.xcr0 | mask::X87;
+        let enabled = xcr0;
         let mut comps: BTreeMap<u8, Vec<u8>> = BTreeMap::new();
         let mut x87 = Vec::with_capacity(80);
         for i in 0..8 {
@@ -894,7 +909,17 @@ impl QemuVcpu {
             zmmh.extend_from_slice(&lo[32..64]);
             hi16.extend_from_slice(&hi);
         }
-        comps.insert(1, sse);
+        if xcr0 & mask::SSE != 0 {
+            comps.insert(1, sse);
+        } else if self.mxcsr != crate::snapshot::MXCSR_INIT || sse.iter().any(|&b| b != 0) {
+            // A guest that never enabled XSAVE (XCR0 = 1, e.g. still in the firmware) may use
+            // SSE through FXSAVE; a snapshot record with that XCR0 cannot carry SSE state.
+            return Err(err(
+                0,
+                "env.xcr0",
+                format!("XCR0 is {:#x} (SSE not enabled) but MXCSR/XMM hold state: the guest has not enabled XSAVE yet, and a snapshot record cannot carry SSE state under that XCR0", self.xcr0),
+            ));
+        }
         let mut opmask = Vec::with_capacity(64);
         for k in self.opmask {
             opmask.extend_from_slice(&k.to_le_bytes());
@@ -924,6 +949,17 @@ impl QemuVcpu {
         }
         for (id, data) in cand {
             let bit = 1u64 << id;
+            if enabled & bit == 0 && data.iter().any(|&x| x != 0) {
+                return Err(err(
+                    0,
+                    "env.xcr0",
+                    format!(
+                        "component {id} ({}) holds state but XCR0 {:#x} does not enable it",
+                        Component::name_of(id),
+                        self.xcr0
+                    ),
+                ));
+            }
             if enabled & bit != 0 && (self.xstate_bv & bit != 0 || data.iter().any(|&x| x != 0)) {
                 comps.insert(id, data);
             }
@@ -970,7 +1006,7 @@ impl QemuVcpu {
             family: 0,
             model: 0,
             stepping: 0,
-            xcr0_supported: enabled,
+            xcr0_supported: enabled | mask::SSE,
             xss_supported: self.xss,
             xsave_features: 0,
             max_standard_size: off,
@@ -980,7 +1016,7 @@ impl QemuVcpu {
         Ok(Snapshot {
             producer: String::from(producer),
             source,
-            xcr0: self.xcr0,
+            xcr0,
             xss: self.xss,
             xfd: self.xfd.0,
             xfd_err: self.xfd.1,
@@ -1024,9 +1060,26 @@ impl QemuStream {
 mod tests {
     use super::*;
 
-    /// A minimal stream built from the format facts: header, configuration, one full `cpu`
-    /// section described by its vmdesc, end, vmdesc.
-    fn tiny() -> Vec<u8> {
+    /// One subsection: its name, its bytes and its vmdesc field list.
+    type Sub<'a> = (&'a str, Vec<u8>, String);
+
+    fn field(n: &str, ty: &str, size: u32, len: u32) -> String {
+        if len > 1 {
+            format!(r#"{{"name":"{n}","array_len":{len},"type":"{ty}","size":{size}}}"#)
+        } else {
+            format!(r#"{{"name":"{n}","type":"{ty}","size":{size}}}"#)
+        }
+    }
+
+    fn structs(n: &str, vmsd: &str, size: u32) -> String {
+        format!(
+            r#"{{"name":"{n}","array_len":16,"type":"struct","struct":{{"vmsd_name":"{vmsd}","fields":[]}},"size":{size}}}"#
+        )
+    }
+
+    /// A stream built from the format facts: header, configuration, one full `cpu` section
+    /// (x87, MXCSR, XMM, XCR0, XSTATE_BV, then `subs`) described by its vmdesc, end, vmdesc.
+    fn stream(xcr0: u64, subs: &[Sub<'_>]) -> Vec<u8> {
         let mut s = Vec::new();
         s.extend_from_slice(b"QEVM");
         s.extend_from_slice(&3u32.to_be_bytes());
@@ -1052,22 +1105,107 @@ mod tests {
             s.extend_from_slice(&i.to_be_bytes());
             s.extend_from_slice(&(i << 56).to_be_bytes());
         }
-        s.extend_from_slice(&3u64.to_be_bytes()); // xcr0
+        s.extend_from_slice(&xcr0.to_be_bytes());
         s.extend_from_slice(&0u64.to_be_bytes()); // xstate_bv
+        let mut sub_desc = Vec::new();
+        for (name, bytes, fields) in subs {
+            s.push(SUBSECTION);
+            s.push(name.len() as u8);
+            s.extend_from_slice(name.as_bytes());
+            s.extend_from_slice(&1u32.to_be_bytes());
+            s.extend_from_slice(bytes);
+            sub_desc.push(format!(r#"{{"vmsd_name":"{name}","fields":[{fields}]}}"#));
+        }
         s.push(SECTION_FOOTER);
         s.extend_from_slice(&1u32.to_be_bytes());
         s.push(SECTION_EOF);
-        let desc = br#"{"page_size":4096,"devices":[{"name":"cpu","instance_id":0,"vmsd_name":"cpu","version":12,"fields":[
-{"name":"env.fpuc","type":"uint16","size":2},{"name":"env.fpus_vmstate","type":"uint16","size":2},
-{"name":"env.fptag_vmstate","type":"uint16","size":2},{"name":"env.fpregs_format_vmstate","type":"uint16","size":2},
-{"name":"env.fpregs","array_len":8,"type":"struct","struct":{"vmsd_name":"fpreg","fields":[]},"size":10},
-{"name":"env.mxcsr","type":"uint32","size":4},
-{"name":"env.xmm_regs[0]","array_len":16,"type":"struct","struct":{"vmsd_name":"xmm_reg","fields":[]},"size":16},
-{"name":"env.xcr0","type":"uint64","size":8},{"name":"env.xstate_bv","type":"uint64","size":8}]}]}"#;
+        let fields = [
+            field("env.fpuc", "uint16", 2, 1),
+            field("env.fpus_vmstate", "uint16", 2, 1),
+            field("env.fptag_vmstate", "uint16", 2, 1),
+            field("env.fpregs_format_vmstate", "uint16", 2, 1),
+            r#"{"name":"env.fpregs","array_len":8,"type":"struct","struct":{"vmsd_name":"fpreg","fields":[]},"size":10}"#.to_string(),
+            field("env.mxcsr", "uint32", 4, 1),
+            structs("env.xmm_regs[0]", "xmm_reg", 16),
+            field("env.xcr0", "uint64", 8, 1),
+            field("env.xstate_bv", "uint64", 8, 1),
+        ]
+        .join(",");
+        let desc = format!(
+            r#"{{"page_size":4096,"devices":[{{"name":"cpu","instance_id":0,"vmsd_name":"cpu","version":12,"fields":[{fields}],"subsections":[{}]}}]}}"#,
+            sub_desc.join(",")
+        );
         s.push(VMDESCRIPTION);
         s.extend_from_slice(&(desc.len() as u32).to_be_bytes());
-        s.extend_from_slice(desc);
+        s.extend_from_slice(desc.as_bytes());
         s
+    }
+
+    fn tiny() -> Vec<u8> {
+        stream(3, &[])
+    }
+
+    /// The AVX-512, PKRU, XSS, XFD, AMX and CET subsections of newer QEMU (field names and
+    /// sizes from target/i386/machine.c); `guest_ssp` is the CET field this reader cannot map.
+    fn newer_subsections(guest_ssp: u64) -> Vec<Sub<'static>> {
+        let be = |v: &[u64]| v.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
+        let opmask: Vec<u64> = (0..8).map(|k| 0x100 + k).collect();
+        let mut avx512 = be(&opmask);
+        for i in 0..16u64 {
+            avx512.extend(be(&(0..4).map(|q| i << 8 | q | 0x40).collect::<Vec<_>>()));
+        }
+        for i in 0..16u64 {
+            avx512.extend(be(&(0..8).map(|q| i << 8 | q | 0x80).collect::<Vec<_>>()));
+        }
+        let mut amx: Vec<u8> = (0..64u32).map(|i| i as u8 | 1).collect();
+        amx.extend((0..8192u32).map(|i| (i % 251) as u8));
+        vec![
+            (
+                "cpu/avx512",
+                avx512,
+                [
+                    field("env.opmask_regs", "uint64", 8, 8),
+                    structs("env.xmm_regs", "zmmh_reg", 32),
+                    structs("env.xmm_regs", "hi16_zmm_reg", 64),
+                ]
+                .join(","),
+            ),
+            ("cpu/xss", be(&[0]), field("env.xss", "uint64", 8, 1)),
+            (
+                "cpu/pkru",
+                0x5555_5554u32.to_be_bytes().to_vec(),
+                field("env.pkru", "uint32", 4, 1),
+            ),
+            (
+                "cpu/msr_xfd",
+                // XFD_ERR after the #NM of a first TILEDATA use, XFD cleared by the handler.
+                be(&[0, 1 << 18]),
+                [
+                    field("env.msr_xfd", "uint64", 8, 1),
+                    field("env.msr_xfd_err", "uint64", 8, 1),
+                ]
+                .join(","),
+            ),
+            (
+                "cpu/intel_amx_xtile",
+                amx,
+                [
+                    field("env.xtilecfg", "uint8", 1, 64),
+                    field("env.xtiledata", "uint8", 1, 8192),
+                ]
+                .join(","),
+            ),
+            (
+                "cpu/cet",
+                be(&[1, 0, guest_ssp]),
+                [
+                    field("env.u_cet", "uint64", 8, 1),
+                    field("env.s_cet", "uint64", 8, 1),
+                    field("env.guest_ssp", "uint64", 8, 1),
+                ]
+                .join(","),
+            ),
+        ]
     }
 
     #[test]
@@ -1091,15 +1229,58 @@ mod tests {
     }
 
     #[test]
+    fn reads_avx512_pkru_xfd_amx_and_cet_subsections() {
+        let st = parse(&stream(0x602e7, &newer_subsections(0))).unwrap();
+        let v = &st.vcpus[0];
+        assert_eq!(v.opmask[3], 0x103);
+        assert_eq!(v.pkru, 0x5555_5554);
+        assert_eq!(v.xfd, (0, 1 << 18));
+        assert_eq!(v.msrs.get(&0x6a0), Some(&1));
+        let s = &st.snapshots().unwrap()[0];
+        assert_eq!(s.xcr0, 0x602e7);
+        // AVX is enabled but its YMM upper halves are zero (init): not present.
+        assert_eq!(s.xstate_bv(), 0x602e3);
+        // ZMM2 bits 256..320 (ZMM_Hi256 of register 2, first qword) = 0x240.
+        assert_eq!(s.component(6).unwrap()[64..72], 0x240u64.to_le_bytes());
+        // ZMM21 (Hi16_ZMM register 5), qword 7.
+        assert_eq!(
+            s.component(7).unwrap()[5 * 64 + 56..5 * 64 + 64],
+            0x587u64.to_le_bytes()
+        );
+        assert_eq!(s.component(5).unwrap()[..8], 0x100u64.to_le_bytes());
+        assert_eq!(
+            s.component(9).unwrap(),
+            &[0x54, 0x55, 0x55, 0x55, 0, 0, 0, 0]
+        );
+        assert_eq!(s.component(17).unwrap()[1], 1);
+        assert_eq!(s.component(18).unwrap()[260], (260 % 251) as u8);
+        assert_eq!(s.xfd_err, 1 << 18);
+        assert!(
+            crate::snapshot::validate(s).is_empty(),
+            "{:?}",
+            crate::snapshot::validate(s)
+        );
+        // A CET field holding state this reader cannot map is refused, not dropped.
+        let e = parse(&stream(0x602e7, &newer_subsections(0x7000))).unwrap_err();
+        assert!(e.to_string().contains("env.guest_ssp"), "{e}");
+        // State in a component XCR0 does not enable is refused.
+        let st = parse(&stream(0x7, &newer_subsections(0))).unwrap();
+        let e = st.snapshots().unwrap_err();
+        assert!(e.to_string().contains("opmask"), "{e}");
+    }
+
+    #[test]
     fn every_truncation_is_an_error_not_a_panic() {
-        let t = tiny();
-        for n in 0..t.len() {
+        let t = stream(0x602e7, &newer_subsections(0));
+        for n in (0..t.len()).step_by(7) {
             assert!(parse(&t[..n]).is_err(), "prefix of {n} bytes accepted");
         }
-        for i in 8..t.len() {
+        for i in (8..t.len()).step_by(13) {
             let mut m = t.clone();
             m[i] ^= 0x55;
-            let _ = parse(&m);
+            if let Ok(st) = parse(&m) {
+                let _ = st.snapshots();
+            }
         }
     }
 }
