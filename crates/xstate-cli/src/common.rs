@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use xstate::cpuid::CpuidDump;
+use xstate::filekind::FileKind;
 use xstate::layout::Layout;
 
 /// Where CPUID data comes from: this host (default) or a dump file.
@@ -20,11 +21,19 @@ pub struct CpuSource {
 }
 
 impl CpuSource {
-    /// Loads the dump this source names.
+    /// Loads the dump this source names, refusing inconsistent data.
     pub fn load(&self) -> anyhow::Result<CpuidDump> {
         match &self.cpuid {
             Some(p) => load_dump(p),
             None => host_dump(),
+        }
+    }
+
+    /// Loads the dump this source names as it is, consistent or not.
+    pub fn load_unjudged(&self) -> anyhow::Result<CpuidDump> {
+        match &self.cpuid {
+            Some(p) => load_dump_unjudged(p),
+            None => host_dump_unjudged(),
         }
     }
 
@@ -35,16 +44,38 @@ impl CpuSource {
     }
 }
 
-/// Reads and parses a CPUID dump file.
+/// Reads and parses a CPUID dump file, refusing data that breaks a consistency rule
+/// ([`crate::trust::judge`]).
 pub fn load_dump(path: &Path) -> anyhow::Result<CpuidDump> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read CPUID dump {}", path.display()))?;
-    let name = path.display().to_string();
-    Ok(CpuidDump::parse(&text, &name)?)
+    let d = load_dump_unjudged(path)?;
+    crate::trust::judge(&d)?;
+    Ok(d)
 }
 
-/// This machine's CPUID.
+/// Reads and parses a CPUID dump file as it is, consistent or not (for `layout` and `host`,
+/// whose job is to report the data).
+pub fn load_dump_unjudged(path: &Path) -> anyhow::Result<CpuidDump> {
+    let input = crate::input::read(path, "CPUID dump")?;
+    crate::input::expect(
+        path,
+        &input,
+        |k| matches!(k, FileKind::CpuidDump { .. } | FileKind::Text),
+        "a CPUID dump (Linux `cpuid -r`, AIDA64, hwloc-gather-cpuid or `xstate host --dump-cpuid` JSON)",
+    )?;
+    let name = path.display().to_string();
+    Ok(CpuidDump::parse_bytes(&input.bytes, &name)?)
+}
+
+/// This machine's CPUID, refused like a dump file when inconsistent (a hypervisor can give a
+/// guest such data).
 pub fn host_dump() -> anyhow::Result<CpuidDump> {
+    let d = host_dump_unjudged()?;
+    crate::trust::judge(&d)?;
+    Ok(d)
+}
+
+/// This machine's CPUID as it is.
+pub fn host_dump_unjudged() -> anyhow::Result<CpuidDump> {
     #[cfg(target_arch = "x86_64")]
     {
         Ok(CpuidDump::from_host())
@@ -91,8 +122,10 @@ pub fn layout_of(dump: &CpuidDump) -> anyhow::Result<Layout> {
 
 /// Prints JSON to stdout.
 pub fn print_json(v: &serde_json::Value) {
+    let mut v = v.clone();
+    crate::trust::annotate_json(&mut v);
     println!(
         "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     );
 }

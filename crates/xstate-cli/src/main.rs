@@ -1,18 +1,27 @@
 //! `xstate`: inspect, validate, convert and migrate x86 extended processor state.
 //!
 //! Exit status: 0 success (valid, compatible, equal), 1 a negative verdict (invalid,
-//! incompatible, different), 2 usage or I/O error, 3 a modelled instruction faulted.
+//! incompatible, different, inconsistent CPUID data), 2 usage or I/O error, 3 a modelled
+//! instruction faulted.
 
 use clap::{Parser, Subcommand};
 
 mod cmd;
 mod common;
+mod input;
 mod svg;
+mod trust;
 
 /// x86 extended processor state (XSAVE) for hypervisors, VMMs and their operators.
 #[derive(Parser)]
 #[command(name = "xstate", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// Use CPUID data that breaks a consistency rule (overlapping components, a size of 0, a
+    /// size disagreeing with CPUID.(0xD,0).ECX, …) instead of refusing it (exit 1): for
+    /// forensics only; every line of output then carries the warning (JSON: the
+    /// `trusted_inconsistent` and `warnings` fields). `check` still never says compatible.
+    #[arg(long, global = true)]
+    trust_cpuid: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +66,8 @@ fn default_sigpipe() {
 fn main() {
     default_sigpipe();
     let cli = Cli::parse();
+    // `--json` is the one spelling of machine-readable output in every subcommand.
+    trust::configure(cli.trust_cpuid, std::env::args_os().any(|a| a == "--json"));
     let result = match cli.command {
         Command::Host(a) => cmd::host::run(a),
         Command::Layout(a) => cmd::layout::run(a),
@@ -69,11 +80,15 @@ fn main() {
         Command::Kvm(a) => cmd::kvm::run(a),
         Command::Check(a) => cmd::check::run(a),
     };
+    let result = result.and_then(|code| trust::finish().map(|()| code));
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
+            let _ = trust::finish();
             eprintln!("xstate: error: {e:#}");
-            std::process::exit(2);
+            // Inputs judged unusable (inconsistent CPUID data) are a negative verdict.
+            let refused = e.chain().any(|c| c.is::<trust::Refused>());
+            std::process::exit(if refused { 1 } else { 2 });
         }
     }
 }

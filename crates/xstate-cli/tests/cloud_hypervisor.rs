@@ -41,7 +41,7 @@ fn three_layouts_read_back_the_same_registers() {
 fn a_layout_move_is_reported_as_misplacement_and_repaired() {
     // Intel layout (opmask 1088) against a Zen 4 destination (832).
     let zen4 = common::fixture("hwloc/AMD-19h-Zen4-2xEpyc-9654.txt");
-    let (rc, out, _) = xstate(&["check", &ch(FILES[1]), "--cpuid", &zen4, "--json"]);
+    let (rc, out, _) = xstate(&["check", &ch(FILES[1]), "--to-cpuid", &zen4, "--json"]);
     assert_eq!(rc, 1, "{out}");
     let v: Value = serde_json::from_str(&out).unwrap();
     let moved: Vec<&str> = v["reasons"]
@@ -54,7 +54,7 @@ fn a_layout_move_is_reported_as_misplacement_and_repaired() {
     assert_eq!(moved, ["opmask", "zmm_hi256", "hi16_zmm"], "{out}");
     // Skylake-SP and this project's Intel host share the Intel offsets: no move.
     let sky = common::fixture("hwloc/Intel-Skylake-2xXeon6140.txt");
-    let (rc, out, _) = xstate(&["check", &ch(FILES[0]), "--cpuid", &sky]);
+    let (rc, out, _) = xstate(&["check", &ch(FILES[0]), "--to-cpuid", &sky]);
     assert_eq!(rc, 0, "{out}");
 
     // Repair for Zen 4, then check and read back.
@@ -72,7 +72,7 @@ fn a_layout_move_is_reported_as_misplacement_and_repaired() {
         rep.to_str().unwrap(),
     ]);
     assert_eq!(rc, 0, "{out}{err}");
-    let (rc, out, _) = xstate(&["check", rep.to_str().unwrap(), "--cpuid", &zen4]);
+    let (rc, out, _) = xstate(&["check", rep.to_str().unwrap(), "--to-cpuid", &zen4]);
     assert_eq!(rc, 0, "{out}");
     let a = inspect(&ch(FILES[1]));
     let b = inspect(rep.to_str().unwrap());
@@ -164,7 +164,7 @@ fn firecracker_and_crosvm_files_are_named_not_misread() {
     let (rc, _, err) = xstate(&[
         "check",
         p.to_str().unwrap(),
-        "--cpuid",
+        "--to-cpuid",
         &common::fixture("hwloc/AMD-19h-Zen4-2xEpyc-9654.txt"),
     ]);
     assert_eq!(rc, 2);

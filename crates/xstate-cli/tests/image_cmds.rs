@@ -123,7 +123,14 @@ fn inspect_compacted_and_broken_inputs() {
 #[test]
 fn validate_exit_codes_and_every_violation() {
     let mut img = zen5_image();
-    let f = write("valid.bin", img.as_bytes());
+    // KVM_SET_XSAVE reads a whole `struct kvm_xsave` (4096 bytes): the image is padded as a
+    // VMM's buffer is.
+    let padded = |b: &[u8]| {
+        let mut v = b.to_vec();
+        v.resize(4096, 0);
+        v
+    };
+    let f = write("valid.bin", &padded(img.as_bytes()));
     for p in ["xrstor", "kvm"] {
         let (code, out, err) = xstate(&[
             "validate",
@@ -141,7 +148,7 @@ fn validate_exit_codes_and_every_violation() {
     img.as_mut_bytes()[520] = 1; // XCOMP_BV
     img.as_mut_bytes()[560] = 1; // reserved byte 48 of the header
     img.as_mut_bytes()[514] = 2; // XSTATE_BV bit 17 (AMX TILECFG)
-    let f = write("invalid.bin", img.as_bytes());
+    let f = write("invalid.bin", &padded(img.as_bytes()));
     let (code, out, _) = xstate(&[
         "validate",
         &f,

@@ -6,6 +6,9 @@
 //! (`xstate-kvm` fills these in; the check itself needs no OS).
 //!
 //! The rules (each reason carries its id, `docs/xsnap.md` §6):
+//! - `cpuid.*`: the destination's CPUID leaf 0xD breaks a consistency rule
+//!   ([`Layout::verify`]): overlapping components, a size of 0, a size disagreeing with
+//!   CPUID.(0xD,0).ECX, … — no verdict rests on such data;
 //! - `snapshot.*`: the snapshot itself violates the `snapshot` profile;
 //! - `component.unsupported` / `component.not_offered`: a component XCR0 or IA32_XSS enables in
 //!   the snapshot is not supported by the destination CPU, or not in the guest masks it offers;
@@ -127,6 +130,18 @@ pub fn check(s: &Snapshot, dest: &Destination) -> Verdict {
     let mut reasons = Vec::new();
     let mut notes = Vec::new();
     let l = &dest.layout;
+
+    // No verdict rests on CPUID data that cannot be right: every broken consistency rule of
+    // the destination's leaf 0xD is a reason (`cpuid.<rule>`).
+    if let Err(e) = l.verify(&dest.name) {
+        for p in e.problems {
+            reasons.push(reason(
+                &format!("cpuid.{}", p.rule()),
+                None,
+                format!("the destination's CPUID data ({}): {p}", dest.name),
+            ));
+        }
+    }
 
     for viol in validate(s) {
         reasons.push(Reason {

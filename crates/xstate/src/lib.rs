@@ -37,6 +37,7 @@ pub mod convert;
 pub mod cpuid;
 pub mod diff;
 pub mod engine;
+pub mod filekind;
 pub mod guest_cpuid;
 #[cfg(target_arch = "x86_64")]
 pub mod hw;

@@ -1,7 +1,9 @@
-//! `xstate check SNAP (--kvm | --cpuid FILE [--xcr0 HEX] [--xss HEX] [--mxcsr-mask HEX])
-//! [--json]`: can a
-//! snapshot be restored on a destination? Exit 0 compatible, 1 incompatible (every reason
-//! printed), 2 usage or I/O error.
+//! `xstate check SNAP (--kvm | --to-cpuid FILE [--xcr0 HEX] [--xss HEX] [--mxcsr-mask HEX])
+//! [--json]`: can a snapshot be restored on a destination? Exit 0 compatible, 1 incompatible
+//! (every reason printed, inconsistent destination CPUID data included), 2 usage or I/O error.
+//!
+//! The destination is `--to-cpuid`, as in `convert`: in every command `--cpuid` names the CPU
+//! an image comes from, and a snapshot carries its own.
 
 use std::path::PathBuf;
 
@@ -13,7 +15,7 @@ use xstate::compat::{check, Destination, Verdict};
 use xstate::components::mask_names;
 use xstate::snapshot::Snapshot;
 
-use super::xsnap::load_snapshot;
+use super::xsnap::load_snapshot_kind;
 use crate::common::{hex, load_dump, parse_hex, print_json};
 
 /// Arguments of `xstate check`.
@@ -22,19 +24,19 @@ pub struct Args {
     /// The snapshot (`.xsnap`).
     pub snapshot: PathBuf,
     /// The destination is this host's KVM (supported guest XCR0, KVM_CAP_XSAVE2, MSR list).
-    #[arg(long, conflicts_with_all = ["cpuid", "xcr0", "xss"], required_unless_present = "cpuid")]
+    #[arg(long, conflicts_with_all = ["to_cpuid", "xcr0", "xss"], required_unless_present = "to_cpuid")]
     pub kvm: bool,
     /// The destination is the CPU this dump describes.
     #[arg(long, value_name = "FILE")]
-    pub cpuid: Option<PathBuf>,
+    pub to_cpuid: Option<PathBuf>,
     /// Guest XCR0 mask the destination offers (default: every user component it supports).
-    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "cpuid")]
+    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "to_cpuid")]
     pub xcr0: Option<u64>,
     /// Guest IA32_XSS mask the destination offers (default: every supervisor component).
-    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "cpuid")]
+    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "to_cpuid")]
     pub xss: Option<u64>,
     /// The destination CPU's MXCSR_MASK (FXSAVE byte 28); checked only when given.
-    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "cpuid")]
+    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "to_cpuid")]
     pub mxcsr_mask: Option<u64>,
     /// Machine-readable output.
     #[arg(long)]
@@ -75,12 +77,12 @@ mod kvm_dest {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let snap = load_snapshot(&args.snapshot)?;
+    let (snap, kind) = load_snapshot_kind(&args.snapshot)?;
     let dest = if args.kvm {
         kvm_destination()?
     } else {
-        let Some(p) = &args.cpuid else {
-            bail!("give --kvm or --cpuid FILE");
+        let Some(p) = &args.to_cpuid else {
+            bail!("give --kvm or --to-cpuid FILE");
         };
         let dump = load_dump(p)?;
         if !xstate::layout::Layout::from_dump(&dump).has_xsave() {
@@ -96,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         d
     };
     let mut v = check(&snap, &dest);
-    if super::xsnap::is_cloud_hypervisor_file(&args.snapshot) {
+    if kind == xstate::filekind::FileKind::CloudHypervisorState {
         super::xsnap::add_blob_reasons(&snap, &dest, &mut v);
     }
     if args.json {

@@ -4,9 +4,10 @@
 //! present component is an error naming it.
 //!
 //! Snapshots: `--to snapshot` takes a portable `.xsnap` of the image (the CPU named by
-//! `--cpuid`/`--host` is its source); a `.xsnap` input (detected by its magic) is rebuilt for
-//! the destination named by `--cpuid`/`--host` (or `--to-cpuid`), with the snapshot's XCR0
-//! unless `--xcr0` is given.
+//! `--cpuid`/`--host` is its source); a `.xsnap` input (detected by its content) carries its
+//! source CPU and is rebuilt for the destination named by `--to-cpuid` (default: this
+//! machine), with the snapshot's XCR0 unless `--xcr0` is given; `--cpuid` with a snapshot is
+//! refused, since it always names the CPU an input image comes from.
 //!
 //! Target components: the standard form holds XCR0's; the compacted form holds XCR0's, plus
 //! IA32_XSS's when `--xss` is given (supervisor components are for XRSTORS only). XCR0 is
@@ -65,10 +66,17 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    let input = crate::input::read(&args.file, "input")?;
+    crate::input::expect(
+        &args.file,
+        &input,
+        crate::input::image_or_snapshot,
+        crate::input::IMAGE_OR_SNAPSHOT,
+    )?;
     if args.to == Target::StateJson {
-        return repair_state_json(&args);
+        return repair_state_json(&args, &input);
     }
-    if super::xsnap::is_snapshot_file(&args.file) {
+    if crate::input::snapshot(&input.kind) {
         return convert_snapshot(&args);
     }
     let src_m = machine(&args.cpu, None, None, None)?;
@@ -138,10 +146,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `convert SNAP.xsnap --to standard|compacted -o IMG [--cpuid DEST | --host] [--xcr0 HEX]`:
-/// the image rebuilt with the destination's offsets (`--to-cpuid` also names the destination).
-/// XCR0 defaults to the snapshot's.
+/// `convert SNAP.xsnap --to standard|compacted -o IMG [--to-cpuid DEST] [--xcr0 HEX]`: the
+/// image rebuilt with the destination's offsets (default: this machine's). XCR0 defaults to
+/// the snapshot's.
 fn convert_snapshot(args: &Args) -> anyhow::Result<i32> {
+    if args.cpu.cpuid.is_some() {
+        anyhow::bail!(
+            "{}: a snapshot carries its source CPU, and --cpuid names the CPU an input image comes from; give the destination with --to-cpuid FILE (default: this machine)",
+            args.file.display()
+        );
+    }
     let snap = super::xsnap::load_snapshot(&args.file)?;
     let dest = match &args.to_cpuid {
         Some(p) => load_dump(p)?,
@@ -177,15 +191,20 @@ fn convert_snapshot(args: &Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `convert state.json --to state-json -o OUT (--to-cpuid DEST | --cpuid DEST | --host)`: every
+/// `convert state.json --to state-json -o OUT [--to-cpuid DEST]` (default: this machine): every
 /// vCPU's xsave region rebuilt with the destination's standard offsets, every other byte of
 /// the file as it was (checked by reading the result back).
-fn repair_state_json(args: &Args) -> anyhow::Result<i32> {
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    if xstate::vmm::detect(&bytes) != xstate::vmm::FileKind::CloudHypervisor {
+fn repair_state_json(args: &Args, input: &crate::input::Input) -> anyhow::Result<i32> {
+    if input.kind != xstate::filekind::FileKind::CloudHypervisorState {
         anyhow::bail!(
-            "{}: --to state-json needs a Cloud Hypervisor state.json as input",
+            "{} is {}; --to state-json needs a Cloud Hypervisor state.json",
+            args.file.display(),
+            input.kind
+        );
+    }
+    if args.cpu.cpuid.is_some() {
+        anyhow::bail!(
+            "{}: a state.json carries its source CPU; give the destination with --to-cpuid FILE (default: this machine)",
             args.file.display()
         );
     }
@@ -194,7 +213,7 @@ fn repair_state_json(args: &Args) -> anyhow::Result<i32> {
         None => args.cpu.load()?,
     };
     let layout = layout_of(&dest)?;
-    let out = xstate::vmm::cloud_hypervisor::repair(&bytes, &layout)
+    let out = xstate::vmm::cloud_hypervisor::repair(&input.bytes, &layout)
         .with_context(|| format!("{}", args.file.display()))?;
     super::xsnap::write_new(&args.output, &args.file, &out)?;
     println!(

@@ -8,7 +8,7 @@ use xstate::components::mask_names;
 use xstate::strategy::{choose, Caps, Policy};
 
 use crate::cmd::layout::Report;
-use crate::common::{hex, host_dump, print_json};
+use crate::common::{hex, host_dump_unjudged, print_json};
 
 /// Arguments of `xstate host`.
 #[derive(clap::Args)]
@@ -75,7 +75,7 @@ fn kvm_facts() -> KvmFacts {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let dump = host_dump()?;
+    let dump = host_dump_unjudged()?;
     if let Some(path) = &args.dump_cpuid {
         std::fs::write(path, dump.to_json())
             .with_context(|| format!("cannot write {}", path.display()))?;

@@ -62,10 +62,16 @@ fn legacy_geometry(form: Form) -> FormLayout {
 /// truncated file), the image is still read with its legacy area and header, and the reason is
 /// kept in `geometry_error`.
 pub(crate) fn load_image(path: &Path, layout: &Layout) -> anyhow::Result<Loaded> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    let input = crate::input::read(path, "image")?;
+    crate::input::expect(
+        path,
+        &input,
+        crate::input::image_or_snapshot,
+        crate::input::IMAGE_OR_SNAPSHOT,
+    )?;
+    let bytes = input.bytes;
     let file_size = bytes.len();
-    if xstate::vmm::detect(&bytes) != xstate::vmm::FileKind::Other {
+    if crate::input::snapshot(&input.kind) {
         let snap = super::xsnap::decode(path, &bytes)?;
         return Ok(Loaded {
             image: super::xsnap::source_image(path, &snap)?,
@@ -294,6 +300,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     };
     let bv = img.xstate_bv();
+    // A component whose XSTATE_BV bit gives it meaning but whose bytes cannot be read (the
+    // file is short, the layout cannot place it) makes the image unreadable: exit 1.
+    let unreadable: Vec<u8> = bits(bv & !mask::COMPACTED)
+        .filter(|&id| ld.geometry_error.is_some() && id >= 2 || reg_json(img, id).is_err())
+        .collect();
+    let status = i32::from(!unreadable.is_empty());
     if args.json {
         let mut comps = Map::new();
         for id in bits(bv) {
@@ -320,8 +332,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         if let Some(s) = &ld.snapshot {
             out["snapshot"] = super::xsnap::meta_json(s);
         }
+        if !unreadable.is_empty() {
+            out["unreadable"] = Value::Array(
+                unreadable
+                    .iter()
+                    .map(|&id| Value::String(Component::name_of(id)))
+                    .collect(),
+            );
+        }
         print_json(&out);
-        return Ok(0);
+        return Ok(status);
     }
     println!(
         "{}: {} bytes, {} form (CPUID: {})",
@@ -402,7 +422,19 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     }
     print_vectors(img);
-    Ok(0)
+    if !unreadable.is_empty() {
+        println!(
+            "UNREADABLE: {} present in XSTATE_BV but not readable from the {} bytes of {}",
+            unreadable
+                .iter()
+                .map(|&id| Component::name_of(id))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ld.file_size,
+            args.file.display()
+        );
+    }
+    Ok(status)
 }
 
 /// The full vector registers as software sees them, assembled from their pieces (XMM in the

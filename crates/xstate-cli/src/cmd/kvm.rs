@@ -249,8 +249,7 @@ mod imp {
 
         /// Reads a snapshot written by [`save`] and rebuilds the state for this KVM.
         pub fn load(kvm: &Kvm, path: &Path) -> anyhow::Result<VcpuXstate> {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let bytes = crate::input::read(path, "snapshot")?.bytes;
             let snap = Snapshot::decode(&bytes)
                 .with_context(|| format!("{}: not a readable snapshot", path.display()))?;
             let v = xstate::compat::check(&snap, &xstate_kvm::snapshot::destination(kvm));

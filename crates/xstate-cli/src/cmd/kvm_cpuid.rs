@@ -80,6 +80,7 @@ fn load_source(src: &CpuSource) -> anyhow::Result<(xstate::cpuid::CpuidDump, Str
     }
     if !src.host {
         if let Some(d) = kvm_supported()? {
+            crate::trust::judge(&d)?;
             return Ok((d, String::from("KVM_GET_SUPPORTED_CPUID")));
         }
     }

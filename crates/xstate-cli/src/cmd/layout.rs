@@ -63,13 +63,13 @@ impl Report {
             layout.check_xcr0(xcr0)?;
             layout.check_xss(xss)?;
         }
-        let inconsistencies = layout.consistency();
+        let inconsistencies = layout.consistency_with(dump.xcr0, None);
         let consistent = inconsistencies.is_empty();
         let mut warnings: Vec<String> = dump.notes.clone();
         warnings.extend(
             inconsistencies
                 .iter()
-                .map(|i| format!("inconsistent CPUID: {i}")),
+                .map(|i| format!("inconsistent CPUID: {i} [{}]", i.rule())),
         );
         for (id, size, arch) in layout.size_notes() {
             warnings.push(format!(
@@ -216,17 +216,19 @@ impl Report {
         }
     }
 
-    /// Exit status: 1 when a requested form could not be laid out (inconsistent data), else 0.
+    /// Exit status: 1 when the CPUID data breaks a consistency rule or a requested form could
+    /// not be laid out, else 0.
     pub fn status(&self) -> i32 {
         let std_bad = self.standard.is_err();
         let cmp_bad = self.layout.has_xsave() && self.compacted.is_err();
-        i32::from(std_bad || cmp_bad)
+        i32::from(!self.consistent || std_bad || cmp_bad)
     }
 }
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let dump = args.src.load()?;
+    // `layout` reports inconsistent data (and exits 1) rather than refusing it.
+    let dump = args.src.load_unjudged()?;
     let report = Report::new(&dump, args.xcr0, args.xss)?;
     if let Some(path) = &args.svg {
         let doc = svg::render(&report, &dump.source);

@@ -186,7 +186,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     // The register state before.
     let state = match &a.state {
-        Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+        Some(p) => crate::input::read(p, "--state")?.bytes,
         None => {
             let mut s = vec![0u8; 576];
             s[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
@@ -210,7 +210,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     cpu.cpl = a.cpl;
     let xinuse_before = cpu.xinuse();
     let rfbm = a.rfbm.unwrap_or(u64::MAX);
-    let mem = std::fs::read(&a.mem).with_context(|| format!("cannot read {}", a.mem.display()))?;
+    let mem = crate::input::read(&a.mem, "--mem")?.bytes;
 
     let (result, out): (Result<(), Fault>, Vec<u8>) = if a.insn.is_save() {
         let mut m = mem.clone();

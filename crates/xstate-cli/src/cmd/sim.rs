@@ -431,8 +431,14 @@ fn check(
 
 /// Replays a script; every step gives one result.
 pub fn replay(path: &Path) -> anyhow::Result<Vec<StepResult>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read script {}", path.display()))?;
+    let input = crate::input::read(path, "script")?;
+    crate::input::expect(
+        path,
+        &input,
+        |k| *k == xstate::filekind::FileKind::Text,
+        "a JSON scenario script (see examples/sim/)",
+    )?;
+    let text = String::from_utf8_lossy(&input.bytes);
     let script: Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));

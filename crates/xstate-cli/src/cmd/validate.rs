@@ -12,8 +12,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use serde_json::json;
+use xstate::filekind::FileKind;
 use xstate::validate::{self, KvmConfig, Profile, RestoreConfig};
 
 use super::inspect::{hex_arg, machine};
@@ -80,8 +80,21 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         return super::xsnap::validate_file(&args.file, args.json);
     }
     let m = machine(&args.cpu, args.xcr0, args.xss, args.mxcsr_mask)?;
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read image {}", args.file.display()))?;
+    let input = crate::input::read(&args.file, "image")?;
+    crate::input::expect(
+        &args.file,
+        &input,
+        |k| matches!(k, FileKind::XsaveStandard | FileKind::XsaveCompacted),
+        if matches!(
+            input.kind,
+            FileKind::Snapshot | FileKind::DamagedSnapshot { .. }
+        ) {
+            "an XSAVE image for this profile (a snapshot is checked with --profile snapshot)"
+        } else {
+            "an XSAVE image (standard or compacted form, at least 576 bytes)"
+        },
+    )?;
+    let bytes = input.bytes;
     let rc = RestoreConfig::for_layout(&m.layout, m.xcr0, m.xss, m.mxcsr_mask);
     let kvm_cfg = {
         let supported = match args.xcr0 {
@@ -97,13 +110,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             .unwrap_or(supported & !xstate::components::mask::DYNAMIC);
         k
     };
-    let violations = match args.profile {
-        ProfileArg::Xrstor => validate::validate(&bytes, &Profile::Xrstor(rc)),
-        ProfileArg::XrstorCompacted => validate::validate(&bytes, &Profile::XrstorCompacted(rc)),
-        ProfileArg::Xrstors => validate::xrstors_with_layout(&bytes, &rc, Some(&m.layout)),
-        ProfileArg::Snapshot => Vec::new(), // handled above
-        ProfileArg::Kvm => validate::validate(&bytes, &Profile::Kvm(kvm_cfg)),
+    // Every profile includes the size rule: the image must hold every byte the restore reads
+    // for its header (validate::required_size).
+    let profile = match args.profile {
+        ProfileArg::Xrstor => Profile::Xrstor(rc),
+        ProfileArg::XrstorCompacted => Profile::XrstorCompacted(rc),
+        ProfileArg::Xrstors => Profile::Xrstors(rc),
+        ProfileArg::Kvm => Profile::Kvm(kvm_cfg),
+        ProfileArg::Snapshot => return super::xsnap::validate_file(&args.file, args.json),
     };
+    let violations = validate::validate_with_layout(&bytes, &profile, &m.layout);
     let valid = violations.is_empty();
     if args.json {
         print_json(&json!({

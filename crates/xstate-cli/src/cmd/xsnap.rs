@@ -7,17 +7,23 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use xstate::components::{mask, mask_names, Component};
+use xstate::filekind::FileKind;
 use xstate::image::XsaveImage;
 use xstate::layout::{Form, Layout};
 use xstate::snapshot::{ControlRegs, Snapshot, SourceCpu};
 
 use crate::common::hex;
 
-/// Reads and decodes a snapshot file.
+/// Reads and decodes a snapshot file (`.xsnap`, QEMU stream, Cloud Hypervisor `state.json`).
 pub fn load_snapshot(path: &Path) -> anyhow::Result<Snapshot> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read snapshot {}", path.display()))?;
-    decode(path, &bytes)
+    Ok(load_snapshot_kind(path)?.0)
+}
+
+/// Like [`load_snapshot`], with the file's kind.
+pub fn load_snapshot_kind(path: &Path) -> anyhow::Result<(Snapshot, FileKind)> {
+    let input = crate::input::read(path, "snapshot")?;
+    crate::input::expect(path, &input, crate::input::snapshot, crate::input::SNAPSHOT)?;
+    Ok((decode(path, &input.bytes)?, input.kind))
 }
 
 /// Decodes snapshot bytes read from `path`, whatever VMM wrote them (detected by content:
@@ -41,14 +47,13 @@ pub fn decode(path: &Path, bytes: &[u8]) -> anyhow::Result<Snapshot> {
 
 /// Every vCPU of a snapshot file, as snapshot records (see [`decode`]).
 pub fn decode_all(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<Snapshot>> {
-    use xstate::vmm::FileKind;
-    match xstate::vmm::detect(bytes) {
+    match xstate::filekind::detect(bytes) {
         FileKind::QemuStream => {
             let st = xstate::vmm::qemu::parse(bytes)
                 .with_context(|| format!("{} is not a readable QEMU stream", path.display()))?;
             Ok(st.snapshots()?)
         }
-        FileKind::CloudHypervisor => {
+        FileKind::CloudHypervisorState => {
             let st = xstate::vmm::cloud_hypervisor::StateJson::parse(bytes).with_context(|| {
                 format!(
                     "{} is not a readable Cloud Hypervisor state.json",
@@ -57,23 +62,11 @@ pub fn decode_all(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<Snapshot>> {
             })?;
             Ok(st.snapshots()?)
         }
-        k @ (FileKind::Firecracker { .. } | FileKind::Crosvm { .. }) => {
-            bail!("{}: {}", path.display(), k.describe())
-        }
-        FileKind::Xsnap | FileKind::Other => Ok(vec![Snapshot::decode(bytes)
-            .with_context(|| format!("{} is not a readable .xsnap file", path.display()))?]),
+        FileKind::UnreadVmmSnapshot { what } => bail!("{} is {what}", path.display()),
+        _ => Ok(vec![Snapshot::decode(bytes).with_context(|| {
+            format!("{} is not a readable .xsnap file", path.display())
+        })?]),
     }
-}
-
-/// True when the file is a snapshot of a kind the commands read or recognise (`.xsnap`, QEMU,
-/// Cloud Hypervisor, Firecracker, crosvm), judged from its first 64 KiB.
-pub fn is_snapshot_file(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
-        .map(|_| xstate::vmm::detect(&head) != xstate::vmm::FileKind::Other)
-        .unwrap_or(false)
 }
 
 /// The image a snapshot stands for, on its source CPU's layout (standard form of its XCR0, or
@@ -192,8 +185,14 @@ pub fn snapshot_to_image(
 /// `decode`, with the decoder's message naming the offset); a decoded snapshot gets every
 /// violation of the `snapshot` profile. Exit 0 valid, 1 invalid; unreadable file: error (2).
 pub fn validate_file(path: &Path, json_out: bool) -> anyhow::Result<i32> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read snapshot {}", path.display()))?;
+    let input = crate::input::read(path, "snapshot")?;
+    crate::input::expect(
+        path,
+        &input,
+        |k| matches!(k, FileKind::Snapshot | FileKind::DamagedSnapshot { .. }),
+        "an .xsnap snapshot (the snapshot profile checks snapshots; images have the xrstor, xrstor-compacted, xrstors and kvm profiles)",
+    )?;
+    let bytes = input.bytes;
     let violations = match Snapshot::decode(&bytes) {
         Ok(s) => xstate::snapshot::validate(&s),
         Err(e) => vec![xstate::snapshot::Violation {
@@ -225,16 +224,6 @@ pub fn validate_file(path: &Path, json_out: bool) -> anyhow::Result<i32> {
         }
     }
     Ok(if valid { 0 } else { 1 })
-}
-
-/// True when the file is a Cloud Hypervisor `state.json` (judged from its first 64 KiB).
-pub fn is_cloud_hypervisor_file(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
-        .map(|_| xstate::vmm::detect(&head) == xstate::vmm::FileKind::CloudHypervisor)
-        .unwrap_or(false)
 }
 
 /// Cloud Hypervisor restores the raw KVM region, laid out with the source host's offsets:

@@ -428,46 +428,102 @@ fn replace_region(state: &str, img: &[u8], id: &str) -> Result<String, StateErro
     Ok(out)
 }
 
-/// In the vCPU's saved CPUID, the standard offset (EBX) of leaf 0xD subleaf `id`: `from` →
-/// `to`, so that the CPUID the file carries describes the region it now holds.
-fn replace_cpuid_offset(
-    state: &str,
-    id: u8,
-    from: u32,
-    to: u32,
-    vcpu: &str,
-) -> Result<String, StateError> {
-    let loc = format!("snapshots.cpu-manager.snapshots.{vcpu}.snapshot_data.state.cpuid");
-    let head = format!("{{\"function\":13,\"index\":{id},");
-    let hits: Vec<usize> = state.match_indices(head.as_str()).map(|(i, _)| i).collect();
-    if hits.len() != 1 {
-        return Err(serr(
-            &loc,
-            format!("leaf 0xD subleaf {id} occurs {} times as `{head}` (expected once): cannot rewrite its offset in place", hits.len()),
-        ));
+/// Sets `"key":N` inside `obj` (a compact JSON object's text) to `val`.
+fn set_num(obj: &str, key: &str, val: u32) -> Option<String> {
+    let k = format!("\"{key}\":");
+    let at = obj.find(k.as_str())? + k.len();
+    let len = obj[at..].bytes().take_while(u8::is_ascii_digit).count();
+    if len == 0 {
+        return None;
     }
-    let obj_end = state[hits[0]..]
-        .find('}')
-        .map(|e| hits[0] + e)
-        .ok_or_else(|| serr(&loc, "unterminated CPUID entry"))?;
-    let old = format!("\"ebx\":{from},");
-    let at = state[hits[0]..obj_end]
-        .find(old.as_str())
-        .map(|e| hits[0] + e)
-        .ok_or_else(|| serr(&loc, format!("leaf 0xD subleaf {id} has no `{old}`")))?;
-    let mut out = String::with_capacity(state.len() + 4);
-    out.push_str(&state[..at]);
-    out.push_str(&format!("\"ebx\":{to},"));
-    out.push_str(&state[at + old.len()..]);
+    Some(format!("{}{val}{}", &obj[..at], &obj[at + len..]))
+}
+
+/// The vCPU's saved CPUID leaf 0xD rewritten to describe the destination's standard layout,
+/// so that the file keeps describing the region it holds: subleaf 0 EAX/EDX keep only the
+/// components the destination supports, EBX is the destination's size for XCR0 and ECX for
+/// that mask; each subleaf i ≥ 2 of a kept component gets the destination's size (EAX) and
+/// standard offset (EBX), a dropped one all zeroes. Subleaf 1 and every other leaf stay.
+fn rewrite_leaf_0d(
+    state: &str,
+    v: &ChVcpu,
+    xcr0: u64,
+    dest: &Layout,
+) -> Result<String, StateError> {
+    let loc = format!(
+        "snapshots.cpu-manager.snapshots.{}.snapshot_data.state.cpuid",
+        v.id
+    );
+    let src = v.cpuid.leaf_0d().xcr0_supported();
+    let kept = src & dest.xcr0_supported();
+    let size_of = |m: u64| -> Result<u32, StateError> {
+        dest.form(Form::Standard, m)
+            .map(|g| g.size)
+            .map_err(|e| serr(&loc, format!("destination layout: {e}")))
+    };
+    let mut out = String::from(state);
+    let subleaves: Vec<u32> = v
+        .cpuid
+        .entries()
+        .filter(|&(l, s, _)| l == 0xd && s != 1)
+        .map(|(_, s, _)| s)
+        .collect();
+    for sub in subleaves {
+        let head = format!("{{\"function\":13,\"index\":{sub},");
+        let hits: Vec<usize> = out.match_indices(head.as_str()).map(|(i, _)| i).collect();
+        if hits.len() != 1 {
+            return Err(serr(
+                &loc,
+                format!(
+                    "leaf 0xD subleaf {sub} occurs {} times as `{head}` (expected once): cannot rewrite it in place",
+                    hits.len()
+                ),
+            ));
+        }
+        let start = hits[0];
+        let end = out[start..]
+            .find('}')
+            .map(|e| start + e + 1)
+            .ok_or_else(|| serr(&loc, "unterminated CPUID entry"))?;
+        let obj = &out[start..end];
+        let vals: [(&str, u32); 4] = if sub == 0 {
+            [
+                ("eax", kept as u32),
+                ("ebx", size_of(xcr0)?),
+                ("ecx", size_of(kept)?),
+                ("edx", (kept >> 32) as u32),
+            ]
+        } else if sub < 64 && kept & (1u64 << sub) != 0 {
+            let g = dest.geometry(sub as u8);
+            let ecx = v.cpuid.get(0xd, sub).map_or(0, |r| r.ecx);
+            [
+                ("eax", g.size),
+                ("ebx", g.standard_offset.unwrap_or(0)),
+                ("ecx", ecx),
+                ("edx", 0),
+            ]
+        } else {
+            [("eax", 0), ("ebx", 0), ("ecx", 0), ("edx", 0)]
+        };
+        let mut new_obj = String::from(obj);
+        for (k, val) in vals {
+            new_obj = set_num(&new_obj, k, val).ok_or_else(|| {
+                serr(&loc, format!("leaf 0xD subleaf {sub} has no numeric `{k}`"))
+            })?;
+        }
+        out.replace_range(start..end, &new_obj);
+    }
     Ok(out)
 }
 
 /// Rewrites a `state.json` with every vCPU's xsave region rebuilt for `dest` (standard form
-/// of the vCPU's XCR0). The vCPU's saved CPUID keeps describing the region: the standard
-/// offsets (leaf 0xD EBX) of the components that moved are set to the destination's. Every
-/// other byte of the file stays as it was. The result is checked: it parses, every vCPU's
-/// state equals the original apart from `xsave` and those CPUID offsets, and each vCPU reads
-/// back (with its rewritten CPUID) to the same registers.
+/// of the vCPU's XCR0). The vCPU's saved CPUID keeps describing the region: its leaf 0xD is
+/// rewritten to the destination's layout ([`rewrite_leaf_0d`]; a guest CPUID promising the
+/// source's offsets on the destination would be wrong anyway, the guest's XSAVE runs on the
+/// destination's hardware). Every other byte of the file stays as it was. The result is
+/// checked: it parses, every vCPU's state equals the original apart from `xsave` and leaf
+/// 0xD, each vCPU reads back (with its rewritten CPUID) to the same registers, and nothing
+/// moves any more against `dest`.
 pub fn repair(bytes: &[u8], dest: &Layout) -> Result<Vec<u8>, StateError> {
     let parsed = StateJson::parse(bytes)?;
     let text = core::str::from_utf8(bytes).map_err(|_| serr("file", "is not UTF-8"))?;
@@ -479,10 +535,8 @@ pub fn repair(bytes: &[u8], dest: &Layout) -> Result<Vec<u8>, StateError> {
         let img = snap
             .to_image(dest, Form::Standard, snap.xcr0)
             .map_err(|e| serr(&format!("vCPU {}", v.id), e.to_string()))?;
-        let mut new_state = replace_region(&v.state_text, &img, &v.id)?;
-        for m in blob_moves(&snap, dest) {
-            new_state = replace_cpuid_offset(&new_state, m.id, m.from, m.to, &v.id)?;
-        }
+        let new_state = replace_region(&v.state_text, &img, &v.id)?;
+        let new_state = rewrite_leaf_0d(&new_state, v, snap.xcr0, dest)?;
         // The state string as the file spells it: serde_json's escaping of the original.
         let old_lit = serde_json::to_string(&v.state_text)
             .map_err(|e| serr(&format!("vCPU {}", v.id), e.to_string()))?;
@@ -511,11 +565,9 @@ pub fn repair(bytes: &[u8], dest: &Layout) -> Result<Vec<u8>, StateError> {
             };
             let o = st.as_object_mut()?;
             o.remove("xsave");
-            for e in o.get_mut("cpuid")?.as_array_mut()? {
-                if e.get("function")?.as_u64()? == 13 && e.get("index")?.as_u64()? >= 2 {
-                    e.as_object_mut()?.remove("ebx");
-                }
-            }
+            o.get_mut("cpuid")?
+                .as_array_mut()?
+                .retain(|e| e.get("function").and_then(Value::as_u64) != Some(13));
             Some(v)
         };
         if strip(&a.state_text) != strip(&b.state_text) || strip(&a.state_text).is_none() {

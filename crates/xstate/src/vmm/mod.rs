@@ -6,9 +6,10 @@
 //! - [`cloud_hypervisor`]: Cloud Hypervisor's `state.json`, whose vCPUs carry the raw KVM
 //!   XSAVE buffer, XCRs, MSRs and the guest CPUID (so the source layout is known).
 //! - Firecracker's `vmstate` and crosvm's CBOR snapshot fragments are recognised ([`detect`])
-//!   but not read: [`FileKind::describe`] says which format it is and that it is not read yet.
+//!   but not read: [`VmmFormat::describe`] says which format it is and that it is not read yet.
 //!
-//! [`detect`] decides the kind from the content alone (never from the file name).
+//! [`detect`] decides the format from the content alone (never from the file name); it is the
+//! VMM hook of [`crate::filekind::detect`].
 //!
 //! [`Snapshot`]: crate::snapshot::Snapshot
 
@@ -18,55 +19,45 @@ pub mod qemu;
 use alloc::format;
 use alloc::string::String;
 
-/// What a file is, judged by its content.
+/// A snapshot format of another VMM, judged by content ([`detect`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FileKind {
-    /// The project's `.xsnap` snapshot (magic `89 58 53 4e 41 50 0d 0a`).
-    Xsnap,
-    /// A QEMU migration stream: `QEVM` magic and stream version 3 (migration/savevm.c:
-    /// QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION).
+pub enum VmmFormat {
+    /// A QEMU migration stream: `QEVM` magic (migration/savevm.c: QEMU_VM_FILE_MAGIC); the
+    /// stream version is checked by the reader.
     QemuStream,
-    /// A Cloud Hypervisor `state.json` (a JSON object whose snapshot data holds vCPU states
-    /// with an `xsave` region).
+    /// A Cloud Hypervisor `state.json` (a JSON object with `snapshots` and `snapshot_data`).
     CloudHypervisor,
     /// A Firecracker `vmstate` file, not read yet: the snapshot-format version found in its
     /// header, when it could be read.
     Firecracker {
-        /// `major.minor.patch` of the header's format version.
+        /// `major.minor.patch` of the header's format version, and the architecture.
         version: String,
     },
     /// A crosvm snapshot fragment (CBOR), not read yet: what was recognised.
     Crosvm {
-        /// The recognised fragment (e.g. which top-level keys it has).
+        /// The recognised fragment.
         what: String,
     },
-    /// None of the above (an XSAVE image, a CPUID dump, anything else).
-    Other,
 }
 
-impl FileKind {
-    /// True for the kinds this crate reads into a [`Snapshot`](crate::snapshot::Snapshot).
-    pub fn is_readable_snapshot(&self) -> bool {
-        matches!(
-            self,
-            FileKind::Xsnap | FileKind::QemuStream | FileKind::CloudHypervisor
-        )
+impl VmmFormat {
+    /// True for the formats this crate reads into a [`Snapshot`](crate::snapshot::Snapshot).
+    pub fn is_readable(&self) -> bool {
+        matches!(self, VmmFormat::QemuStream | VmmFormat::CloudHypervisor)
     }
 
     /// One line for an operator: the format and, for the recognised-but-unread ones, that it
     /// is not read yet.
     pub fn describe(&self) -> String {
         match self {
-            FileKind::Xsnap => String::from("xstate snapshot (.xsnap)"),
-            FileKind::QemuStream => String::from("QEMU migration stream (QEVM version 3)"),
-            FileKind::CloudHypervisor => String::from("Cloud Hypervisor snapshot (state.json)"),
-            FileKind::Firecracker { version } => format!(
-                "Firecracker vmstate (snapshot format version {version}): recognised but not read yet (versioned bitcode, not self-describing)"
+            VmmFormat::QemuStream => String::from("a QEMU migration stream"),
+            VmmFormat::CloudHypervisor => String::from("a Cloud Hypervisor state.json"),
+            VmmFormat::Firecracker { version } => format!(
+                "a Firecracker vmstate (snapshot format version {version}): recognised but not read yet (versioned bitcode, not self-describing)"
             ),
-            FileKind::Crosvm { what } => format!(
-                "crosvm snapshot fragment (CBOR, {what}): recognised but not read yet"
+            VmmFormat::Crosvm { what } => format!(
+                "a crosvm snapshot fragment (CBOR, {what}): recognised but not read yet"
             ),
-            FileKind::Other => String::from("not a VMM snapshot"),
         }
     }
 }
@@ -77,25 +68,19 @@ pub const FIRECRACKER_MAGIC_X86_64: u64 = 0x0710_1984_8664_0000;
 /// Firecracker's snapshot magic on aarch64.
 pub const FIRECRACKER_MAGIC_AARCH64: u64 = 0x0710_1984_aaaa_0000;
 
-/// The kind of a file from its first bytes (and, for JSON and CBOR, a bounded look at its
-/// structure). Reads at most the bytes given; never fails.
-pub fn detect(bytes: &[u8]) -> FileKind {
-    if crate::snapshot::is_snapshot(bytes) {
-        return FileKind::Xsnap;
-    }
-    if qemu::is_stream(bytes) {
-        return FileKind::QemuStream;
+/// The VMM format of a file from its first bytes (and, for JSON and CBOR, a bounded look at
+/// its structure), or None. Never fails; [`crate::filekind::detect`] calls it.
+pub fn detect(bytes: &[u8]) -> Option<VmmFormat> {
+    if bytes.starts_with(&qemu::MAGIC) {
+        return Some(VmmFormat::QemuStream);
     }
     if let Some(v) = firecracker_version(bytes) {
-        return FileKind::Firecracker { version: v };
+        return Some(VmmFormat::Firecracker { version: v });
     }
     if cloud_hypervisor::looks_like_state_json(bytes) {
-        return FileKind::CloudHypervisor;
+        return Some(VmmFormat::CloudHypervisor);
     }
-    if let Some(what) = crosvm_fragment(bytes) {
-        return FileKind::Crosvm { what };
-    }
-    FileKind::Other
+    crosvm_fragment(bytes).map(|what| VmmFormat::Crosvm { what })
 }
 
 /// Firecracker: the magic at byte 0 (bits 15:0 masked off: the pre-1.5 versionize format kept
@@ -170,27 +155,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kinds_by_content() {
-        assert_eq!(detect(&crate::snapshot::MAGIC), FileKind::Xsnap);
-        assert_eq!(detect(b"QEVM\0\0\0\x03\x07"), FileKind::QemuStream);
-        assert_eq!(detect(&[0u8; 576]), FileKind::Other);
+    fn formats_by_content() {
+        assert_eq!(detect(b"QEVM\0\0\0\x03\x07"), Some(VmmFormat::QemuStream));
+        assert_eq!(detect(b"QEVM\0\0\0\x02"), Some(VmmFormat::QemuStream));
+        assert_eq!(detect(&crate::snapshot::MAGIC), None);
+        assert_eq!(detect(&[0u8; 576]), None);
+        assert_eq!(
+            detect(br#"{"snapshots":{},"snapshot_data":null}"#),
+            Some(VmmFormat::CloudHypervisor)
+        );
         let mut fc = alloc::vec::Vec::new();
         fc.extend_from_slice(&FIRECRACKER_MAGIC_X86_64.to_le_bytes());
         fc.extend_from_slice(&5u64.to_le_bytes());
         fc.extend_from_slice(b"6.0.0");
         fc.extend_from_slice(&[0u8; 32]);
+        let k = detect(&fc).unwrap();
         assert_eq!(
-            detect(&fc),
-            FileKind::Firecracker {
+            k,
+            VmmFormat::Firecracker {
                 version: String::from("6.0.0 (x86-64)")
             }
         );
-        assert!(detect(&fc).describe().contains("not read yet"));
+        assert!(k.describe().contains("not read yet"));
         // {"xsave": 1, "xcrs": 2} in CBOR.
         let cbor = [
             0xa2, 0x65, b'x', b's', b'a', b'v', b'e', 0x01, 0x64, b'x', b'c', b'r', b's', 0x02,
         ];
-        assert!(matches!(detect(&cbor), FileKind::Crosvm { .. }));
-        assert!(detect(&cbor).describe().contains("not read yet"));
+        let k = detect(&cbor).unwrap();
+        assert!(matches!(k, VmmFormat::Crosvm { .. }));
+        assert!(k.describe().contains("not read yet"));
     }
 }
