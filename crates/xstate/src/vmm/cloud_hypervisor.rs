@@ -518,9 +518,11 @@ fn rewrite_leaf_0d(
 
 /// Rewrites a `state.json` with every vCPU's xsave region rebuilt for `dest` (standard form
 /// of the vCPU's XCR0). The vCPU's saved CPUID keeps describing the region: its leaf 0xD is
-/// rewritten to the destination's layout ([`rewrite_leaf_0d`]; a guest CPUID promising the
-/// source's offsets on the destination would be wrong anyway, the guest's XSAVE runs on the
-/// destination's hardware). Every other byte of the file stays as it was. The result is
+/// rewritten to the destination's layout (subleaf 0: supported mask cut to what the
+/// destination supports, sizes for XCR0 and that mask; subleaves ≥ 2: the destination's size
+/// and standard offset, zero for a dropped component; subleaf 1 untouched). A guest CPUID
+/// promising the source's offsets on the destination would be wrong anyway: the guest's XSAVE
+/// runs on the destination's hardware. Every other byte of the file stays as it was. The result is
 /// checked: it parses, every vCPU's state equals the original apart from `xsave` and leaf
 /// 0xD, each vCPU reads back (with its rewritten CPUID) to the same registers, and nothing
 /// moves any more against `dest`.
