@@ -7,7 +7,8 @@
 //!
 //! The guest runs in 32-bit protected mode (multiboot), where XRSTOR loads only XMM0–7 and
 //! YMM0–7's upper halves (SDM Vol. 1 §13.13: outside 64-bit mode only registers 0–7): the
-//! pattern holds zero in 8–15 and the test checks those read zero.
+//! pattern holds zero in 8–15 and the test checks those read zero. The machine has two vCPUs:
+//! the second stays in reset, and `--vcpu 1` reads it as such.
 
 mod common;
 
@@ -174,7 +175,16 @@ impl Qmp {
 fn migrate_guest(dir: &Path, elf: &Path, out: &Path) -> String {
     let sock = dir.join("qmp.sock");
     let mut child = Command::new(QEMU)
-        .args(["-accel", "tcg", "-cpu", "max", "-nographic", "-nodefaults"])
+        .args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-nographic",
+            "-nodefaults",
+        ])
         .args(["-display", "none", "-m", "16", "-kernel"])
         .arg(elf)
         .arg("-qmp")
@@ -190,7 +200,8 @@ fn migrate_guest(dir: &Path, elf: &Path, out: &Path) -> String {
         "{}.{}.{} ({})",
         ver["qemu"]["major"], ver["qemu"]["minor"], ver["qemu"]["micro"], ver["package"]
     );
-    // Wait until the vCPU sits in HLT (the pattern is loaded by then).
+    // Wait until the boot vCPU sits in HLT (the pattern is loaded by then; `info registers`
+    // shows the monitor's current CPU, CPU 0).
     let t0 = Instant::now();
     loop {
         let r = q.cmd(
@@ -314,6 +325,18 @@ fn a_real_qemu_stream_reads_back_every_register() {
         "{}",
         j["snapshot"]
     );
+
+    // The second vCPU never left reset (waiting for INIT-SIPI): XCR0 = 1, x87 in its init
+    // state, SSE in init and so not present.
+    assert!(err.contains("holds 2 vCPUs"), "{err}");
+    let (rc, out1, err) = xstate(&["inspect", s, "--json", "--vcpu", "1"]);
+    assert_eq!(rc, 0, "{err}");
+    let j1: Value = serde_json::from_str(&out1).unwrap();
+    assert_eq!(j1["snapshot"]["xcr0"], "0x1", "{j1}");
+    assert_eq!(j1["components"]["x87"]["fcw"], "0x37f", "{j1}");
+    assert!(j1["components"].get("sse").is_none(), "{j1}");
+    let (rc, _, err) = xstate(&["inspect", s, "--vcpu", "2"]);
+    assert_eq!(rc, 2, "{err}");
 
     // convert --to snapshot, then inspect: the same registers.
     let xs = dir.join("stream.xsnap");

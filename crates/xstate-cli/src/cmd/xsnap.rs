@@ -26,23 +26,40 @@ pub fn load_snapshot_kind(path: &Path) -> anyhow::Result<(Snapshot, FileKind)> {
     Ok((decode(path, &input.bytes)?, input.kind))
 }
 
+/// The vCPU `--vcpu` selects (None: the first, with a note when there are several).
+static VCPU: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+
+/// Records `--vcpu` (called once, by `main`).
+pub fn select_vcpu(v: Option<usize>) {
+    let _ = VCPU.set(v);
+}
+
 /// Decodes snapshot bytes read from `path`, whatever VMM wrote them (detected by content:
 /// `.xsnap`, a QEMU migration stream, a Cloud Hypervisor `state.json`). A multi-vCPU file gives
-/// its first vCPU (a note on stderr says so). Firecracker and crosvm files are recognised and
-/// refused with their format and version (exit 2).
+/// the vCPU `--vcpu` selects, else its first (a note on stderr says so). Firecracker and crosvm
+/// files are recognised and refused with their format and version (exit 2).
 pub fn decode(path: &Path, bytes: &[u8]) -> anyhow::Result<Snapshot> {
     let mut all = decode_all(path, bytes)?;
-    if all.len() > 1 {
-        eprintln!(
-            "note: {} holds {} vCPUs; using the first",
+    let n = all.len();
+    let want = VCPU.get().copied().flatten();
+    match want {
+        Some(i) if i >= n => bail!(
+            "--vcpu {i}: {} holds {n} vCPU{} (0..{n})",
             path.display(),
-            all.len()
-        );
+            if n == 1 { "" } else { "s" }
+        ),
+        Some(i) => Ok(all.swap_remove(i)),
+        None if n == 0 => bail!("{}: the snapshot holds no vCPU", path.display()),
+        None => {
+            if n > 1 {
+                eprintln!(
+                    "note: {} holds {n} vCPUs; using the first (--vcpu N selects another)",
+                    path.display()
+                );
+            }
+            Ok(all.swap_remove(0))
+        }
     }
-    if all.is_empty() {
-        bail!("{}: the snapshot holds no vCPU", path.display());
-    }
-    Ok(all.swap_remove(0))
 }
 
 /// Every vCPU of a snapshot file, as snapshot records (see [`decode`]).
