@@ -85,10 +85,11 @@ pub fn detect(bytes: &[u8]) -> Option<VmmFormat> {
 
 /// Firecracker: the magic at byte 0 (bits 15:0 masked off: the pre-1.5 versionize format kept
 /// its format version there), then the header's version. From v1.5 the header is
-/// `SnapshotHdr { magic: u64, version: semver::Version }` serialised with bincode: the version
-/// is a string, a u64 little-endian length and the UTF-8 `MAJOR.MINOR.PATCH` (firecracker
-/// `src/vmm/src/snapshot/mod.rs`). Anything else after a matching magic is reported with the
-/// version unknown rather than guessed.
+/// `SnapshotHdr { magic: u64, version: semver::Version }` serialised with bincode (1.x, and
+/// 2.x with `with_fixed_int_encoding().with_little_endian()`): the magic as a little-endian
+/// u64, the version a string — a u64 little-endian length and the UTF-8 `MAJOR.MINOR.PATCH`
+/// (firecracker `src/vmm/src/snapshot/mod.rs`); a CRC64 ends the file. Anything else after a
+/// matching magic is reported with the version unknown rather than guessed.
 fn firecracker_version(bytes: &[u8]) -> Option<String> {
     let u = |i: usize| -> Option<u64> {
         let b = bytes.get(i..i + 8)?;
