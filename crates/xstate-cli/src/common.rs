@@ -11,8 +11,9 @@ use xstate::layout::Layout;
 /// Where CPUID data comes from: this host (default) or a dump file.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct CpuSource {
-    /// Read CPUID leaf 0xD from a dump file (Linux `cpuid -r`, AIDA64, hwloc-gather-cpuid, or
-    /// the JSON written by `xstate host --dump-cpuid`); the format is detected.
+    /// The CPU the input comes from, as a CPUID dump file (Linux `cpuid -r`, AIDA64,
+    /// hwloc-gather-cpuid, or the JSON written by `xstate host --dump-cpuid`; the format is
+    /// detected). Data that breaks a consistency rule is refused (exit 1; see --trust-cpuid).
     #[arg(long, value_name = "FILE", conflicts_with = "host")]
     pub cpuid: Option<PathBuf>,
     /// Use this machine's CPUID (the default when --cpuid is not given).

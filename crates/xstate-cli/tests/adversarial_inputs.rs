@@ -588,3 +588,65 @@ fn unbounded_inputs_are_refused() {
         }
     }
 }
+
+/// Issue 9's second reproduction, as reported: `head -c 1000 full.xsave` validated against
+/// this host said `valid` for the xrstor and kvm profiles, and `inspect` exited 0.
+#[test]
+fn issue_9_head_1000_on_this_host() {
+    if !cfg!(target_arch = "x86_64") {
+        println!("skipped: not x86-64");
+        return;
+    }
+    let host = CpuidDump::from_host();
+    let Some(xcr0) = host.xcr0 else {
+        println!("skipped: XSAVE not enabled on this CPU/OS");
+        return;
+    };
+    let l = Layout::from_dump(&host);
+    let mut img = XsaveImage::new(&l.standard(xcr0).unwrap());
+    // Every enabled component present (their init values: zeros), as XSAVE writes them.
+    img.set_xstate_bv(xcr0);
+    let full = img.as_bytes().to_vec();
+    let t = write("host-head-1000", &full[..1000]);
+    for p in ["xrstor", "kvm"] {
+        refuses(
+            &["validate", &t, "--profile", p, "--host"],
+            1,
+            &["[short_image]", "has 1000 bytes"],
+            &[&t],
+            None,
+        );
+    }
+    if full.len() > 1000 {
+        // The furthest component present ends beyond byte 1000.
+        refuses(&["inspect", &t, "--host"], 1, &["UNREADABLE"], &[&t], None);
+    } else {
+        println!("skipped (inspect case): this host's standard image fits in 1000 bytes");
+    }
+}
+
+/// Issue 9: a dump with no leaf 0xD was blamed on an `--xcr0` never passed. It is inconsistent
+/// data (the CPU has XSAVE), named as such, exit 1, in `layout` and every other command.
+#[test]
+fn dump_without_leaf_0xd_is_the_dumps_fault() {
+    let text: String = skylake_text()
+        .lines()
+        .filter(|l| !l.starts_with("5 d ") && !l.starts_with("1 d "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let d = write("no-leaf-d.txt", text.as_bytes());
+    let img = write("no-leaf-d.img", skylake_image().as_bytes());
+    for args in [
+        vec!["layout", "--cpuid", &d],
+        vec!["inspect", &img, "--cpuid", &d],
+    ] {
+        let (code, o, e) = xstate(&args);
+        assert_eq!(code, 1, "{args:?}: {o}{e}");
+        let all = format!("{o}{e}");
+        assert!(all.contains("no CPUID.(0xD,0) subleaf"), "{all}");
+        assert!(
+            !all.contains("invalid XCR0") && !all.contains("--xcr0"),
+            "{all}"
+        );
+    }
+}
