@@ -101,7 +101,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if kind == xstate::filekind::FileKind::QemuStream {
         // A QEMU stream carries registers, not an image: its source record is synthesised
         // (xstate::vmm::qemu), so "moves from offset …" would describe no real layout.
-        v.notes.retain(|n| !n.contains("moves from standard offset"));
+        v.notes
+            .retain(|n| !n.contains("moves from standard offset"));
         v.notes.push(String::from(
             "QEMU migration stream: registers per component, no source CPUID; the image is built with the destination's offsets",
         ));
