@@ -103,6 +103,13 @@ pub fn parse_hex(s: &str) -> Result<u64, String> {
     r.map_err(|e| format!("`{s}` is not a hex value: {e}"))
 }
 
+/// The component names of a mask (bit 63 left out), as the JSON array every command uses.
+pub fn names(m: u64) -> Vec<String> {
+    xstate::components::bits(m & !xstate::components::mask::COMPACTED)
+        .map(xstate::components::Component::name_of)
+        .collect()
+}
+
 /// Formats a mask as the lower-case hex string used in every JSON output.
 pub fn hex(v: u64) -> String {
     format!("{v:#x}")
@@ -125,8 +132,25 @@ pub fn layout_of(dump: &CpuidDump) -> anyhow::Result<Layout> {
 pub fn print_json(v: &serde_json::Value) {
     let mut v = v.clone();
     crate::trust::annotate_json(&mut v);
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     );
+}
+
+/// The message of an error chain, each cause once: a cause whose text an outer context
+/// already quotes is left out (no "… has no place …: … has no place …").
+pub fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for c in e.chain() {
+        let t = c.to_string();
+        if t.is_empty() || out.contains(&t) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&t);
+    }
+    out
 }

@@ -1,11 +1,13 @@
 //! `xstate`: inspect, validate, convert and migrate x86 extended processor state.
 //!
 //! Exit status: 0 success (valid, compatible, equal), 1 a negative verdict (invalid,
-//! incompatible, different, inconsistent CPUID data), 2 usage or I/O error, 3 a modelled
-//! instruction faulted.
+//! incompatible, different, inconsistent CPUID data), 2 usage or I/O error (a failed write to
+//! standard output included), 3 a modelled instruction faulted.
 
 use clap::{Parser, Subcommand};
 
+#[macro_use]
+mod output;
 mod cmd;
 mod common;
 mod input;
@@ -70,7 +72,21 @@ fn default_sigpipe() {
 
 fn main() {
     default_sigpipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version end with 0, usage errors with 2; a failed write of the help
+            // text is an I/O error (2).
+            let code = if e.use_stderr() { 2 } else { 0 };
+            if let Err(w) = e.print() {
+                errln!(
+                    "xstate: error: cannot write to standard output: {w} (the help or usage text)"
+                );
+                std::process::exit(2);
+            }
+            std::process::exit(code);
+        }
+    };
     // `--json` is the one spelling of machine-readable output in every subcommand.
     trust::configure(cli.trust_cpuid, std::env::args_os().any(|a| a == "--json"));
     cmd::xsnap::select_vcpu(cli.vcpu);
@@ -87,14 +103,24 @@ fn main() {
         Command::Check(a) => cmd::check::run(a),
     };
     let result = result.and_then(|code| trust::finish().map(|()| code));
-    match result {
-        Ok(code) => std::process::exit(code),
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
             let _ = trust::finish();
-            eprintln!("xstate: error: {e:#}");
-            // Inputs judged unusable (inconsistent CPUID data) are a negative verdict.
-            let refused = e.chain().any(|c| c.is::<trust::Refused>());
-            std::process::exit(if refused { 1 } else { 2 });
+            errln!("xstate: error: {}", common::message(&e));
+            // Inputs judged unusable (inconsistent CPUID data) are a negative verdict (1);
+            // anything else is usage or I/O (2).
+            if e.chain().any(|c| c.is::<trust::Refused>()) {
+                1
+            } else {
+                2
+            }
         }
+    };
+    // Output that could not be written is an I/O error (exit 2), whatever the verdict was.
+    if let Some(why) = output::finish() {
+        errln!("xstate: error: {why}");
+        std::process::exit(2);
     }
+    std::process::exit(code);
 }

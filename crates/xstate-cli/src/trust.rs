@@ -46,7 +46,7 @@ pub fn judge(dump: &CpuidDump) -> anyhow::Result<()> {
         return Err(Refused(e).into());
     }
     let text = format!("--trust-cpuid: using inconsistent CPUID data: {e}");
-    eprintln!("xstate: warning: {text}");
+    errln!("xstate: warning: {text}");
     if let Ok(mut w) = WARNINGS.lock() {
         w.push(text);
     }
@@ -95,16 +95,30 @@ fn install_prefixer(prefix: &str) -> anyhow::Result<()> {
         let mut out = std::io::BufWriter::new(std::fs::File::from(original));
         let mut r = BufReader::new(reader);
         let mut line = Vec::new();
+        // After a failed write (a full disk, say) the rest is read and dropped, so that the
+        // command's own writes into the pipe do not fail with EPIPE (a silent SIGPIPE death):
+        // the error is returned by `finish` and the command ends with exit 2 and a message.
+        let mut failed = None;
         loop {
             line.clear();
             if r.read_until(b'\n', &mut line)? == 0 {
                 break;
             }
-            out.write_all(prefix.as_bytes())?;
-            out.write_all(&line)?;
-            out.flush()?;
+            if failed.is_some() {
+                continue;
+            }
+            if let Err(e) = out
+                .write_all(prefix.as_bytes())
+                .and_then(|()| out.write_all(&line))
+                .and_then(|()| out.flush())
+            {
+                failed = Some(e);
+            }
         }
-        out.flush()
+        match failed {
+            Some(e) => Err(e),
+            None => out.flush(),
+        }
     });
     *slot = Some(handle);
     Ok(())
@@ -158,7 +172,9 @@ pub fn finish() -> anyhow::Result<()> {
     redirect_stdout(&null)?;
     match handle.join() {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(anyhow::anyhow!("cannot write to stdout: {e}")),
+        Ok(Err(e)) => Err(anyhow::anyhow!(
+            "cannot write to standard output: {e}; the output is incomplete"
+        )),
         Err(_) => Err(anyhow::anyhow!("the stdout prefixer failed")),
     }
 }

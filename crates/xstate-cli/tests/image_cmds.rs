@@ -253,13 +253,14 @@ fn convert_round_trip_and_cross_vendor() {
     let mut amx = XsaveImage::new(&spr.standard(0x602e7).unwrap());
     amx.set_tile_row(2, 3, &[7; 64]).unwrap();
     let fa = write("amx.bin", amx.as_bytes());
+    let amx_out = tmp("conv-amx-out.bin").display().to_string();
     let (code, _, err) = xstate(&[
         "convert",
         &fa,
         "--to",
         "standard",
         "-o",
-        &s,
+        &amx_out,
         "--cpuid",
         SPR,
         "--to-cpuid",
@@ -267,6 +268,10 @@ fn convert_round_trip_and_cross_vendor() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("xtiledata"), "{err}");
+    assert!(
+        !std::path::Path::new(&amx_out).exists(),
+        "a failed convert left {amx_out}"
+    );
     // FXSAVE out and back.
     let fx = tmp("conv.fx").display().to_string();
     let mut legacy_only = zen5_image();
@@ -278,9 +283,17 @@ fn convert_round_trip_and_cross_vendor() {
     assert_eq!(std::fs::read(&fx).unwrap().len(), 512);
     let (code, out, _) = xstate(&["diff", &fl, &fx, "--cpuid", ZEN5]);
     assert_eq!(code, 0, "{out}");
-    let (code, _, err) = xstate(&["convert", &f, "--to", "fxsave", "-o", &fx, "--cpuid", ZEN5]);
+    let before = std::fs::read(&fx).unwrap();
+    let (code, _, err) = xstate(&[
+        "convert", &f, "--to", "fxsave", "-o", &fx, "--cpuid", ZEN5, "--force",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("avx"), "{err}");
+    assert_eq!(
+        std::fs::read(&fx).unwrap(),
+        before,
+        "a failed convert changed {fx}"
+    );
     let _ = zen;
 }
 

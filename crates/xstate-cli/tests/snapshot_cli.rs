@@ -353,13 +353,10 @@ fn kvm_cpuid_host_minus_avx512_on_the_fixtures() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["function"] == "0xd" && e["index"] == "0x0")
+        .find(|e| e["leaf"] == "0xd" && e["subleaf"] == "0x0")
         .unwrap();
-    assert_eq!(d0["eax"], "0x0000021f");
-    assert_eq!(
-        d0["ecx"],
-        format!("{:#010x}", l.standard(0x21f).unwrap().size)
-    );
+    assert_eq!(d0["eax"], "0x21f");
+    assert_eq!(d0["ecx"], format!("{:#x}", l.standard(0x21f).unwrap().size));
     let cleared: Vec<&str> = v["cleared"]
         .as_array()
         .unwrap()

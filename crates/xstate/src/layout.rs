@@ -7,7 +7,15 @@
 //! * [`Layout::compacted`] places them in the compacted form (§13.4.3: from byte 576, in
 //!   increasing component order, rounded up to 64 where CPUID.(0xD,i).ECX\[1\] says so).
 //! * [`Layout::check_xcr0`] applies the XSETBV rules (SDM Vol. 2B XSETBV, Vol. 1 §13.3).
-//! * [`Layout::consistency`] reports CPUID data that cannot be right.
+//! * [`Layout::consistency`] reports CPUID data that cannot be right; [`Layout::trusted`] (from
+//!   a dump) and [`Layout::verify`] are the one decision whether it may be used.
+//!
+//! Trust, decided once: a verdict about a whole CPU refuses inconsistent data itself
+//! ([`crate::compat::check`] makes every broken rule a `cpuid.*` reason; [`crate::guest_cpuid`]
+//! returns `GuestCpuidError::Inconsistent`). The form-level functions ([`crate::convert`],
+//! [`crate::image`]) take a [`FormLayout`], which [`Layout::standard`] and [`Layout::compacted`]
+//! build only with each component on bytes of its own beyond the header; callers that read a
+//! dump build the layout with [`Layout::trusted`], as the CLI does for every command.
 //!
 //! ```
 //! use xstate::cpuid::{CpuidDump, Regs};

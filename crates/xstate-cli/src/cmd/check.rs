@@ -20,11 +20,12 @@ use crate::common::{hex, load_dump, parse_hex, print_json};
 
 /// Arguments of `xstate check`.
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("destination").required(true).args(["kvm", "to_cpuid"]))]
 pub struct Args {
     /// The snapshot (`.xsnap`).
     pub snapshot: PathBuf,
     /// The destination is this host's KVM (supported guest XCR0, KVM_CAP_XSAVE2, MSR list).
-    #[arg(long, conflicts_with_all = ["to_cpuid", "xcr0", "xss"], required_unless_present = "to_cpuid")]
+    #[arg(long, conflicts_with_all = ["to_cpuid", "xcr0", "xss"])]
     pub kvm: bool,
     /// The destination is the CPU this dump describes.
     #[arg(long, value_name = "FILE")]
@@ -111,7 +112,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         super::xsnap::add_blob_reasons(&snap, &dest, &mut v);
     }
     if args.json {
-        print_json(&verdict_json(&args.snapshot, &snap, &dest, &v));
+        print_json(&verdict_json(
+            &args.snapshot,
+            args.to_cpuid.as_deref(),
+            &snap,
+            &dest,
+            &v,
+        ));
     } else {
         print_human(&args.snapshot, &snap, &dest, &v);
     }
@@ -120,6 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 
 fn verdict_json(
     path: &std::path::Path,
+    cpuid: Option<&std::path::Path>,
     s: &Snapshot,
     dest: &Destination,
     v: &Verdict,
@@ -142,6 +150,7 @@ fn verdict_json(
         },
         "destination": {
             "name": dest.name,
+            "cpuid": cpuid.map(|p| p.display().to_string()),
             "xcr0_supported": hex(dest.layout.xcr0_supported()),
             "xss_supported": hex(dest.layout.xss_supported()),
             "guest_xcr0": hex(dest.xcr0),
@@ -155,7 +164,7 @@ fn verdict_json(
 }
 
 fn print_human(path: &std::path::Path, s: &Snapshot, dest: &Destination, v: &Verdict) {
-    println!(
+    outln!(
         "snapshot:    {} ({} family {:#x} model {:#x}; XCR0 {:#x}, IA32_XSS {:#x}; state: {})",
         path.display(),
         if s.source.vendor.is_empty() {
@@ -169,7 +178,7 @@ fn print_human(path: &std::path::Path, s: &Snapshot, dest: &Destination, v: &Ver
         s.xss,
         s.component_names()
     );
-    println!(
+    outln!(
         "destination: {} (supports XCR0 {:#x}, IA32_XSS {:#x}; guest offers {} / {:#x}{})",
         dest.name,
         dest.layout.xcr0_supported(),
@@ -182,17 +191,17 @@ fn print_human(path: &std::path::Path, s: &Snapshot, dest: &Destination, v: &Ver
         }
     );
     if v.compatible {
-        println!("compatible");
+        outln!("compatible");
     } else {
-        println!("INCOMPATIBLE: {} reason(s)", v.reasons.len());
+        outln!("INCOMPATIBLE: {} reason(s)", v.reasons.len());
         for r in &v.reasons {
             match &r.component {
-                Some(c) => println!("  [{}] {c}: {}", r.rule, r.message),
-                None => println!("  [{}] {}", r.rule, r.message),
+                Some(c) => outln!("  [{}] {c}: {}", r.rule, r.message),
+                None => outln!("  [{}] {}", r.rule, r.message),
             }
         }
     }
     for n in &v.notes {
-        println!("  note: {n}");
+        outln!("  note: {n}");
     }
 }

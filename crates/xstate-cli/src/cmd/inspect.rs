@@ -320,6 +320,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             comps.insert(name, v);
         }
         let mut out = json!({
+            "file": args.file.display().to_string(),
+            "cpuid": args.cpu.cpuid.as_ref().map(|p| p.display().to_string()),
             "form": form,
             "xstate_bv": hex(bv),
             "xcomp_bv": hex(img.xcomp_bv()),
@@ -343,7 +345,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         print_json(&out);
         return Ok(status);
     }
-    println!(
+    outln!(
         "{}: {} bytes, {} form (CPUID: {})",
         args.file.display(),
         ld.file_size,
@@ -355,25 +357,25 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     );
     if let Some(s) = &ld.snapshot {
-        println!("{}", super::xsnap::meta_text(s));
-        println!("image rebuilt on the snapshot's source layout:");
+        outln!("{}", super::xsnap::meta_text(s));
+        outln!("image rebuilt on the snapshot's source layout:");
     }
-    println!("XSTATE_BV {:#x} ({})", bv, mask_names(bv));
+    outln!("XSTATE_BV {:#x} ({})", bv, mask_names(bv));
     let xc = img.xcomp_bv();
-    println!("XCOMP_BV  {:#x} ({})", xc, mask_names(xc));
+    outln!("XCOMP_BV  {:#x} ({})", xc, mask_names(xc));
     let res = img.header_reserved();
     match res.iter().position(|&b| b != 0) {
-        None => println!("header bytes 16..63: zero"),
-        Some(i) => println!(
+        None => outln!("header bytes 16..63: zero"),
+        Some(i) => outln!(
             "header bytes 16..63: NOT zero (first non-zero byte at offset {})",
             528 + i
         ),
     }
     if let Some(e) = &ld.geometry_error {
-        println!("warning: {e}; only the legacy area and header are shown");
+        outln!("warning: {e}; only the legacy area and header are shown");
     }
     let mx = img.mxcsr();
-    println!(
+    outln!(
         "MXCSR {:#x} ({}), MXCSR_MASK {:#x}",
         mx,
         mxcsr_text(mx),
@@ -381,7 +383,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     );
     for id in bits(bv) {
         if id == 63 {
-            println!("bit 63: not a component (XSTATE_BV bit 63 makes any restore fault)");
+            outln!("bit 63: not a component (XSTATE_BV bit 63 makes any restore fault)");
             continue;
         }
         let name = Component::name_of(id);
@@ -389,7 +391,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             .placement(id)
             .map(|p| format!("offset {}, {} bytes", p.offset, p.size))
             .unwrap_or_else(|e| format!("cannot be read: {e}"));
-        println!("{name} (component {id}): {place}");
+        outln!("{name} (component {id}): {place}");
         for spec in registers(id) {
             if id == 1 && spec.name != "xmm" {
                 continue;
@@ -409,9 +411,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                             let mut b = [0u8; 16];
                             b[..v.len().min(16)].copy_from_slice(&v[..v.len().min(16)]);
                             let f = x87_decimal(u128::from_le_bytes(b));
-                            println!("  {label:<10} {h} ({f})");
+                            outln!("  {label:<10} {h} ({f})");
                         } else {
-                            println!("  {label:<10} {h}");
+                            outln!("  {label:<10} {h}");
                         }
                     }
                     Err(_) => {
@@ -446,22 +448,22 @@ fn print_vectors<B: AsRef<[u8]>>(img: &Xsave<B>) {
     if bv & (mask::AVX | mask::ZMM_HI256 | mask::HI16_ZMM) == 0 || img.placement(2).is_err() {
         return;
     }
-    println!("vector registers (assembled):");
+    outln!("vector registers (assembled):");
     for i in 0..16 {
         let mut v = Vec::new();
         v.extend_from_slice(&img.register(1, "xmm", i).unwrap_or_default());
         v.extend_from_slice(&img.register(2, "ymm_hi", i).unwrap_or_default());
         if avx512 {
             v.extend_from_slice(&img.register(6, "zmm_hi", i).unwrap_or_default());
-            println!("  zmm{i:<8} {}", le_hex(&v));
+            outln!("  zmm{i:<8} {}", le_hex(&v));
         } else {
-            println!("  ymm{i:<8} {}", le_hex(&v));
+            outln!("  ymm{i:<8} {}", le_hex(&v));
         }
     }
     if avx512 && img.placement(7).is_ok() {
         for i in 0..16 {
             let v = img.register(7, "zmm", i).unwrap_or_default();
-            println!("  zmm{:<8} {}", i + 16, le_hex(&v));
+            outln!("  zmm{:<8} {}", i + 16, le_hex(&v));
         }
     }
 }

@@ -144,15 +144,14 @@ pub fn meta_text(s: &Snapshot) -> String {
     t
 }
 
-/// `convert IMAGE --to snapshot -o OUT`: the image laid out by `layout`/`dump` (the source
+/// `convert IMAGE --to snapshot`: the snapshot's bytes and a summary, of the image laid out by `layout`/`dump` (the source
 /// CPU) with XCR0 `xcr0` and IA32_XSS `xss`.
 pub fn image_to_snapshot(
     image: &[u8],
     dump: &xstate::cpuid::CpuidDump,
     xcr0: u64,
     xss: u64,
-    out: &Path,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(Vec<u8>, String)> {
     let regs = ControlRegs {
         xcr0,
         xss,
@@ -162,25 +161,24 @@ pub fn image_to_snapshot(
     let s = Snapshot::from_image_with(image, &layout, SourceCpu::from_dump(dump), &regs)
         .context("cannot take a snapshot of the image")?;
     let bytes = s.encode()?;
-    std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(format!(
+    let what = format!(
         "snapshot v{}, {} bytes, XCR0 {:#x}, components {}",
         xstate::snapshot::VERSION,
         bytes.len(),
         xcr0,
         s.component_names()
-    ))
+    );
+    Ok((bytes, what))
 }
 
-/// `convert SNAP --to standard|compacted -o IMG`: rebuilt with the destination's offsets.
+/// `convert SNAP --to standard|compacted`: the image's bytes and a summary, rebuilt with the destination's offsets.
 /// `mask_` defaults to the snapshot's XCR0 (standard) or XCR0 | IA32_XSS (compacted).
 pub fn snapshot_to_image(
     s: &Snapshot,
     dest: &Layout,
     form: Form,
     xcr0: Option<u64>,
-    out: &Path,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(Vec<u8>, String)> {
     let m = match form {
         Form::Standard => xcr0.unwrap_or(s.xcr0),
         Form::Compacted => xcr0.unwrap_or(s.xcr0) | s.xss,
@@ -188,14 +186,18 @@ pub fn snapshot_to_image(
     if m & mask::COMPACTED != 0 {
         bail!("--xcr0 {m:#x}: bit 63 is not a component");
     }
-    let img = s.to_image(dest, form, m)?;
-    std::fs::write(out, &img).with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(format!(
+    let img = s.to_image(dest, form, m).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; `xstate check SNAP --cpuid DEST` lists every reason the destination cannot take the snapshot"
+        )
+    })?;
+    let what = format!(
         "{form}, {} bytes, components {} ({}) rebuilt with the destination's layout",
         img.len(),
         hex(m),
         mask_names(s.xstate_bv())
-    ))
+    );
+    Ok((img, what))
 }
 
 /// `validate FILE --profile snapshot`: a file that does not decode is one violation (rule
@@ -228,16 +230,16 @@ pub fn validate_file(path: &Path, json_out: bool) -> anyhow::Result<i32> {
             "violations": violations,
         }));
     } else if valid {
-        println!("valid: {} is a well-formed snapshot", path.display());
+        outln!("valid: {} is a well-formed snapshot", path.display());
     } else {
-        println!(
+        outln!(
             "invalid: {}: {} violation{}",
             path.display(),
             violations.len(),
             if violations.len() == 1 { "" } else { "s" }
         );
         for v in &violations {
-            println!("  {v}");
+            outln!("  {v}");
         }
     }
     Ok(if valid { 0 } else { 1 })
@@ -267,26 +269,3 @@ pub fn add_blob_reasons(
     v.compatible = v.reasons.is_empty();
 }
 
-/// Writes `bytes` to `out` atomically (a temporary file in the same directory, then rename),
-/// refusing to write over `input`.
-pub fn write_new(out: &Path, input: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(out), std::fs::canonicalize(input)) {
-        if a == b {
-            bail!(
-                "{}: the output would overwrite the input; choose another -o",
-                out.display()
-            );
-        }
-    }
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| String::from("out"));
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let r = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, out));
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", out.display()));
-    }
-    Ok(())
-}

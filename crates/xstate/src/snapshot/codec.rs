@@ -285,8 +285,10 @@ impl Snapshot {
     /// written to memory) or the body exceeds 4 GiB.
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         let mut body = Vec::new();
-        ciborium::into_writer(&to_v1(self), &mut body).map_err(|e| SnapshotError::Body {
-            message: format!("cannot encode: {e:?}"),
+        // Writing to a Vec cannot fail; the CBOR writer's only other error is a value it
+        // cannot represent, which this schema has none of.
+        ciborium::into_writer(&to_v1(self), &mut body).map_err(|_| SnapshotError::Body {
+            message: String::from("the CBOR writer refused the body"),
         })?;
         let Ok(body_len) = u32::try_from(body.len()) else {
             return Err(SnapshotError::Body {
@@ -374,9 +376,12 @@ fn bad_magic(bytes: &[u8]) -> SnapshotError {
     SnapshotError::BadMagic { found }
 }
 
-fn body_error<E: fmt::Debug>(e: ciborium::de::Error<E>) -> SnapshotError {
+fn body_error<E>(e: ciborium::de::Error<E>) -> SnapshotError {
     let message = match e {
-        ciborium::de::Error::Io(io) => format!("truncated or unreadable: {io:?}"),
+        // Reading from a byte slice fails only at its end.
+        ciborium::de::Error::Io(_) => String::from(
+            "the body ends inside a CBOR value: the file is truncated or its length field damaged",
+        ),
         ciborium::de::Error::Syntax(off) => format!("CBOR syntax error at body byte {off}"),
         ciborium::de::Error::Semantic(off, msg) => match off {
             Some(o) => format!("at body byte {o}: {msg}"),
