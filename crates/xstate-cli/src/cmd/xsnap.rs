@@ -268,4 +268,3 @@ pub fn add_blob_reasons(
     }
     v.compatible = v.reasons.is_empty();
 }
-
