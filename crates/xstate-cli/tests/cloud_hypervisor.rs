@@ -119,6 +119,34 @@ fn a_layout_move_is_reported_as_misplacement_and_repaired() {
 }
 
 #[test]
+fn a_missing_ia32_xss_is_reported_as_incomplete() {
+    // Zen 4 has XSAVES with CET_U/CET_S for IA32_XSS: the fixture's msrs list carries IA32_XSS
+    // (as KVM's MSR list does); without it a restore leaves IA32_XSS 0 (the Firecracker
+    // "Bad FPU state" class, issue 13 item 4).
+    let zen4 = common::fixture("hwloc/AMD-19h-Zen4-2xEpyc-9654.txt");
+    let orig = std::fs::read_to_string(ch(FILES[2])).unwrap();
+    let (rc, out, _) = xstate(&["check", &ch(FILES[2]), "--to-cpuid", &zen4]);
+    assert_eq!(rc, 0, "{out}");
+    let entry = ",{\\\"index\\\":3488,\\\"data\\\":0}";
+    assert!(orig.contains(entry), "fixture has no IA32_XSS entry");
+    let dir = std::env::temp_dir().join(format!("xstate-ch-xss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("no-xss.json");
+    std::fs::write(&p, orig.replacen(entry, "", 1)).unwrap();
+    let (rc, out, _) = xstate(&["check", p.to_str().unwrap(), "--to-cpuid", &zen4, "--json"]);
+    assert_eq!(rc, 1, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let rules: Vec<&str> = v["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["completeness.xss_missing"], "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn damaged_state_files_give_clear_errors() {
     let dir = std::env::temp_dir().join(format!("xstate-ch-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

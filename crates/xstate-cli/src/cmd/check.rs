@@ -78,7 +78,7 @@ mod kvm_dest {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let (snap, kind) = load_snapshot_kind(&args.snapshot)?;
+    let (snap, kind, bytes) = load_snapshot_kind(&args.snapshot)?;
     let dest = if args.kvm {
         kvm_destination()?
     } else {
@@ -110,6 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     if kind == xstate::filekind::FileKind::CloudHypervisorState {
         super::xsnap::add_blob_reasons(&snap, &dest, &mut v);
+        super::xsnap::add_cloud_hypervisor_completeness(&bytes, &snap, &mut v)?;
     }
     if args.json {
         print_json(&verdict_json(

@@ -19,11 +19,37 @@ pub fn load_snapshot(path: &Path) -> anyhow::Result<Snapshot> {
     Ok(load_snapshot_kind(path)?.0)
 }
 
-/// Like [`load_snapshot`], with the file's kind.
-pub fn load_snapshot_kind(path: &Path) -> anyhow::Result<(Snapshot, FileKind)> {
+/// Like [`load_snapshot`], with the file's kind and bytes.
+pub fn load_snapshot_kind(path: &Path) -> anyhow::Result<(Snapshot, FileKind, Vec<u8>)> {
     let input = crate::input::read(path, "snapshot")?;
     crate::input::expect(path, &input, crate::input::snapshot, crate::input::SNAPSHOT)?;
-    Ok((decode(path, &input.bytes)?, input.kind))
+    Ok((decode(path, &input.bytes)?, input.kind, input.bytes))
+}
+
+/// The vCPU index [`decode`] takes (`--vcpu`, else 0).
+fn vcpu_index() -> usize {
+    VCPU.get().copied().flatten().unwrap_or(0)
+}
+
+/// Completeness of a Cloud Hypervisor vCPU (item 4 of issue 13): the MSRs the file saved
+/// decide what is present (`ChVcpu::outside_image`), so a missing IA32_XSS, IA32_XFD or CET
+/// MSR the source CPU calls for is a reason. Reasons `check` already gave are not repeated.
+pub fn add_cloud_hypervisor_completeness(
+    bytes: &[u8],
+    s: &Snapshot,
+    v: &mut xstate::compat::Verdict,
+) -> anyhow::Result<()> {
+    let st = xstate::vmm::cloud_hypervisor::StateJson::parse(bytes)?;
+    let Some(vcpu) = st.vcpus.get(vcpu_index()) else {
+        bail!("--vcpu {}: no such vCPU", vcpu_index());
+    };
+    for r in xstate::compat::completeness(&s.source, &vcpu.outside_image(s)) {
+        if !v.reasons.iter().any(|x| x.rule == r.rule) {
+            v.reasons.push(r);
+        }
+    }
+    v.compatible = v.reasons.is_empty();
+    Ok(())
 }
 
 /// The vCPU `--vcpu` selects (None: the first, with a note when there are several).

@@ -299,6 +299,21 @@ impl ChVcpu {
         r
     }
 
+    /// What the file carries outside the image, for [`crate::compat::completeness`]: an MSR
+    /// is present only when the saved `msrs` list has it (Cloud Hypervisor saves the MSRs KVM
+    /// lists, so a missing IA32_XSS is missing, not 0).
+    pub fn outside_image<'a>(&self, s: &'a Snapshot) -> crate::compat::OutsideImage<'a> {
+        let get = |i: u32| self.msrs.iter().find(|&&(k, _)| k == i).map(|&(_, v)| v);
+        crate::compat::OutsideImage {
+            xcr0: s.xcr0,
+            xss: get(MSR_IA32_XSS),
+            xfd: get(MSR_IA32_XFD),
+            xfd_err: get(MSR_IA32_XFD_ERR),
+            msrs: &s.msrs,
+            in_image: s.xcr0 | s.xstate_bv(),
+        }
+    }
+
     /// The vCPU as a snapshot record: the region read with the layout of the vCPU's own CPUID
     /// leaf 0xD (the source host's offsets).
     pub fn to_snapshot(&self) -> Result<Snapshot, SnapshotError> {
