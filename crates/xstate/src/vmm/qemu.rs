@@ -111,6 +111,8 @@ pub struct QemuVcpu {
     pub instance_id: u32,
     /// The `cpu` vmstate version.
     pub version: u32,
+    /// Byte offset of the vCPU's `cpu` section in the stream (errors about it name it).
+    pub offset: usize,
     /// Subsections the stream carried for this vCPU (`cpu/avx512`, …).
     pub subsections: Vec<String>,
     /// FPU control word (`env.fpuc`).
@@ -582,7 +584,7 @@ pub fn parse(bytes: &[u8]) -> Result<QemuStream, StreamError> {
                     }
                     let w = walk(&mut c, d, &name, 0)?;
                     if name == "cpu" {
-                        vcpus.push(cpu(body, &w, instance, ver)?);
+                        vcpus.push(cpu(body, &w, instance, ver, at)?);
                     }
                     sections.push((name.clone(), instance, ver));
                 }
@@ -700,11 +702,17 @@ fn qword_elements(
     Ok(true)
 }
 
-fn cpu(b: &[u8], w: &Walked, instance: u32, version: u32) -> Result<QemuVcpu, StreamError> {
+fn cpu(
+    b: &[u8],
+    w: &Walked,
+    instance: u32,
+    version: u32,
+    at: usize,
+) -> Result<QemuVcpu, StreamError> {
     let need = |v: Option<u64>, name: &str| {
         v.ok_or_else(|| {
             err(
-                0,
+                at,
                 name,
                 "the cpu section has no such field (not an x86 CPU vmstate)",
             )
@@ -713,6 +721,7 @@ fn cpu(b: &[u8], w: &Walked, instance: u32, version: u32) -> Result<QemuVcpu, St
     let mut v = QemuVcpu {
         instance_id: instance,
         version,
+        offset: at,
         subsections: w.subsections.iter().map(|(n, _)| n.clone()).collect(),
         ..Default::default()
     };
@@ -755,7 +764,7 @@ fn cpu(b: &[u8], w: &Walked, instance: u32, version: u32) -> Result<QemuVcpu, St
     })?;
     if !xmm {
         return Err(err(
-            0,
+            at,
             "env.xmm_regs",
             "the cpu section has no XMM registers",
         ));
@@ -772,7 +781,7 @@ fn cpu(b: &[u8], w: &Walked, instance: u32, version: u32) -> Result<QemuVcpu, St
         let k = s
             .field("env.opmask_regs")
             .filter(|f| f.size == 8 && f.count == 8)
-            .ok_or_else(|| err(0, "cpu/avx512", "no env.opmask_regs of 8 × 8 bytes"))?;
+            .ok_or_else(|| err(at, "cpu/avx512", "no env.opmask_regs of 8 × 8 bytes"))?;
         for i in 0..8 {
             v.opmask[i] = be_u64_at(b, k.offset + 8 * i);
         }
@@ -818,11 +827,11 @@ fn cpu(b: &[u8], w: &Walked, instance: u32, version: u32) -> Result<QemuVcpu, St
         let cfg = s
             .field("env.xtilecfg")
             .filter(|f| f.size * f.count == 64)
-            .ok_or_else(|| err(0, "cpu/intel_amx_xtile", "no env.xtilecfg of 64 bytes"))?;
+            .ok_or_else(|| err(at, "cpu/intel_amx_xtile", "no env.xtilecfg of 64 bytes"))?;
         let data = s
             .field("env.xtiledata")
             .filter(|f| f.size * f.count == 8192)
-            .ok_or_else(|| err(0, "cpu/intel_amx_xtile", "no env.xtiledata of 8192 bytes"))?;
+            .ok_or_else(|| err(at, "cpu/intel_amx_xtile", "no env.xtiledata of 8192 bytes"))?;
         v.xtile = Some((
             b[cfg.offset..cfg.offset + 64].to_vec(),
             b[data.offset..data.offset + 8192].to_vec(),
@@ -919,8 +928,7 @@ impl QemuVcpu {
         } else if self.mxcsr != crate::snapshot::MXCSR_INIT || sse.iter().any(|&b| b != 0) {
             // A guest that never enabled XSAVE (XCR0 = 1, e.g. still in the firmware) may use
             // SSE through FXSAVE; a snapshot record with that XCR0 cannot carry SSE state.
-            return Err(err(
-                0,
+            return Err(err(self.offset,
                 "env.xcr0",
                 format!("XCR0 is {:#x} (SSE not enabled) but MXCSR/XMM hold state: the guest has not enabled XSAVE yet, and a snapshot record cannot carry SSE state under that XCR0", self.xcr0),
             ));
@@ -956,7 +964,7 @@ impl QemuVcpu {
             let bit = 1u64 << id;
             if enabled & bit == 0 && data.iter().any(|&x| x != 0) {
                 return Err(err(
-                    0,
+                    self.offset,
                     "env.xcr0",
                     format!(
                         "component {id} ({}) holds state but XCR0 {:#x} does not enable it",
@@ -975,8 +983,7 @@ impl QemuVcpu {
         let xfd_bits = self.xfd.0 | self.xfd.1;
         for id in bits((enabled | self.xss) & !mask::LEGACY & !mask::COMPACTED) {
             let c = Component::get(id).ok_or_else(|| {
-                err(
-                    0,
+                err(self.offset,
                     "env.xcr0",
                     format!("component {id} is enabled but is not one whose registers a QEMU stream carries"),
                 )
