@@ -60,3 +60,46 @@ for sel, (xcr0, std, cmp) in enumerate(cpus):
             open(os.path.join(corpus, "convert", f"{name}-to{dst}"), "wb").write(bytes([sel, dst]) + struct.pack("<Q", 0xFF) + img)
 PY
 echo "seeded image targets"
+
+# Snapshots of other VMMs: the Cloud Hypervisor fixtures; a QEMU stream when one is given
+# (QEMU_STREAM=FILE, e.g. one the qemu_stream CLI test wrote), with the mode byte 0 (raw).
+mkdir -p "$here/corpus/cloud_hypervisor" "$here/corpus/qemu_stream"
+cp "$here"/../crates/xstate/tests/fixtures/vmm/cloud-hypervisor/*.json "$here/corpus/cloud_hypervisor/"
+if [ -n "${QEMU_STREAM:-}" ]; then
+    { printf '\000'; cat "$QEMU_STREAM"; } > "$here/corpus/qemu_stream/real"
+fi
+# A small QEMU stream built from the format facts (header, configuration, one `cpu` section with
+# the AVX-512 and PKRU subsections, end, vmdesc), so that mutations start from a stream that
+# parses and stay fast.
+python3 - "$here/corpus/qemu_stream/small" <<'PY'
+import json, struct, sys
+def sub(name, data):
+    return b'\x05' + bytes([len(name)]) + name.encode() + struct.pack('>I', 1) + data
+cpu = struct.pack('>HHHH', 0x37f, 0x1800, 0xff, 0)
+cpu += b''.join(struct.pack('>QH', 0x8000000000000000 | i, 0x3fff) for i in range(8))
+cpu += struct.pack('>I', 0x1f80)
+cpu += b''.join(struct.pack('>QQ', i, i << 56) for i in range(16))
+cpu += struct.pack('>QQ', 0x2e7, 0)
+cpu += b''.join(struct.pack('>QQ', i, i) for i in range(16))
+avx = b''.join(struct.pack('>Q', 0x100 + k) for k in range(8))
+avx += b''.join(struct.pack('>Q', i << 8 | q) for i in range(16) for q in range(4))
+avx += b''.join(struct.pack('>Q', i << 8 | q) for i in range(16) for q in range(8))
+cpu += sub('cpu/avx512', avx) + sub('cpu/pkru', struct.pack('>I', 0x55555554))
+s = b'QEVM' + struct.pack('>I', 3) + b'\x07' + struct.pack('>I', 4) + b'test'
+s += b'\x04' + struct.pack('>I', 1) + b'\x03cpu' + struct.pack('>II', 0, 12) + cpu
+s += b'\x7e' + struct.pack('>I', 1) + b'\x00'
+f = lambda n, t, sz, ln=1: dict(name=n, type=t, size=sz, **({'array_len': ln} if ln > 1 else {}))
+st = lambda n, v, sz, ln=16: dict(name=n, array_len=ln, type='struct', struct=dict(vmsd_name=v, fields=[]), size=sz)
+desc = dict(page_size=4096, devices=[dict(name='cpu', instance_id=0, vmsd_name='cpu', version=12,
+    fields=[f('env.fpuc', 'uint16', 2), f('env.fpus_vmstate', 'uint16', 2),
+            f('env.fptag_vmstate', 'uint16', 2), f('env.fpregs_format_vmstate', 'uint16', 2),
+            st('env.fpregs', 'fpreg', 10, 8), f('env.mxcsr', 'uint32', 4),
+            st('env.xmm_regs[0]', 'xmm_reg', 16), f('env.xcr0', 'uint64', 8),
+            f('env.xstate_bv', 'uint64', 8), st('env.xmm_regs[1]', 'ymmh_reg', 16)],
+    subsections=[dict(vmsd_name='cpu/avx512', fields=[f('env.opmask_regs', 'uint64', 8, 8),
+                      st('env.xmm_regs', 'zmmh_reg', 32), st('env.xmm_regs', 'hi16_zmm_reg', 64)]),
+                 dict(vmsd_name='cpu/pkru', fields=[f('env.pkru', 'uint32', 4)])])])
+d = json.dumps(desc, separators=(',', ':')).encode()
+s += b'\x06' + struct.pack('>I', len(d)) + d
+open(sys.argv[1], 'wb').write(b'\x00' + s)
+PY

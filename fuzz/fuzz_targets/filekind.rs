@@ -38,7 +38,10 @@ fn check(bytes: &[u8]) {
             assert!(*len != 512 && *len < 576);
         }
         FileKind::QemuStream => assert!(bytes.starts_with(b"QEVM")),
-        FileKind::CloudHypervisorState => {}
+        FileKind::CloudHypervisorState => {
+            assert_eq!(bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(&b'{'));
+        }
+        FileKind::UnreadVmmSnapshot { what } => assert!(what.contains("not read yet")),
     }
     if exact_magic {
         assert!(

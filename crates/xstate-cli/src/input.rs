@@ -35,7 +35,8 @@ pub fn read(path: &Path, what: &str) -> anyhow::Result<Input> {
             path.display()
         );
     }
-    if meta.len() > MAX_INPUT {
+    let bound = bound_for(path, meta.len());
+    if meta.len() > bound {
         bail!(
             "{what} {} has {} bytes; no valid input of any kind exceeds {MAX_INPUT} bytes (1 MiB), so it is not read",
             path.display(),
@@ -46,17 +47,35 @@ pub fn read(path: &Path, what: &str) -> anyhow::Result<Input> {
         .with_context(|| format!("cannot read {what} {}", path.display()))?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     // The file may grow while it is read: never take more than the bound (+1 to notice).
-    f.take(MAX_INPUT + 1)
+    f.take(bound + 1)
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read {what} {}", path.display()))?;
-    if bytes.len() as u64 > MAX_INPUT {
+    if bytes.len() as u64 > bound {
         bail!(
-            "{what} {} grew beyond {MAX_INPUT} bytes while being read; not used",
+            "{what} {} grew beyond {bound} bytes while being read; not used",
             path.display()
         );
     }
     let kind = detect(&bytes);
     Ok(Input { bytes, kind })
+}
+
+/// The size bound for `path`: [`MAX_INPUT`], or for a file that starts with the QEMU stream
+/// magic [`MAX_STREAM`](xstate::vmm::qemu::MAX_STREAM) (a stream carries the guest's RAM).
+fn bound_for(path: &Path, len: u64) -> u64 {
+    if len <= MAX_INPUT {
+        return MAX_INPUT;
+    }
+    let mut head = [0u8; 4];
+    let qemu = std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map(|_| head == xstate::vmm::qemu::MAGIC)
+        .unwrap_or(false);
+    if qemu {
+        xstate::vmm::qemu::MAX_STREAM
+    } else {
+        MAX_INPUT
+    }
 }
 
 /// Refuses an input whose kind `ok` does not accept, saying what it is and what `expected`
@@ -73,11 +92,24 @@ pub fn expect(
     bail!("{} is {}; expected {expected}", path.display(), input.kind)
 }
 
-/// True for the kinds the image commands read: XSAVE images, FXSAVE areas and snapshots.
+/// True for the kinds the image commands read: XSAVE images, FXSAVE areas and snapshots
+/// (`.xsnap`, QEMU streams, Cloud Hypervisor `state.json`).
 pub fn image_or_snapshot(k: &FileKind) -> bool {
-    k.is_image() || *k == FileKind::Snapshot
+    k.is_image() || snapshot(k)
+}
+
+/// True for the snapshot kinds read into a snapshot record.
+pub fn snapshot(k: &FileKind) -> bool {
+    matches!(
+        k,
+        FileKind::Snapshot | FileKind::QemuStream | FileKind::CloudHypervisorState
+    )
 }
 
 /// What the image commands expect, in words.
 pub const IMAGE_OR_SNAPSHOT: &str =
-    "an XSAVE image (standard or compacted, at least 576 bytes), a 512-byte FXSAVE area or an .xsnap snapshot";
+    "an XSAVE image (standard or compacted, at least 576 bytes), a 512-byte FXSAVE area or a snapshot (.xsnap, QEMU migration stream, Cloud Hypervisor state.json)";
+
+/// What `check` expects, in words.
+pub const SNAPSHOT: &str =
+    "a snapshot (.xsnap, QEMU migration stream, Cloud Hypervisor state.json)";

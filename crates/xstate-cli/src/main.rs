@@ -24,6 +24,11 @@ pub(crate) struct Cli {
     /// `trusted_inconsistent` and `warnings` fields). `check` still never says compatible.
     #[arg(long, global = true)]
     trust_cpuid: bool,
+    /// Which vCPU of a snapshot holding several (a QEMU stream, a Cloud Hypervisor
+    /// state.json) the command works on: the index in the file's order (QEMU: section order,
+    /// the CPU index; Cloud Hypervisor: vCPU id order). Default: the first.
+    #[arg(long, global = true, value_name = "N")]
+    vcpu: Option<usize>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -108,6 +113,7 @@ fn main() {
     };
     // `--json` is the one spelling of machine-readable output in every subcommand.
     trust::configure(cli.trust_cpuid, std::env::args_os().any(|a| a == "--json"));
+    cmd::xsnap::select_vcpu(cli.vcpu);
     let result = match cli.command {
         Command::Batch(a) => cmd::batch::run(a),
         _ => dispatch(cli),

@@ -525,7 +525,7 @@ fn wrong_file_kinds() {
     refuses(
         &["check", &img, "--to-cpuid", &sky],
         2,
-        &["expected an .xsnap snapshot"],
+        &["expected a snapshot (.xsnap"],
         &[&img],
         None,
     );

@@ -267,7 +267,7 @@ fn check_usage_and_io_errors_exit_2() {
     ]);
     assert_eq!(code, 2);
     assert!(
-        e.contains("is a text file") && e.contains("expected an .xsnap snapshot"),
+        e.contains("is a text file") && e.contains("expected a snapshot (.xsnap"),
         "{e}"
     );
     let (code, _, _) = xstate(&["check", junk.to_str().unwrap()]);

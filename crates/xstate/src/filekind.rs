@@ -8,8 +8,9 @@
 //!    CRC-32 all check → [`FileKind::Snapshot`]; a file that looks like one (the magic with a
 //!    few bytes wrong, or a correct magic with any later check failing, or a frame whose length
 //!    field matches the file) → [`FileKind::DamagedSnapshot`], never an image;
-//! 3. the formats of other VMMs ([`vmm_format`]): a QEMU migration stream (QEMU_VM_FILE_MAGIC
-//!    `QEVM` at offset 0) and, to come, Cloud Hypervisor's `state.json`;
+//! 3. the formats of other VMMs ([`vmm_format`], [`crate::vmm::detect`]): a QEMU migration
+//!    stream (QEMU_VM_FILE_MAGIC `QEVM` at offset 0), Cloud Hypervisor's `state.json`, and
+//!    Firecracker `vmstate` / crosvm CBOR fragments (recognised, not read yet);
 //! 4. text: a CPUID dump in a format [`DumpFormat::detect`](crate::cpuid::parse::DumpFormat::detect) recognises → [`FileKind::CpuidDump`],
 //!    other text → [`FileKind::Text`];
 //! 5. binary: exactly 512 bytes → [`FileKind::Fxsave`] (FXSAVE's area, SDM Vol. 1 §10.5.1); at
@@ -62,8 +63,14 @@ pub enum FileKind {
     },
     /// A QEMU migration stream (`QEVM` magic).
     QemuStream,
-    /// Cloud Hypervisor's `state.json` (recognised by the module that reads it).
+    /// Cloud Hypervisor's `state.json` (recognised by [`crate::vmm::cloud_hypervisor`]).
     CloudHypervisorState,
+    /// A snapshot of another VMM that is recognised but not read yet (Firecracker `vmstate`,
+    /// crosvm CBOR fragments): which format and version it is.
+    UnreadVmmSnapshot {
+        /// [`crate::vmm::VmmFormat::describe`] of it.
+        what: String,
+    },
     /// A 512-byte FXSAVE area.
     Fxsave,
     /// An XSAVE image in the standard form (XCOMP_BV bit 63 clear), at least 576 bytes.
@@ -102,6 +109,7 @@ impl fmt::Display for FileKind {
             FileKind::DamagedSnapshot { why } => write!(f, "a damaged .xsnap snapshot ({why})"),
             FileKind::QemuStream => f.write_str("a QEMU migration stream"),
             FileKind::CloudHypervisorState => f.write_str("a Cloud Hypervisor state.json"),
+            FileKind::UnreadVmmSnapshot { what } => f.write_str(what),
             FileKind::Fxsave => f.write_str("a 512-byte FXSAVE area"),
             FileKind::XsaveStandard => f.write_str("a standard-form XSAVE image"),
             FileKind::XsaveCompacted => f.write_str("a compacted-form XSAVE image"),
@@ -142,14 +150,18 @@ pub fn detect(bytes: &[u8]) -> FileKind {
     }
 }
 
-/// The detect hook for other VMMs' state formats: a QEMU migration stream starts with
-/// QEMU_VM_FILE_MAGIC 0x5145564D (`QEVM`, big-endian). Cloud Hypervisor's `state.json` is
-/// recognised here once its reader exists (issue 13); until then it is text.
+/// The detect hook for other VMMs' state formats ([`crate::vmm::detect`]): a QEMU migration
+/// stream (QEMU_VM_FILE_MAGIC `QEVM`), Cloud Hypervisor's `state.json`, and the recognised but
+/// unread Firecracker `vmstate` and crosvm CBOR fragments.
 pub fn vmm_format(bytes: &[u8]) -> Option<FileKind> {
-    if bytes.starts_with(b"QEVM") {
-        return Some(FileKind::QemuStream);
-    }
-    None
+    use crate::vmm::VmmFormat;
+    Some(match crate::vmm::detect(bytes)? {
+        VmmFormat::QemuStream => FileKind::QemuStream,
+        VmmFormat::CloudHypervisor => FileKind::CloudHypervisorState,
+        other => FileKind::UnreadVmmSnapshot {
+            what: other.describe(),
+        },
+    })
 }
 
 /// Snapshot, damaged snapshot, or neither. A correct magic makes the file a snapshot whose

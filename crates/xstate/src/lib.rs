@@ -25,6 +25,8 @@
 //! - [`convert`]: lossless conversion between forms, layouts and FXSAVE;
 //! - [`diff`]: register-by-register comparison by meaning;
 //! - [`snapshot`]: portable `.xsnap` snapshots of a vCPU's extended state;
+//! - [`vmm`]: snapshots other VMMs wrote (QEMU migration streams, Cloud Hypervisor
+//!   `state.json`; Firecracker and crosvm files recognised) read into snapshot records;
 //! - [`compat`]: can a snapshot be restored on a destination (every reason it cannot);
 //! - [`guest_cpuid`]: a guest's CPUID leaf 0xD for a chosen set of components;
 //! - [`engine`]: the guest FPU engine — host/user/guest configurations, permissions, per-vCPU
@@ -53,3 +55,4 @@ pub mod strategy;
 #[cfg(test)]
 mod testutil;
 pub mod validate;
+pub mod vmm;

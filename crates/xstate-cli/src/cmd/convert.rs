@@ -37,6 +37,9 @@ pub enum Target {
     Fxsave,
     /// A portable `.xsnap` snapshot (the CPU given by --cpuid/--host is the image's source).
     Snapshot,
+    /// A Cloud Hypervisor `state.json` (input must be one) whose xsave regions are laid out
+    /// for the destination (--to-cpuid, --cpuid or --host); every other byte as it was.
+    StateJson,
 }
 
 /// Arguments of `xstate convert`.
@@ -76,6 +79,7 @@ impl Target {
             Target::Compacted => "compacted",
             Target::Fxsave => "fxsave",
             Target::Snapshot => "snapshot",
+            Target::StateJson => "state-json",
         }
     }
 }
@@ -135,7 +139,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         crate::input::image_or_snapshot,
         crate::input::IMAGE_OR_SNAPSHOT,
     )?;
-    if input.kind == xstate::filekind::FileKind::Snapshot {
+    if args.to == Target::StateJson {
+        return repair_state_json(&args, &input);
+    }
+    if crate::input::snapshot(&input.kind) {
         return convert_snapshot(&args, &input.bytes);
     }
     let src_m = machine(&args.cpu, None, None, None)?;
@@ -183,6 +190,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 xcomp_bv: None,
             }
         }
+        Target::StateJson => anyhow::bail!("--to state-json takes a Cloud Hypervisor state.json"),
         Target::Standard | Target::Compacted | Target::Snapshot => {
             let form = if args.to == Target::Standard {
                 Form::Standard
@@ -273,6 +281,44 @@ fn convert_snapshot(args: &Args, bytes: &[u8]) -> anyhow::Result<i32> {
             "{}: a snapshot converts to --to standard or --to compacted (then to fxsave)",
             args.file.display()
         ),
+        Target::StateJson => anyhow::bail!("--to state-json takes a Cloud Hypervisor state.json"),
     };
     args.finish(w)
+}
+
+/// `convert state.json --to state-json -o OUT [--to-cpuid DEST]` (default: this machine): every
+/// vCPU's xsave region rebuilt with the destination's standard offsets, every other byte of
+/// the file as it was (checked by reading the result back).
+fn repair_state_json(args: &Args, input: &crate::input::Input) -> anyhow::Result<i32> {
+    if input.kind != xstate::filekind::FileKind::CloudHypervisorState {
+        anyhow::bail!(
+            "{} is {}; --to state-json needs a Cloud Hypervisor state.json",
+            args.file.display(),
+            input.kind
+        );
+    }
+    if args.cpu.cpuid.is_some() {
+        anyhow::bail!(
+            "{}: a state.json carries its source CPU; give the destination with --to-cpuid FILE (default: this machine)",
+            args.file.display()
+        );
+    }
+    let dest = match &args.to_cpuid {
+        Some(p) => load_dump(p)?,
+        None => args.cpu.load()?,
+    };
+    let layout = layout_of(&dest)?;
+    let out = xstate::vmm::cloud_hypervisor::repair(&input.bytes, &layout)
+        .with_context(|| format!("{}", args.file.display()))?;
+    let what = format!(
+        "Cloud Hypervisor state.json, {} bytes, xsave regions and leaf 0xD laid out for {}",
+        out.len(),
+        dest.source
+    );
+    args.finish(Written {
+        bytes: out,
+        what,
+        xstate_bv: None,
+        xcomp_bv: None,
+    })
 }

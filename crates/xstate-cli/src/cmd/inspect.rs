@@ -15,7 +15,6 @@ use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 use xstate::components::{bits, mask, mask_names, Component};
 use xstate::cpuid::CpuidDump;
-use xstate::filekind::FileKind;
 use xstate::image::registers::{le_hex, registers};
 use xstate::image::{ImageError, Xsave, XsaveImage, FXSAVE_SIZE, MIN_SIZE};
 use xstate::layout::{Form, FormLayout, Layout};
@@ -72,7 +71,7 @@ pub(crate) fn load_image(path: &Path, layout: &Layout) -> anyhow::Result<Loaded>
     )?;
     let bytes = input.bytes;
     let file_size = bytes.len();
-    if input.kind == FileKind::Snapshot {
+    if crate::input::snapshot(&input.kind) {
         let snap = super::xsnap::decode(path, &bytes)?;
         return Ok(Loaded {
             image: super::xsnap::source_image(path, &snap)?,
@@ -426,7 +425,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     print_vectors(img);
     if !unreadable.is_empty() {
-        println!(
+        outln!(
             "UNREADABLE: {} present in XSTATE_BV but not readable from the {} bytes of {}",
             unreadable
                 .iter()

@@ -14,22 +14,98 @@ use xstate::snapshot::{ControlRegs, Snapshot, SourceCpu};
 
 use crate::common::hex;
 
-/// Reads and decodes a snapshot file.
-pub fn load_snapshot(path: &Path) -> anyhow::Result<Snapshot> {
+/// Reads and decodes a snapshot file (`.xsnap`, QEMU stream, Cloud Hypervisor `state.json`),
+/// with the file's kind and bytes.
+pub fn load_snapshot_kind(path: &Path) -> anyhow::Result<(Snapshot, FileKind, Vec<u8>)> {
     let input = crate::input::read(path, "snapshot")?;
-    crate::input::expect(
-        path,
-        &input,
-        |k| matches!(k, FileKind::Snapshot),
-        "an .xsnap snapshot",
-    )?;
-    decode(path, &input.bytes)
+    crate::input::expect(path, &input, crate::input::snapshot, crate::input::SNAPSHOT)?;
+    Ok((decode(path, &input.bytes)?, input.kind, input.bytes))
 }
 
-/// Decodes snapshot bytes read from `path`.
+/// The vCPU index [`decode`] takes (`--vcpu`, else 0).
+fn vcpu_index() -> usize {
+    VCPU.get().copied().flatten().unwrap_or(0)
+}
+
+/// Completeness of a Cloud Hypervisor vCPU (item 4 of issue 13): the MSRs the file saved
+/// decide what is present (`ChVcpu::outside_image`), so a missing IA32_XSS, IA32_XFD or CET
+/// MSR the source CPU calls for is a reason. Reasons `check` already gave are not repeated.
+pub fn add_cloud_hypervisor_completeness(
+    bytes: &[u8],
+    s: &Snapshot,
+    v: &mut xstate::compat::Verdict,
+) -> anyhow::Result<()> {
+    let st = xstate::vmm::cloud_hypervisor::StateJson::parse(bytes)?;
+    let Some(vcpu) = st.vcpus.get(vcpu_index()) else {
+        bail!("--vcpu {}: no such vCPU", vcpu_index());
+    };
+    for r in xstate::compat::completeness(&s.source, &vcpu.outside_image(s)) {
+        if !v.reasons.iter().any(|x| x.rule == r.rule) {
+            v.reasons.push(r);
+        }
+    }
+    v.compatible = v.reasons.is_empty();
+    Ok(())
+}
+
+/// The vCPU `--vcpu` selects (None: the first, with a note when there are several).
+static VCPU: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+
+/// Records `--vcpu` (called once, by `main`).
+pub fn select_vcpu(v: Option<usize>) {
+    let _ = VCPU.set(v);
+}
+
+/// Decodes snapshot bytes read from `path`, whatever VMM wrote them (detected by content:
+/// `.xsnap`, a QEMU migration stream, a Cloud Hypervisor `state.json`). A multi-vCPU file gives
+/// the vCPU `--vcpu` selects, else its first (a note on stderr says so). Firecracker and crosvm
+/// files are recognised and refused with their format and version (exit 2).
 pub fn decode(path: &Path, bytes: &[u8]) -> anyhow::Result<Snapshot> {
-    Snapshot::decode(bytes)
-        .with_context(|| format!("{} is not a readable .xsnap file", path.display()))
+    let mut all = decode_all(path, bytes)?;
+    let n = all.len();
+    let want = VCPU.get().copied().flatten();
+    match want {
+        Some(i) if i >= n => bail!(
+            "--vcpu {i}: {} holds {n} vCPU{} (0..{n})",
+            path.display(),
+            if n == 1 { "" } else { "s" }
+        ),
+        Some(i) => Ok(all.swap_remove(i)),
+        None if n == 0 => bail!("{}: the snapshot holds no vCPU", path.display()),
+        None => {
+            if n > 1 {
+                errln!(
+                    "note: {} holds {n} vCPUs; using the first (--vcpu N selects another)",
+                    path.display()
+                );
+            }
+            Ok(all.swap_remove(0))
+        }
+    }
+}
+
+/// Every vCPU of a snapshot file, as snapshot records (see [`decode`]).
+pub fn decode_all(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<Snapshot>> {
+    match xstate::filekind::detect(bytes) {
+        FileKind::QemuStream => {
+            let st = xstate::vmm::qemu::parse(bytes)
+                .with_context(|| format!("{} is not a readable QEMU stream", path.display()))?;
+            Ok(st.snapshots()?)
+        }
+        FileKind::CloudHypervisorState => {
+            let st = xstate::vmm::cloud_hypervisor::StateJson::parse(bytes).with_context(|| {
+                format!(
+                    "{} is not a readable Cloud Hypervisor state.json",
+                    path.display()
+                )
+            })?;
+            Ok(st.snapshots()?)
+        }
+        FileKind::UnreadVmmSnapshot { what } => bail!("{} is {what}", path.display()),
+        _ => Ok(vec![Snapshot::decode(bytes).with_context(|| {
+            format!("{} is not a readable .xsnap file", path.display())
+        })?]),
+    }
 }
 
 /// The image a snapshot stands for, on its source CPU's layout (standard form of its XCR0, or
@@ -189,4 +265,28 @@ pub fn validate_file(path: &Path, json_out: bool) -> anyhow::Result<i32> {
         }
     }
     Ok(if valid { 0 } else { 1 })
+}
+
+/// Cloud Hypervisor restores the raw KVM region, laid out with the source host's offsets:
+/// every present component whose standard offset differs on the destination is misplaced
+/// there (KVM_SET_XSAVE accepts it with rc 0, DESIGN.md §10). One reason per component.
+pub fn add_blob_reasons(
+    s: &Snapshot,
+    dest: &xstate::compat::Destination,
+    v: &mut xstate::compat::Verdict,
+) {
+    for m in xstate::vmm::cloud_hypervisor::blob_moves(s, &dest.layout) {
+        v.reasons.push(xstate::compat::Reason {
+            rule: String::from("layout.raw_region_misplaced"),
+            component: Some(Component::name_of(m.id)),
+            message: format!(
+                "Cloud Hypervisor restores the saved KVM region as it is: component {} ({}) was saved at standard offset {} but the destination reads it at {}; KVM_SET_XSAVE would accept the region (rc 0) and misplace the registers. `xstate convert FILE --to state-json` writes a state.json whose region is laid out for the destination",
+                m.id,
+                Component::name_of(m.id),
+                m.from,
+                m.to
+            ),
+        });
+    }
+    v.compatible = v.reasons.is_empty();
 }
