@@ -82,3 +82,11 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 /// panic = "abort".
 #[no_mangle]
 pub extern "C" fn rust_eh_personality() {}
+
+/// The unwinder entry the precompiled `alloc` refers to on its cleanup paths; never reached
+/// with panic = "abort" (a panic stops the kernel before any unwinding).
+#[no_mangle]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    crate::println!("{{\"fatal\": \"_Unwind_Resume called\"}}");
+    crate::arch::shutdown()
+}
