@@ -31,7 +31,8 @@ use crate::quirks::Quirks;
 pub const BUF: usize = 16384;
 /// Offset in the read-back buffer where XGETBV(1) and XGETBV(0) are stored.
 const XGETBV_AT: usize = 15360;
-const NBUF: usize = 3;
+/// Buffers 0..2 are random-filled per case; buffer 3 holds the reset image.
+const NBUF: usize = 4;
 
 #[repr(C, align(4096))]
 struct Buffers([[u8; BUF]; NBUF]);
@@ -192,15 +193,17 @@ impl Differential {
                     }
                 }
                 mask::XTILECFG => {
-                    // Palette 1 (SDM Vol. 1 §3.5 AMX, Vol. 2 LDTILECFG): bytes 0 palette, 1
-                    // start_row = 0, 16 + 2n colsb (u16, ≤ 64), 48 + n rows (≤ 16), n < 8;
-                    // everything else zero; rows = 0 ⇔ colsb = 0.
+                    // Palette 1 (SDM Vol. 2 LDTILECFG): bytes 0 palette, 1 start_row = 0,
+                    // 16 + 2n colsb (u16, ≤ 64), 48 + n rows (≤ 16), n < 8; everything else
+                    // zero; rows = 0 ⇔ colsb = 0. colsb = rows here: Bochs stores the two
+                    // swapped (quirks::TILECFG_SAVE_SWAPS_ROWS_COLSB, checked by the directed
+                    // case), which would otherwise hide every other TILECFG difference.
                     c.fill(0);
                     c[0] = 1;
                     for n in 0..8 {
                         if r.pct(70) {
-                            let colsb = 4 * (1 + r.below(16)) as u16;
                             let rows = 1 + r.below(16) as u8;
+                            let colsb = u16::from(rows);
                             c[16 + 2 * n..18 + 2 * n].copy_from_slice(&colsb.to_le_bytes());
                             c[48 + n] = rows;
                         }
@@ -228,8 +231,15 @@ impl Differential {
             return Some(format!("{{\"disagree\": \"layout\", \"case\": {index}, \"detail\": \"no layout for {setup_mask:#x}\"}}"));
         };
 
-        for b in bufs.0.iter_mut() {
+        for b in bufs.0.iter_mut().take(3) {
             r.fill(b);
+        }
+        // The reset image: XSTATE_BV = 0 with every supported component in XCOMP_BV, so the
+        // reset restore puts every component in its initial configuration (SDM Vol. 1 §13.8).
+        let reset = &mut bufs.0[3];
+        reset.fill(0);
+        if xsaves {
+            reset[520..528].copy_from_slice(&(self.xcr0_supported | self.xss_supported | mask::COMPACTED).to_le_bytes());
         }
         let img = &mut bufs.0[0];
         img[..form.size as usize].fill(0);
@@ -239,6 +249,15 @@ impl Differential {
         img[520..528].copy_from_slice(&form.xcomp_bv().to_le_bytes());
 
         let mut steps: Vec<Step> = Vec::new();
+        // Reset: every supported component to its initial configuration, so that nothing of
+        // the previous case (or of the compiled code) survives on the CPU.
+        steps.push(Step::new(Op::Xsetbv, self.xcr0_supported, 0));
+        if xsaves {
+            steps.push(Step::new(Op::WrXss, self.xss_supported, 0));
+            steps.push(Step::new(Op::Xrstors, u64::MAX, base[3]));
+        } else {
+            steps.push(Step::new(Op::Xrstor, u64::MAX, base[3]));
+        }
         steps.push(Step::new(Op::Xsetbv, xcr0, 0));
         if xsaves {
             steps.push(Step::new(Op::WrXss, xss, 0));
@@ -246,7 +265,7 @@ impl Differential {
         } else {
             steps.push(Step::new(Op::Xrstor, u64::MAX, base[0]));
         }
-        let setup_len = steps.len();
+        let setup_len = steps.len() - 1;
         for _ in 0..1 + r.below(4) {
             self.random_sequence(&mut r, &base, &mut steps);
         }
@@ -274,14 +293,16 @@ impl Differential {
             Some(first) => {
                 let mut q = self.quirks.clone();
                 let quirked = self.run_model(&steps, &base, &mut mbufs_q, Some(&mut q));
-                if compare(&steps, &quirked, bufs, &mbufs_q).is_none() && q.any_applied() {
+                let second = compare(&steps, &quirked, bufs, &mbufs_q);
+                if second.is_none() && q.any_applied() {
                     t.known += 1;
                     self.quirks.record(&q);
                     None
                 } else {
                     t.disagree += 1;
+                    let second = second.unwrap_or_else(|| String::from("null"));
                     Some(format!(
-                        "{{\"disagree\": {first}, \"case\": {index}, \"xcr0\": \"{xcr0:#x}\", \"xss\": \"{xss:#x}\", \"xstate_bv\": \"{xstate_bv:#x}\", \"program\": \"{}\"}}",
+                        "{{\"disagree\": {first}, \"with_known_differences\": {second}, \"case\": {index}, \"xcr0\": \"{xcr0:#x}\", \"xss\": \"{xss:#x}\", \"xstate_bv\": \"{xstate_bv:#x}\", \"program\": \"{}\"}}",
                         describe(&steps[setup_len..], &base)
                     ))
                 }
@@ -350,6 +371,9 @@ impl Differential {
                 let first = if save == Op::Xsaves { Op::Xsaves } else { Op::Xsave };
                 let m = if r.pct(50) { u64::MAX } else { rfbm(r) };
                 steps.push(Step::new(first, u64::MAX, b1));
+                if first == Op::Xsave && r.pct(90) {
+                    steps.push(Step::new(Op::Zero, 56, b1 + 520));
+                }
                 steps.push(Step::new(restore, m, b1));
                 if r.pct(50) {
                     steps.push(Step::new(Op::Store8, r.next(), b1 + r.below(3072)));
@@ -361,6 +385,9 @@ impl Differential {
             4 | 5 => {
                 let op = saves[r.below(saves.len() as u64) as usize];
                 steps.push(Step::new(op, u64::MAX, b1));
+                if matches!(op, Op::Xsave | Op::Xsaveopt | Op::Fxsave) && r.pct(85) {
+                    steps.push(Step::new(Op::Zero, 56, b1 + 520));
+                }
                 for _ in 0..r.below(3) {
                     let at = match r.below(4) {
                         0 => 512 + r.below(64),
@@ -412,7 +439,7 @@ impl Differential {
             let buf = &mut mem[bi];
             let addr = s.addr;
             if let Some(q) = quirks.as_deref_mut() {
-                q.before(&mut m, s);
+                q.before(&mut m, s, &buf[off..]);
             }
             let res = match s.op {
                 Op::Xsave => m.xsave(&mut buf[off..], addr, s.arg),
@@ -429,6 +456,10 @@ impl Differential {
                 Op::WrXss => m.wrmsr(Msr::Xss, s.arg),
                 Op::Store8 => {
                     buf[off] = s.arg as u8;
+                    Ok(())
+                }
+                Op::Zero => {
+                    buf[off..off + s.arg as usize].fill(0);
                     Ok(())
                 }
             };

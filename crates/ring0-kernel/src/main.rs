@@ -47,7 +47,12 @@ extern "C" fn kernel_main() -> ! {
         "{{\"hello\": \"xstate ring0 kernel\", \"seed\": {}, \"cases\": {}, \"xcr0_supported\": \"{xcr0_supported:#x}\", \"xss_supported\": \"{xss_supported:#x}\", \"mxcsr_mask\": \"{:#x}\", \"xsaveopt\": {}, \"xsavec\": {}, \"xsaves\": {}, \"xfd\": {}}}",
         p.seed, p.cases, profile.mxcsr_mask, profile.xsaveopt, profile.xsavec, profile.xsaves, profile.xfd
     );
-    let quirks = quirks::Quirks::new(xcr0_supported, xss_supported);
+    let quirks = quirks::Quirks::new(
+        xcr0_supported,
+        profile.layout.geometry(9).standard_offset,
+        profile.layout.geometry(18).standard_offset,
+        profile.xsaveopt,
+    );
     let mut d = diff::Differential { profile, xcr0_supported, xss_supported, quirks };
     let mut t = diff::Totals::default();
     let mark = heap::mark();

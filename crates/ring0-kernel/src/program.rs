@@ -36,6 +36,8 @@ pub enum Op {
     /// A one-byte store of arg's low byte at addr (an ordinary memory write between two
     /// XSAVE-family instructions, as for the modified optimization).
     Store8 = 12,
+    /// Zeroes `arg` bytes at addr (REP STOSB): clears header fields XSAVE does not write.
+    Zero = 13,
 }
 
 impl Op {
@@ -55,6 +57,7 @@ impl Op {
             Op::Tilerelease => "tilerelease",
             Op::WrXss => "wrmsr_xss",
             Op::Store8 => "store8",
+            Op::Zero => "zero",
         }
     }
 }
@@ -118,6 +121,7 @@ pub unsafe fn run(steps: &mut [Step]) {
             "cmp r8, 10", "je 40f",
             "cmp r8, 11", "je 41f",
             "cmp r8, 12", "je 42f",
+            "cmp r8, 13", "je 43f",
             "jmp 28f",
             "30: xsave64 [rdi]", "jmp 28f",
             "31: xsaveopt64 [rdi]", "jmp 28f",
@@ -133,6 +137,7 @@ pub unsafe fn run(steps: &mut [Step]) {
             "40: .byte 0xc4, 0xe2, 0x78, 0x49, 0xc0", "jmp 28f",
             "41: mov ecx, 0xda0", "wrmsr", "jmp 28f",
             "42: mov [rdi], al", "jmp 28f",
+            "43: mov rcx, [r12 + 8]", "xor eax, eax", "rep stosb", "jmp 28f",
             "28:",
             "mov qword ptr [rip + RECOVER_RIP], 0",
             "mov rax, [rip + FAULT_VEC]",

@@ -1,12 +1,30 @@
-//! Known deviations of the executor from the SDM, imitated on a second model run so that the
-//! differential applies them narrowly: a case counts as a known difference only when the
-//! imitation makes it agree completely, and a listed deviation whose precondition holds on this
-//! CPU but that never occurred in a run fails the run (the list stays true). docs/ring0.md lists
-//! each with its SDM section.
+//! Known deviations of the executor (Bochs) from the model, imitated on a second model run so
+//! that the differential applies them narrowly: a case counts as a known difference only when
+//! the imitation makes it agree completely, and a listed deviation whose precondition holds on
+//! this CPU but that never occurred in a run of 100 cases or more fails the run (the list stays
+//! true). docs/ring0.md lists each with its SDM section and the Bochs code behind it.
 
-use xstate::model::ModelCpu;
+use alloc::vec::Vec;
 
-use crate::program::Step;
+use xstate::components::mask;
+use xstate::model::{ModelCpu, Msr};
+
+use crate::program::{Op, Step};
+
+/// Identifiers of the listed deviations (index into `Quirks::entries`).
+pub const TILEDATA_XINUSE_INVERTED: usize = 0;
+/// See `Quirks::new`.
+pub const NO_MODIFIED_OPTIMIZATION: usize = 1;
+/// See `Quirks::new`.
+pub const PKRU_BYTES_4_7_NOT_WRITTEN: usize = 2;
+/// See `Quirks::new`.
+pub const XSAVE_SSE_BIT_FROM_MXCSR: usize = 3;
+/// See `Quirks::new`.
+pub const TILECFG_RESTORE_CLEARS_TILEDATA: usize = 4;
+/// See `Quirks::new`.
+pub const TILECFG_SAVE_SWAPS_ROWS_COLSB: usize = 5;
+/// See `Quirks::new`.
+pub const TILEDATA_ROWS_8_15_NOT_TRANSFERRED: usize = 6;
 
 /// One listed deviation.
 #[derive(Clone, Copy)]
@@ -17,29 +35,232 @@ pub struct Entry {
     pub possible: bool,
     /// Cases it explained in this run.
     pub hits: u64,
-    /// Set during one quirked model run when the imitation changed something.
     applied: bool,
 }
 
-/// The list and the imitation state of one model run.
+/// The list, and the imitation state of one quirked model run.
 #[derive(Clone)]
 pub struct Quirks {
     /// The entries.
-    pub entries: alloc::vec::Vec<Entry>,
+    pub entries: Vec<Entry>,
+    /// Bochs's tile-use tracker is non-zero (TILEDATA loaded since the last clear).
+    tiles_used: bool,
+    /// XINUSE\[1\] before a step whose imitation raised it.
+    saved_sse_bit: Option<u64>,
+    /// PKRU bytes 4..7 as they were in memory before a save that writes PKRU (offset, bytes).
+    pkru_upper: Option<(usize, [u8; 4])>,
+    /// Rows 8..15 of each tile as they were in memory before a save that writes TILEDATA
+    /// (offset, 8 × 512 bytes).
+    tile_rows: Option<(usize, Vec<u8>)>,
+    /// Standard offsets of PKRU and TILEDATA.
+    pkru_std: Option<u32>,
+    tiledata_std: Option<u32>,
+}
+
+fn bit(v: u64, i: u32) -> bool {
+    v >> i & 1 != 0
 }
 
 impl Quirks {
-    /// The list for a CPU with the given XCR0/IA32_XSS support.
-    pub fn new(_xcr0_supported: u64, _xss_supported: u64) -> Quirks {
-        Quirks { entries: alloc::vec::Vec::new() }
+    /// The list for a CPU with the given XCR0/IA32_XSS support and standard offsets.
+    pub fn new(xcr0_supported: u64, pkru_std: Option<u32>, tiledata_std: Option<u32>, xsaveopt: bool) -> Quirks {
+        let amx = xcr0_supported & mask::AMX == mask::AMX;
+        let e = |id, possible| Entry { id, possible, hits: 0, applied: false };
+        Quirks {
+            entries: alloc::vec![
+                // Bochs: xsave_tiledata_state_xinuse() returns tile_use_tracker == 0, i.e.
+                // "in use" exactly when no tile was loaded; SDM Vol. 1 §13.6 requires
+                // XINUSE[18] = 1 whenever TILEDATA is not in its initial configuration.
+                e("tiledata_xinuse_inverted", amx),
+                // Bochs: XSAVEOPT and XSAVES use only the init optimization; the model (SDM
+                // Vol. 1 §13.9, §13.11) also skips components unmodified since an XRSTOR(S)
+                // from the same address. Both are allowed ("may").
+                e("no_modified_optimization", xsaveopt),
+                // Bochs writes PKRU as a doubleword: bytes 4..7 of the 8-byte component keep
+                // their memory contents; the model writes them as 0 (SDM Vol. 1 §13.5.7 gives
+                // PKRU bytes 3:0 only; silicon not checked).
+                e("pkru_bytes_4_7_not_written", xcr0_supported & mask::PKRU != 0),
+                // Bochs: get_xinuse_vector() sets bit 1 when MXCSR ≠ 1F80H for XSAVE and
+                // XSAVEOPT too, so XSTATE_BV[1] = 1 with all XMM registers zero; the model
+                // follows §13.6 ("XINUSE[1] pertains only to the XMM registers"); a 1 for a
+                // component in its initial configuration is allowed.
+                e("xsave_sse_bit_from_mxcsr", true),
+                // Bochs: restoring or initializing TILECFG (configure_tiles / amx->clear())
+                // also zeroes TILEDATA and its use tracker, even when RFBM[18] = 0.
+                e("tilecfg_restore_clears_tiledata", amx),
+                // Bochs: xsave_tilecfg_state() stores rows[n] as a word at 16 + 2n and
+                // colsb[n] as a byte at 48 + n, swapped against its own LDTILECFG reader and
+                // the TILECFG format (SDM Vol. 2 LDTILECFG: colsb words at 16.., rows bytes at
+                // 48..). Checked by the directed case of `diff`.
+                e("tilecfg_save_swaps_rows_colsb", amx),
+                // Bochs: xsave_tiledata_state()/xrstor_tiledata_state() loop over
+                // BX_TILE_REGISTERS (8) rows instead of BX_TILE_MAX_ROWS (16): rows 8..15 of
+                // each 1024-byte tile are neither written by saves nor loaded by restores (the
+                // registers stay zero); SDM Vol. 1 §13.5.x: TILEDATA is 8192 bytes, 8 tiles of
+                // 16 rows of 64 bytes.
+                e("tiledata_rows_8_15_not_transferred", amx),
+            ],
+            tiles_used: false,
+            saved_sse_bit: None,
+            pkru_upper: None,
+            tile_rows: None,
+            pkru_std,
+            tiledata_std,
+        }
     }
 
-    /// Called before a step runs on the quirked model.
-    pub fn before(&mut self, _m: &mut ModelCpu, _s: &Step) {}
+    fn apply(&mut self, i: usize) {
+        if let Some(e) = self.entries.get_mut(i) {
+            e.applied = true;
+        }
+    }
 
-    /// Called after a step ran on the quirked model (`ok`: it did not fault; `mem`: the
-    /// model's memory from the step's operand on).
-    pub fn after(&mut self, _m: &mut ModelCpu, _s: &Step, _ok: bool, _mem: &mut [u8]) {}
+    /// Effective RFBM of a save or restore step on the model's control state.
+    fn rfbm(m: &ModelCpu, s: &Step) -> u64 {
+        let xcr0 = m.xgetbv(0).unwrap_or(1);
+        let xss = m.rdmsr(Msr::Xss).unwrap_or(0);
+        match s.op {
+            Op::Xsaves | Op::Xrstors => s.arg & (xcr0 | xss),
+            _ => s.arg & xcr0,
+        }
+    }
+
+    /// Before a step runs on the quirked model. `mem` is the model's memory from the step's
+    /// operand on.
+    pub fn before(&mut self, m: &mut ModelCpu, s: &Step, mem: &[u8]) {
+        // The tile-use tracker decides Bochs's XINUSE[18].
+        if self.entries[TILEDATA_XINUSE_INVERTED].possible {
+            let bochs = if self.tiles_used { 0 } else { 1u64 << 18 };
+            if m.xinuse() & (1 << 18) != bochs {
+                m.set_xinuse((m.xinuse() & !(1 << 18)) | bochs);
+                self.apply(TILEDATA_XINUSE_INVERTED);
+            }
+        }
+        let rfbm = Self::rfbm(m, s);
+        if matches!(s.op, Op::Xsave | Op::Xsaveopt) && bit(rfbm, 1) && m.mxcsr() != 0x1f80 && !bit(m.xinuse(), 1) {
+            self.saved_sse_bit = Some(m.xinuse());
+            m.set_xinuse(m.xinuse() | 2);
+            self.apply(XSAVE_SSE_BIT_FROM_MXCSR);
+        }
+        if matches!(s.op, Op::Xsaveopt | Op::Xsaves) && m.xrstor_info().is_some() {
+            m.clear_xrstor_info();
+            self.apply(NO_MODIFIED_OPTIMIZATION);
+        }
+        // Where this save writes PKRU and TILEDATA: remember the bytes Bochs leaves alone.
+        self.pkru_upper = None;
+        self.tile_rows = None;
+        let written = match s.op {
+            Op::Xsave => rfbm,
+            Op::Xsaveopt | Op::Xsavec | Op::Xsaves => rfbm & m.xinuse(),
+            _ => 0,
+        };
+        let offset = |id: u8| -> Option<usize> {
+            match s.op {
+                Op::Xsave | Op::Xsaveopt => if id == 9 { self.pkru_std } else { self.tiledata_std }.map(|o| o as usize),
+                _ => m.profile().layout.compacted(rfbm).ok().and_then(|l| l.offset_of(id)).map(|o| o as usize),
+            }
+        };
+        if bit(written, 9) {
+            if let Some(o) = offset(9) {
+                if let Some(b) = mem.get(o + 4..o + 8) {
+                    self.pkru_upper = Some((o, [b[0], b[1], b[2], b[3]]));
+                }
+            }
+        }
+        if bit(written, 18) {
+            if let Some(o) = offset(18) {
+                if mem.len() >= o + 8192 {
+                    let mut v = Vec::with_capacity(4096);
+                    for t in 0..8 {
+                        v.extend_from_slice(&mem[o + 1024 * t + 512..o + 1024 * t + 1024]);
+                    }
+                    self.tile_rows = Some((o, v));
+                }
+            }
+        }
+    }
+
+    /// After a step ran on the quirked model (`ok`: it did not fault).
+    pub fn after(&mut self, m: &mut ModelCpu, s: &Step, ok: bool, mem: &mut [u8]) {
+        if let Some(x) = self.saved_sse_bit.take() {
+            m.set_xinuse((m.xinuse() & !2) | (x & 2));
+        }
+        let pkru = self.pkru_upper.take();
+        let rows = self.tile_rows.take();
+        if !ok {
+            return;
+        }
+        let rfbm = Self::rfbm(m, s);
+        if let Some((o, b)) = pkru {
+            if mem.get(o + 4..o + 8).is_some_and(|cur| cur != b) {
+                mem[o + 4..o + 8].copy_from_slice(&b);
+                self.apply(PKRU_BYTES_4_7_NOT_WRITTEN);
+            }
+        }
+        match s.op {
+            // XSAVE writes TILEDATA's registers although Bochs reports it not in use.
+            Op::Xsave if bit(rfbm, 18) && self.tiles_used => {
+                if let (Some(o), Some(data)) = (self.tiledata_std, m.component(18)) {
+                    let o = o as usize;
+                    if let Some(dst) = mem.get_mut(o..o + data.len()) {
+                        if dst != data {
+                            dst.copy_from_slice(data);
+                            self.apply(TILEDATA_XINUSE_INVERTED);
+                        }
+                    }
+                }
+            }
+            Op::Xrstor | Op::Xrstors if rfbm & mask::AMX != 0 => {
+                let compacted = mem.get(520..528).is_some_and(|b| b[7] & 0x80 != 0);
+                let xstate_bv = mem.get(512..520).map_or(0, |b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+                let _ = compacted;
+                if bit(rfbm, 17) {
+                    // configure_tiles()/clear(): every tile zeroed, tracker cleared.
+                    self.tiles_used = false;
+                    if !bit(rfbm, 18) {
+                        if let Some(d) = m.component(18) {
+                            if d.iter().any(|&x| x != 0) {
+                                let zeros = alloc::vec![0u8; d.len()];
+                                let xin = m.xinuse();
+                                m.set_component(18, &zeros);
+                                m.set_xinuse(xin);
+                                self.apply(TILECFG_RESTORE_CLEARS_TILEDATA);
+                            }
+                        }
+                    }
+                }
+                if bit(rfbm, 18) {
+                    self.tiles_used = bit(xstate_bv, 18);
+                }
+                // Rows 8..15 of every tile were not loaded: Bochs's registers keep zeros there.
+                if let Some(d) = m.component(18) {
+                    if (0..8).any(|t| d[1024 * t + 512..1024 * t + 1024].iter().any(|&x| x != 0)) {
+                        let mut z = d.to_vec();
+                        for t in 0..8 {
+                            z[1024 * t + 512..1024 * t + 1024].fill(0);
+                        }
+                        let xin = m.xinuse();
+                        m.set_component(18, &z);
+                        m.set_xinuse(xin);
+                        self.apply(TILEDATA_ROWS_8_15_NOT_TRANSFERRED);
+                    }
+                }
+            }
+            Op::Tilerelease => self.tiles_used = false,
+            _ => {}
+        }
+        // Last: the rows Bochs does not write keep their memory contents.
+        if let Some((o, v)) = rows {
+            for t in 0..8 {
+                let dst = &mut mem[o + 1024 * t + 512..o + 1024 * t + 1024];
+                let src = &v[512 * t..512 * t + 512];
+                if dst != src {
+                    dst.copy_from_slice(src);
+                    self.apply(TILEDATA_ROWS_8_15_NOT_TRANSFERRED);
+                }
+            }
+        }
+    }
 
     /// Whether any imitation changed the model's behaviour in this run.
     pub fn any_applied(&self) -> bool {
@@ -52,6 +273,13 @@ impl Quirks {
             if r.applied {
                 e.hits += 1;
             }
+        }
+    }
+
+    /// Counts one hit of entry `i` (directed cases).
+    pub fn hit(&mut self, i: usize) {
+        if let Some(e) = self.entries.get_mut(i) {
+            e.hits += 1;
         }
     }
 }

@@ -63,8 +63,9 @@ pub struct CpuProfile {
     pub x87_pointer_bits: Option<u8>,
     /// How XINUSE is tracked.
     pub xinuse_tracking: XinuseTracking,
-    /// FCW bits as stored: `(and, or)` applied to a loaded FCW (AMD Zen 5 measured:
-    /// `(0x1f3f, 0x0040)`: reserved bits 7 and 13-15 read 0, bit 6 reads 1). None: as loaded.
+    /// FCW bits as stored: `(and, or)` applied to a loaded FCW (AMD Zen 5 and Intel Xeon
+    /// measured: `(0x1f3f, 0x0040)`: reserved bits 7 and 13-15 read 0, bit 6 reads 1). None:
+    /// as loaded.
     pub fcw_fixed: Option<(u16, u16)>,
     /// A legacy-SSE instruction writing an XMM register while ZMM_Hi256 is in use marks AVX
     /// in use (XINUSE\[2\] = 1) even though the YMM upper halves stay zero (measured on Zen 5).
@@ -99,7 +100,9 @@ impl CpuProfile {
                 X87Pointers::Always
             },
             x87_pointer_bits: if amd_like { Some(57) } else { None },
-            fcw_fixed: if amd_like {
+            // Measured on AMD Zen 5 and on an Intel Xeon (family 6, model 0xa7): FXRSTOR of
+            // FCW 0 reads back 0x0040, of 0xFFFF 0x1F7F (reserved bits 6 = 1, 7 and 13-15 = 0).
+            fcw_fixed: if amd_like || matches!(vendor, Vendor::Intel) {
                 Some((0x1f3f, 0x0040))
             } else {
                 None
