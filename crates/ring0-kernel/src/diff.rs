@@ -20,6 +20,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use xstate::components::mask;
+use xstate::layout::FormLayout;
 use xstate::model::{CpuProfile, Exception, ModelCpu, Msr, SimpleInsn};
 
 use crate::arch::NO_FAULT;
@@ -215,22 +216,17 @@ impl Differential {
         }
     }
 
-    /// Runs one case; returns the report line of a disagreement, if any.
-    pub fn case(&mut self, seed: u64, index: u64, t: &mut Totals) -> Option<String> {
-        let mut r = Rng::new(seed ^ index.wrapping_mul(0xd6e8_feb8_6659_fd93));
-        // SAFETY: the kernel is single-threaded; the buffers are only used here.
+    /// Fills the buffers for a case: 0..2 random, 0 then overwritten by a setup image of
+    /// random valid contents for XCR0|XSS (compacted with XSAVES, else standard) with the given
+    /// XSTATE_BV, 3 the reset image. Returns the reset-and-setup steps and the image layout.
+    fn setup(&self, r: &mut Rng, xcr0: u64, xss: u64, xstate_bv: u64) -> Result<(Vec<Step>, FormLayout), String> {
+        // SAFETY: the kernel is single-threaded; the buffers are only used by this module.
         let bufs = unsafe { &mut *core::ptr::addr_of_mut!(CPU_BUFS) };
-        let base: [u64; NBUF] = core::array::from_fn(|i| bufs.0[i].as_ptr() as u64);
-
-        let xcr0 = self.random_xcr0(&mut r);
-        let xss = self.xss_supported & r.next();
+        let base = bases();
         let xsaves = self.profile.xsaves;
         let setup_mask = if xsaves { xcr0 | xss } else { xcr0 };
         let form = if xsaves { self.profile.layout.compacted(setup_mask) } else { self.profile.layout.standard(xcr0) };
-        let Ok(form) = form else {
-            return Some(format!("{{\"disagree\": \"layout\", \"case\": {index}, \"detail\": \"no layout for {setup_mask:#x}\"}}"));
-        };
-
+        let form = form.map_err(|e| format!("\"no layout for {setup_mask:#x}: {e}\""))?;
         for b in bufs.0.iter_mut().take(3) {
             r.fill(b);
         }
@@ -243,9 +239,8 @@ impl Differential {
         }
         let img = &mut bufs.0[0];
         img[..form.size as usize].fill(0);
-        self.random_contents(&mut r, img, &form, setup_mask);
-        let xstate_bv = setup_mask & (r.next() | r.next());
-        img[512..520].copy_from_slice(&xstate_bv.to_le_bytes());
+        self.random_contents(r, img, &form, setup_mask);
+        img[512..520].copy_from_slice(&(xstate_bv & setup_mask).to_le_bytes());
         img[520..528].copy_from_slice(&form.xcomp_bv().to_le_bytes());
 
         let mut steps: Vec<Step> = Vec::new();
@@ -265,51 +260,189 @@ impl Differential {
         } else {
             steps.push(Step::new(Op::Xrstor, u64::MAX, base[0]));
         }
+        Ok((steps, form))
+    }
+
+    /// Runs `steps` on the CPU and on the plain model; returns the model's vectors, the first
+    /// difference, and the buffers as they were before (for further model runs).
+    fn execute(&self, steps: &mut [Step]) -> (Vec<u64>, Option<String>, Vec<Vec<u8>>) {
+        // SAFETY: single-threaded; see `setup`.
+        let bufs = unsafe { &mut *core::ptr::addr_of_mut!(CPU_BUFS) };
+        let initial: Vec<Vec<u8>> = bufs.0.iter().map(|b| b.to_vec()).collect();
+        // SAFETY: CPL 0 with the IDT loaded; every memory operand lies in CPU_BUFS with room
+        // for the largest image after it (BUF ≥ 11008 + the largest offset used).
+        unsafe { program::run(steps) };
+        let mut mem = initial.clone();
+        let plain = self.run_model(steps, &mut mem, None);
+        let diff = compare(steps, &plain, bufs, &mem);
+        (plain, diff, initial)
+    }
+
+    /// Runs `steps` on a model imitating the entries of `enabled`; returns the first
+    /// difference and the entries whose imitation changed something.
+    fn quirked(&self, steps: &[Step], initial: &[Vec<u8>], enabled: u64) -> (Option<String>, u64) {
+        // SAFETY: single-threaded; see `setup`.
+        let bufs = unsafe { &*core::ptr::addr_of!(CPU_BUFS) };
+        let mut q = self.quirks.clone();
+        q.enabled = enabled;
+        let mut mem = initial.to_vec();
+        let v = self.run_model(steps, &mut mem, Some(&mut q));
+        (compare(steps, &v, bufs, &mem), q.applied())
+    }
+
+    /// Runs one random case; returns the report line of a disagreement, if any.
+    pub fn case(&mut self, seed: u64, index: u64, t: &mut Totals) -> Option<String> {
+        let mut r = Rng::new(seed ^ index.wrapping_mul(0xd6e8_feb8_6659_fd93));
+        let base = bases();
+        let xcr0 = self.random_xcr0(&mut r);
+        let xss = self.xss_supported & r.next();
+        let xstate_bv = r.next() | r.next();
+        let (mut steps, _) = match self.setup(&mut r, xcr0, xss, xstate_bv) {
+            Ok(s) => s,
+            Err(e) => {
+                t.cases += 1;
+                t.disagree += 1;
+                return Some(format!("{{\"disagree\": {e}, \"case\": {index}}}"));
+            }
+        };
         let setup_len = steps.len() - 1;
         for _ in 0..1 + r.below(4) {
             self.random_sequence(&mut r, &base, &mut steps);
         }
         let rb = base[2];
-        steps.push(Step::new(if xsaves { Op::Xsaves } else { Op::Xsave }, u64::MAX, rb));
+        steps.push(Step::new(if self.profile.xsaves { Op::Xsaves } else { Op::Xsave }, u64::MAX, rb));
         if self.profile.xgetbv1 {
             steps.push(Step::new(Op::Xgetbv, 1, rb + XGETBV_AT as u64));
         }
         steps.push(Step::new(Op::Xgetbv, 0, rb + XGETBV_AT as u64 + 8));
 
-        // The model's memory starts as the CPU's did.
-        let mut mbufs: Vec<Vec<u8>> = bufs.0.iter().map(|b| b.to_vec()).collect();
-        let mut mbufs_q = mbufs.clone();
-        // SAFETY: CPL 0 with the IDT loaded; every operand lies in CPU_BUFS (see random_sequence).
-        unsafe { program::run(&mut steps) };
-
+        let (plain, first, initial) = self.execute(&mut steps);
         t.cases += 1;
-        let plain = self.run_model(&steps, &base, &mut mbufs, None);
-        let verdict = compare(&steps, &plain, bufs, &mbufs);
-        let result = match verdict {
-            None => {
-                t.agree += 1;
-                None
-            }
-            Some(first) => {
-                let mut q = self.quirks.clone();
-                let quirked = self.run_model(&steps, &base, &mut mbufs_q, Some(&mut q));
-                let second = compare(&steps, &quirked, bufs, &mbufs_q);
-                if second.is_none() && q.any_applied() {
-                    t.known += 1;
-                    self.quirks.record(&q);
-                    None
-                } else {
-                    t.disagree += 1;
-                    let second = second.unwrap_or_else(|| String::from("null"));
-                    Some(format!(
-                        "{{\"disagree\": {first}, \"with_known_differences\": {second}, \"case\": {index}, \"xcr0\": \"{xcr0:#x}\", \"xss\": \"{xss:#x}\", \"xstate_bv\": \"{xstate_bv:#x}\", \"program\": \"{}\"}}",
-                        describe(&steps[setup_len..], &base)
-                    ))
+        self.count(&steps, &plain, xcr0, xss, &mut t.covered);
+        let Some(first) = first else {
+            t.agree += 1;
+            return None;
+        };
+        let (second, applied) = self.quirked(&steps, &initial, u64::MAX);
+        if second.is_none() && applied != 0 {
+            // Which entries were needed: those without which the case disagrees again.
+            let mut needed = 0;
+            for i in 0..64 {
+                if applied >> i & 1 != 0 && self.quirked(&steps, &initial, !(1u64 << i)).0.is_some() {
+                    needed |= 1 << i;
                 }
             }
+            t.known += 1;
+            self.quirks.record(if needed != 0 { needed } else { applied });
+            return None;
+        }
+        t.disagree += 1;
+        let second = second.unwrap_or_else(|| String::from("null"));
+        Some(format!(
+            "{{\"disagree\": {first}, \"with_known_differences\": {second}, \"case\": {index}, \"xcr0\": \"{xcr0:#x}\", \"xss\": \"{xss:#x}\", \"xstate_bv\": \"{:#x}\", \"program\": \"{}\"}}",
+            xstate_bv & (xcr0 | xss),
+            describe(&steps[setup_len..], &base)
+        ))
+    }
+
+    /// The directed case of listed deviation `i`: a program that shows it. Returns
+    /// `Some(true)` when it is present (the plain model disagrees, the model imitating every
+    /// entry agrees, and without entry `i` it disagrees), `Some(false)` when it is not (the
+    /// list is stale or something else differs; the line says which), `None` when the CPU
+    /// lacks what the program needs.
+    pub fn directed(&mut self, i: usize, seed: u64) -> Option<(bool, String)> {
+        use crate::quirks::*;
+        let mut r = Rng::new(seed ^ 0x5eed_d1ec_7ed0_0000 ^ i as u64);
+        let base = bases();
+        let (b1, b2) = (base[1], base[2]);
+        let sup = self.xcr0_supported;
+        let need = match i {
+            PKRU_BYTES_4_7_NOT_WRITTEN => mask::PKRU,
+            NO_MODIFIED_OPTIMIZATION | XSAVE_SSE_BIT_FROM_MXCSR | FAULTING_RESTORE_PARTIALLY_APPLIED => mask::SSE,
+            _ => mask::AMX,
         };
-        self.count(&steps, &plain, xcr0, xss, &mut t.covered);
-        result
+        if sup & need != need || (i == NO_MODIFIED_OPTIMIZATION && !self.profile.xsaveopt) {
+            return None;
+        }
+        let xcr0 = mask::X87 | mask::SSE | need;
+        let xstate_bv = match i {
+            XSAVE_SSE_BIT_FROM_MXCSR => mask::SSE,
+            NO_MODIFIED_OPTIMIZATION | FAULTING_RESTORE_PARTIALLY_APPLIED => mask::X87 | mask::SSE,
+            _ => need,
+        };
+        let (mut steps, form) = self.setup(&mut r, xcr0, 0, xstate_bv).ok()?;
+        // SAFETY: single-threaded; see `setup`.
+        let img = unsafe { &mut (*core::ptr::addr_of_mut!(CPU_BUFS)).0[0] };
+        let at = |id: u8| form.offset_of(id).unwrap_or(0) as usize;
+        if need == mask::AMX {
+            // Tile 0: 64 bytes × 2 rows (rows ≠ colsb shows the swap); every row non-zero.
+            let c = &mut img[at(17)..at(17) + 64];
+            c.fill(0);
+            c[0] = 1;
+            c[16] = 64;
+            c[48] = 2;
+            for b in img[at(18)..at(18) + 8192].iter_mut() {
+                *b |= 1;
+            }
+        }
+        img[160] |= 1; // XMM0 not zero
+        let std = |id: u8| u64::from(self.profile.layout.geometry(id).standard_offset.unwrap_or(0));
+        match i {
+            TILEDATA_XINUSE_INVERTED => steps.push(Step::new(Op::Xgetbv, 1, b1)),
+            NO_MODIFIED_OPTIMIZATION => {
+                steps.push(Step::new(Op::Zero, 64, b1 + 512));
+                steps.push(Step::new(Op::Xsave, u64::MAX, b1));
+                steps.push(Step::new(Op::Xrstor, u64::MAX, b1));
+                steps.push(Step::new(Op::Store8, 0x5a, b1 + 160));
+                steps.push(Step::new(Op::Xsaveopt, u64::MAX, b1));
+            }
+            PKRU_BYTES_4_7_NOT_WRITTEN => {
+                steps.push(Step::new(Op::Store8, 0xa5, b1 + std(9) + 4));
+                steps.push(Step::new(Op::Xsave, mask::PKRU, b1));
+            }
+            XSAVE_SSE_BIT_FROM_MXCSR => {
+                img[160..416].fill(0);
+                img[24..28].copy_from_slice(&0x1f00u32.to_le_bytes());
+                steps.push(Step::new(Op::Xsave, mask::SSE, b1));
+            }
+            TILECFG_RESTORE_CLEARS_TILEDATA => {
+                steps.push(Step::new(Op::Xrstors, mask::XTILECFG, base[0]));
+                steps.push(Step::new(Op::Xsavec, mask::AMX, b1));
+            }
+            TILECFG_SAVE_SWAPS_ROWS_COLSB => steps.push(Step::new(Op::Xsave, mask::XTILECFG, b1)),
+            TILEDATA_ROWS_8_15_NOT_TRANSFERRED => steps.push(Step::new(Op::Xsave, mask::AMX, b1)),
+            FAULTING_RESTORE_PARTIALLY_APPLIED => {
+                steps.push(Step::new(Op::Zero, 64, b1 + 512));
+                steps.push(Step::new(Op::Xsave, u64::MAX, b1));
+                steps.push(Step::new(Op::Store8, 1, b1 + 27));
+                steps.push(Step::new(Op::Store8, 0x11, b1 + 32));
+                steps.push(Step::new(Op::Xrstor, u64::MAX, b1));
+                steps.push(Step::new(Op::Xsave, u64::MAX, b2));
+            }
+            _ => return None,
+        }
+        if !self.profile.xsaves {
+            return None;
+        }
+        let (_, plain, initial) = self.execute(&mut steps);
+        let all = self.quirked(&steps, &initial, u64::MAX).0;
+        let without = self.quirked(&steps, &initial, !(1u64 << i)).0;
+        let present = plain.is_some() && all.is_none() && without.is_some();
+        if present {
+            self.quirks.record(1 << i);
+        }
+        let show = |d: Option<String>| d.unwrap_or_else(|| String::from("null"));
+        Some((
+            present,
+            format!(
+                "{{\"directed\": \"{}\", \"present\": {present}, \"plain\": {}, \"with_all\": {}, \"without_it\": {}, \"program\": \"{}\"}}",
+                self.quirks.entries[i].id,
+                show(plain),
+                show(all),
+                show(without),
+                describe(&steps, &base)
+            ),
+        ))
     }
 
     fn count(&self, steps: &[Step], model: &[u64], xcr0: u64, xss: u64, c: &mut Covered) {
@@ -370,10 +503,12 @@ impl Differential {
                 let (save, restore) = if p.xsaves && r.pct(40) { (Op::Xsaves, Op::Xrstors) } else { (if p.xsaveopt { Op::Xsaveopt } else { Op::Xsave }, Op::Xrstor) };
                 let first = if save == Op::Xsaves { Op::Xsaves } else { Op::Xsave };
                 let m = if r.pct(50) { u64::MAX } else { rfbm(r) };
-                steps.push(Step::new(first, u64::MAX, b1));
+                // XSAVE writes only the XSTATE_BV bits of RFBM: a clean header first, or the
+                // restore below faults on the random bytes (SDM Vol. 1 §13.8.1).
                 if first == Op::Xsave && r.pct(90) {
-                    steps.push(Step::new(Op::Zero, 56, b1 + 520));
+                    steps.push(Step::new(Op::Zero, 64, b1 + 512));
                 }
+                steps.push(Step::new(first, u64::MAX, b1));
                 steps.push(Step::new(restore, m, b1));
                 if r.pct(50) {
                     steps.push(Step::new(Op::Store8, r.next(), b1 + r.below(3072)));
@@ -384,10 +519,10 @@ impl Differential {
             // A restore of a saved image, header / MXCSR / random bytes mutated.
             4 | 5 => {
                 let op = saves[r.below(saves.len() as u64) as usize];
-                steps.push(Step::new(op, u64::MAX, b1));
                 if matches!(op, Op::Xsave | Op::Xsaveopt | Op::Fxsave) && r.pct(85) {
-                    steps.push(Step::new(Op::Zero, 56, b1 + 520));
+                    steps.push(Step::new(Op::Zero, 64, b1 + 512));
                 }
+                steps.push(Step::new(op, u64::MAX, b1));
                 for _ in 0..r.below(3) {
                     let at = match r.below(4) {
                         0 => 512 + r.below(64),
@@ -431,11 +566,12 @@ impl Differential {
     }
 
     /// Runs the program on a fresh model; returns the vector of each step.
-    fn run_model(&self, steps: &[Step], base: &[u64; NBUF], mem: &mut [Vec<u8>], mut quirks: Option<&mut Quirks>) -> Vec<u64> {
+    fn run_model(&self, steps: &[Step], mem: &mut [Vec<u8>], mut quirks: Option<&mut Quirks>) -> Vec<u64> {
+        let base = bases();
         let mut m = ModelCpu::new(self.profile.clone());
         let mut out = Vec::with_capacity(steps.len());
         for s in steps {
-            let (bi, off) = locate(base, s.addr);
+            let (bi, off) = locate(&base, s.addr);
             let buf = &mut mem[bi];
             let addr = s.addr;
             if let Some(q) = quirks.as_deref_mut() {
@@ -464,7 +600,7 @@ impl Differential {
                 }
             };
             if let Some(q) = quirks.as_deref_mut() {
-                q.after(&mut m, s, res.is_ok(), &mut buf[off..]);
+                q.after(&mut m, s, res.as_ref().err().map(|f| f.rule), &mut buf[off..]);
             }
             out.push(match res {
                 Ok(()) => NO_FAULT,
@@ -473,6 +609,13 @@ impl Differential {
         }
         out
     }
+}
+
+/// The addresses of the CPU buffers.
+fn bases() -> [u64; NBUF] {
+    // SAFETY: only the address of the static is taken.
+    let b = unsafe { &*core::ptr::addr_of!(CPU_BUFS) };
+    core::array::from_fn(|i| b.0[i].as_ptr() as u64)
 }
 
 /// Which buffer and offset an address is in (steps without a memory operand: buffer 0, 0).
@@ -540,6 +683,9 @@ fn describe(steps: &[Step], base: &[u64; NBUF]) -> String {
             s.push_str("; ");
         }
         s.push_str(&format!("{}({:#x})@{b}+{o}", st.op.name(), st.arg));
+        if st.vector != NO_FAULT {
+            s.push_str(&format!(" {}", vec_name(st.vector)));
+        }
     }
     s
 }

@@ -25,6 +25,8 @@ pub const TILECFG_RESTORE_CLEARS_TILEDATA: usize = 4;
 pub const TILECFG_SAVE_SWAPS_ROWS_COLSB: usize = 5;
 /// See `Quirks::new`.
 pub const TILEDATA_ROWS_8_15_NOT_TRANSFERRED: usize = 6;
+/// See `Quirks::new`.
+pub const FAULTING_RESTORE_PARTIALLY_APPLIED: usize = 7;
 
 /// One listed deviation.
 #[derive(Clone, Copy)]
@@ -49,12 +51,17 @@ pub struct Quirks {
     saved_sse_bit: Option<u64>,
     /// PKRU bytes 4..7 as they were in memory before a save that writes PKRU (offset, bytes).
     pkru_upper: Option<(usize, [u8; 4])>,
+    /// The entries imitated in this run (bit i: entry i), for ablation and directed cases.
+    pub enabled: u64,
+    /// Where a save writes TILECFG (rewritten in Bochs's format afterwards).
+    tilecfg_at: Option<usize>,
     /// Rows 8..15 of each tile as they were in memory before a save that writes TILEDATA
     /// (offset, 8 × 512 bytes).
     tile_rows: Option<(usize, Vec<u8>)>,
     /// Standard offsets of PKRU and TILEDATA.
     pkru_std: Option<u32>,
     tiledata_std: Option<u32>,
+    tilecfg_std: Option<u32>,
 }
 
 fn bit(v: u64, i: u32) -> bool {
@@ -63,7 +70,13 @@ fn bit(v: u64, i: u32) -> bool {
 
 impl Quirks {
     /// The list for a CPU with the given XCR0/IA32_XSS support and standard offsets.
-    pub fn new(xcr0_supported: u64, pkru_std: Option<u32>, tiledata_std: Option<u32>, xsaveopt: bool) -> Quirks {
+    pub fn new(
+        xcr0_supported: u64,
+        pkru_std: Option<u32>,
+        tilecfg_std: Option<u32>,
+        tiledata_std: Option<u32>,
+        xsaveopt: bool,
+    ) -> Quirks {
         let amx = xcr0_supported & mask::AMX == mask::AMX;
         let e = |id, possible| Entry { id, possible, hits: 0, applied: false };
         Quirks {
@@ -99,14 +112,38 @@ impl Quirks {
                 // registers stay zero); SDM Vol. 1 §13.5.x: TILEDATA is 8192 bytes, 8 tiles of
                 // 16 rows of 64 bytes.
                 e("tiledata_rows_8_15_not_transferred", amx),
+                // Bochs: XRSTOR/XRSTORS initialize the components with XSTATE_BV[i] = 0 and
+                // load x87 (compacted form: and the XMM registers) before checking MXCSR
+                // against MXCSR_MASK, so the #GP leaves them changed; a fault leaves the
+                // processor state as it was before the instruction (SDM Vol. 3 §6.5 "Faults").
+                e("faulting_restore_partially_applied", true),
             ],
             tiles_used: false,
+            enabled: u64::MAX,
+            tilecfg_at: None,
             saved_sse_bit: None,
             pkru_upper: None,
             tile_rows: None,
             pkru_std,
             tiledata_std,
+            tilecfg_std,
         }
+    }
+
+    /// Whether entry `i` is imitated in this run.
+    fn on(&self, i: usize) -> bool {
+        self.entries.get(i).is_some_and(|e| e.possible) && self.enabled >> i & 1 != 0
+    }
+
+    /// The entries whose imitation changed something in this run (bit i: entry i).
+    pub fn applied(&self) -> u64 {
+        let mut m = 0;
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.applied {
+                m |= 1 << i;
+            }
+        }
+        m
     }
 
     fn apply(&mut self, i: usize) {
@@ -129,7 +166,7 @@ impl Quirks {
     /// operand on.
     pub fn before(&mut self, m: &mut ModelCpu, s: &Step, mem: &[u8]) {
         // The tile-use tracker decides Bochs's XINUSE[18].
-        if self.entries[TILEDATA_XINUSE_INVERTED].possible {
+        if self.on(TILEDATA_XINUSE_INVERTED) {
             let bochs = if self.tiles_used { 0 } else { 1u64 << 18 };
             if m.xinuse() & (1 << 18) != bochs {
                 m.set_xinuse((m.xinuse() & !(1 << 18)) | bochs);
@@ -137,18 +174,19 @@ impl Quirks {
             }
         }
         let rfbm = Self::rfbm(m, s);
-        if matches!(s.op, Op::Xsave | Op::Xsaveopt) && bit(rfbm, 1) && m.mxcsr() != 0x1f80 && !bit(m.xinuse(), 1) {
+        if self.on(XSAVE_SSE_BIT_FROM_MXCSR) && matches!(s.op, Op::Xsave | Op::Xsaveopt) && bit(rfbm, 1) && m.mxcsr() != 0x1f80 && !bit(m.xinuse(), 1) {
             self.saved_sse_bit = Some(m.xinuse());
             m.set_xinuse(m.xinuse() | 2);
             self.apply(XSAVE_SSE_BIT_FROM_MXCSR);
         }
-        if matches!(s.op, Op::Xsaveopt | Op::Xsaves) && m.xrstor_info().is_some() {
+        if self.on(NO_MODIFIED_OPTIMIZATION) && matches!(s.op, Op::Xsaveopt | Op::Xsaves) && m.xrstor_info().is_some() {
             m.clear_xrstor_info();
             self.apply(NO_MODIFIED_OPTIMIZATION);
         }
         // Where this save writes PKRU and TILEDATA: remember the bytes Bochs leaves alone.
         self.pkru_upper = None;
         self.tile_rows = None;
+        self.tilecfg_at = None;
         let written = match s.op {
             Op::Xsave => rfbm,
             Op::Xsaveopt | Op::Xsavec | Op::Xsaves => rfbm & m.xinuse(),
@@ -156,18 +194,26 @@ impl Quirks {
         };
         let offset = |id: u8| -> Option<usize> {
             match s.op {
-                Op::Xsave | Op::Xsaveopt => if id == 9 { self.pkru_std } else { self.tiledata_std }.map(|o| o as usize),
+                Op::Xsave | Op::Xsaveopt => match id {
+                    9 => self.pkru_std,
+                    17 => self.tilecfg_std,
+                    _ => self.tiledata_std,
+                }
+                .map(|o| o as usize),
                 _ => m.profile().layout.compacted(rfbm).ok().and_then(|l| l.offset_of(id)).map(|o| o as usize),
             }
         };
-        if bit(written, 9) {
+        if bit(written, 17) && self.on(TILECFG_SAVE_SWAPS_ROWS_COLSB) {
+            self.tilecfg_at = offset(17);
+        }
+        if bit(written, 9) && self.on(PKRU_BYTES_4_7_NOT_WRITTEN) {
             if let Some(o) = offset(9) {
                 if let Some(b) = mem.get(o + 4..o + 8) {
                     self.pkru_upper = Some((o, [b[0], b[1], b[2], b[3]]));
                 }
             }
         }
-        if bit(written, 18) {
+        if bit(written, 18) && self.on(TILEDATA_ROWS_8_15_NOT_TRANSFERRED) {
             if let Some(o) = offset(18) {
                 if mem.len() >= o + 8192 {
                     let mut v = Vec::with_capacity(4096);
@@ -181,14 +227,42 @@ impl Quirks {
     }
 
     /// After a step ran on the quirked model (`ok`: it did not fault).
-    pub fn after(&mut self, m: &mut ModelCpu, s: &Step, ok: bool, mem: &mut [u8]) {
+    pub fn after(&mut self, m: &mut ModelCpu, s: &Step, fault: Option<&str>, mem: &mut [u8]) {
+        let ok = fault.is_none();
+        if let (Some(rule), Op::Xrstor | Op::Xrstors) = (fault, s.op) {
+            if rule.contains("MXCSR") && self.on(FAULTING_RESTORE_PARTIALLY_APPLIED) {
+                self.partial_restore(m, s, mem);
+            }
+        }
         if let Some(x) = self.saved_sse_bit.take() {
             m.set_xinuse((m.xinuse() & !2) | (x & 2));
         }
         let pkru = self.pkru_upper.take();
         let rows = self.tile_rows.take();
+        let tilecfg = self.tilecfg_at.take();
         if !ok {
             return;
+        }
+        if let (Some(o), Some(c)) = (tilecfg, m.component(17)) {
+            // Bochs's xsave_tilecfg_state(): palette, start_row, then rows[n] as a word at
+            // 16 + 2n and colsb[n] (truncated to a byte) at 48 + n, n < 8; zero when the
+            // palette is 0.
+            let mut b = [0u8; 64];
+            if c[0] != 0 {
+                b[0] = c[0];
+                b[1] = c[1];
+                for n in 0..8 {
+                    let rows = u16::from(c[48 + n]);
+                    b[16 + 2 * n..18 + 2 * n].copy_from_slice(&rows.to_le_bytes());
+                    b[48 + n] = c[16 + 2 * n];
+                }
+            }
+            if let Some(dst) = mem.get_mut(o..o + 64) {
+                if dst != b {
+                    dst.copy_from_slice(&b);
+                    self.apply(TILECFG_SAVE_SWAPS_ROWS_COLSB);
+                }
+            }
         }
         let rfbm = Self::rfbm(m, s);
         if let Some((o, b)) = pkru {
@@ -199,7 +273,7 @@ impl Quirks {
         }
         match s.op {
             // XSAVE writes TILEDATA's registers although Bochs reports it not in use.
-            Op::Xsave if bit(rfbm, 18) && self.tiles_used => {
+            Op::Xsave if bit(rfbm, 18) && self.tiles_used && self.on(TILEDATA_XINUSE_INVERTED) => {
                 if let (Some(o), Some(data)) = (self.tiledata_std, m.component(18)) {
                     let o = o as usize;
                     if let Some(dst) = mem.get_mut(o..o + data.len()) {
@@ -218,22 +292,14 @@ impl Quirks {
                     // configure_tiles()/clear(): every tile zeroed, tracker cleared.
                     self.tiles_used = false;
                     if !bit(rfbm, 18) {
-                        if let Some(d) = m.component(18) {
-                            if d.iter().any(|&x| x != 0) {
-                                let zeros = alloc::vec![0u8; d.len()];
-                                let xin = m.xinuse();
-                                m.set_component(18, &zeros);
-                                m.set_xinuse(xin);
-                                self.apply(TILECFG_RESTORE_CLEARS_TILEDATA);
-                            }
-                        }
+                        self.clear_tiledata(m);
                     }
                 }
                 if bit(rfbm, 18) {
                     self.tiles_used = bit(xstate_bv, 18);
                 }
                 // Rows 8..15 of every tile were not loaded: Bochs's registers keep zeros there.
-                if let Some(d) = m.component(18) {
+                if let (true, Some(d)) = (self.on(TILEDATA_ROWS_8_15_NOT_TRANSFERRED), m.component(18)) {
                     if (0..8).any(|t| d[1024 * t + 512..1024 * t + 1024].iter().any(|&x| x != 0)) {
                         let mut z = d.to_vec();
                         for t in 0..8 {
@@ -262,15 +328,63 @@ impl Quirks {
         }
     }
 
+    /// TILEDATA zeroed as Bochs's amx->clear() does when TILECFG is loaded or initialized.
+    fn clear_tiledata(&mut self, m: &mut ModelCpu) {
+        if !self.on(TILECFG_RESTORE_CLEARS_TILEDATA) {
+            return;
+        }
+        if let Some(d) = m.component(18) {
+            if d.iter().any(|&x| x != 0) {
+                let zeros = alloc::vec![0u8; d.len()];
+                let xin = m.xinuse();
+                m.set_component(18, &zeros);
+                m.set_xinuse(xin);
+                self.apply(TILECFG_RESTORE_CLEARS_TILEDATA);
+            }
+        }
+    }
+
+    /// What Bochs did before the MXCSR #GP of a restore: the initializations, the x87 load
+    /// and (compacted form) the XMM load, imitated by the same restore on the model with
+    /// RFBM limited to those components and MXCSR in the image replaced by the current one.
+    fn partial_restore(&mut self, m: &mut ModelCpu, s: &Step, mem: &[u8]) {
+        let rfbm = Self::rfbm(m, s);
+        let Some(hdr) = mem.get(512..528) else { return };
+        let xstate_bv = u64::from_le_bytes(hdr[0..8].try_into().unwrap_or([0; 8]));
+        let xcomp_bv = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or([0; 8]));
+        let compacted = xcomp_bv & mask::COMPACTED != 0;
+        let format = if compacted { xcomp_bv & !mask::COMPACTED } else { u64::MAX };
+        let restore = xstate_bv & format;
+        let loaded_first = if compacted { mask::X87 | mask::SSE } else { mask::X87 };
+        let partial = rfbm & (!restore | loaded_first);
+        let mut img = mem.to_vec();
+        img[24..28].copy_from_slice(&m.mxcsr().to_le_bytes());
+        let before = m.clone();
+        let r = if s.op == Op::Xrstors { m.xrstors(&img, s.addr, partial) } else { m.xrstor(&img, s.addr, partial) };
+        if r.is_err() {
+            *m = before;
+            return;
+        }
+        // Only initializations reach components ≥ 2: Bochs's tile tracker is cleared, and
+        // an initialized TILECFG clears TILEDATA too.
+        if partial & mask::AMX != 0 {
+            self.tiles_used = false;
+            if partial & mask::XTILEDATA == 0 {
+                self.clear_tiledata(m);
+            }
+        }
+        self.apply(FAULTING_RESTORE_PARTIALLY_APPLIED);
+    }
+
     /// Whether any imitation changed the model's behaviour in this run.
     pub fn any_applied(&self) -> bool {
         self.entries.iter().any(|e| e.applied)
     }
 
-    /// Adds the hits of a quirked run that explained a case.
-    pub fn record(&mut self, run: &Quirks) {
-        for (e, r) in self.entries.iter_mut().zip(&run.entries) {
-            if r.applied {
+    /// Adds one hit to every entry of `m` (bit i: entry i).
+    pub fn record(&mut self, m: u64) {
+        for (i, e) in self.entries.iter_mut().enumerate() {
+            if m >> i & 1 != 0 {
                 e.hits += 1;
             }
         }
