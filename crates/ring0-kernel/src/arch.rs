@@ -29,7 +29,9 @@ pub const NO_FAULT: u64 = u64::MAX;
 pub fn outb(port: u16, v: u8) {
     // SAFETY: CPL 0; the ports used (0xE9 Bochs console, 0x8900 Bochs shutdown) have no
     // effect on memory.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// The Bochs debug console (port 0xE9 with `port_e9_hack: enabled=1`).
@@ -67,56 +69,11 @@ pub fn shutdown() -> ! {
 /// CPUID.
 pub fn cpuid(leaf: u32, sub: u32) -> xstate::cpuid::Regs {
     let r = core::arch::x86_64::__cpuid_count(leaf, sub);
-    xstate::cpuid::Regs { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
-}
-
-/// RDMSR with the fault turned into `Err(vector)`.
-pub fn rdmsr(idx: u32) -> Result<u64, u64> {
-    let (lo, hi): (u32, u32);
-    let vec: u64;
-    // SAFETY: CPL 0; a #GP for an absent MSR is recovered at label 2 by the IDT handler.
-    unsafe {
-        core::arch::asm!(
-            "mov qword ptr [rip + FAULT_VEC], -1",
-            "lea rax, [rip + 2f]",
-            "mov [rip + RECOVER_RIP], rax",
-            "xor eax, eax",
-            "xor edx, edx",
-            "rdmsr",
-            "2:",
-            "mov qword ptr [rip + RECOVER_RIP], 0",
-            "mov {v}, [rip + FAULT_VEC]",
-            in("ecx") idx, out("eax") lo, out("edx") hi, v = out(reg) vec,
-        );
-    }
-    if vec == NO_FAULT {
-        Ok((u64::from(hi) << 32) | u64::from(lo))
-    } else {
-        Err(vec)
-    }
-}
-
-/// WRMSR with the fault turned into `Err(vector)`.
-pub fn wrmsr(idx: u32, v: u64) -> Result<(), u64> {
-    let vec: u64;
-    // SAFETY: CPL 0; the MSRs written (IA32_XSS) only change XSAVE state; a #GP is recovered.
-    unsafe {
-        core::arch::asm!(
-            "mov qword ptr [rip + FAULT_VEC], -1",
-            "lea r8, [rip + 2f]",
-            "mov [rip + RECOVER_RIP], r8",
-            "wrmsr",
-            "2:",
-            "mov qword ptr [rip + RECOVER_RIP], 0",
-            "mov {v}, [rip + FAULT_VEC]",
-            in("ecx") idx, in("eax") v as u32, in("edx") (v >> 32) as u32, v = out(reg) vec,
-            out("r8") _,
-        );
-    }
-    if vec == NO_FAULT {
-        Ok(())
-    } else {
-        Err(vec)
+    xstate::cpuid::Regs {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
     }
 }
 
@@ -153,9 +110,25 @@ struct Gate {
 }
 
 static mut IST_STACKS: IstStacks = IstStacks([[0; 16384]; 7]);
-static mut TSS: Tss = Tss { reserved0: 0, rsp: [0; 3], reserved1: 0, ist: [0; 7], reserved2: 0, reserved3: 0, iomap: 104 };
+static mut TSS: Tss = Tss {
+    reserved0: 0,
+    rsp: [0; 3],
+    reserved1: 0,
+    ist: [0; 7],
+    reserved2: 0,
+    reserved3: 0,
+    iomap: 104,
+};
 static mut GDT: [u64; 5] = [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff, 0, 0];
-static mut IDT: [Gate; 32] = [Gate { off_lo: 0, sel: 0, ist: 0, attr: 0, off_mid: 0, off_hi: 0, zero: 0 }; 32];
+static mut IDT: [Gate; 32] = [Gate {
+    off_lo: 0,
+    sel: 0,
+    ist: 0,
+    attr: 0,
+    off_mid: 0,
+    off_hi: 0,
+    zero: 0,
+}; 32];
 
 extern "C" {
     static isr_table: [u64; 32];
@@ -188,9 +161,16 @@ pub fn init_tables() {
         let base = tss as u64;
         let limit = core::mem::size_of::<Tss>() as u64 - 1;
         let gdt = core::ptr::addr_of_mut!(GDT);
-        (*gdt)[3] = (limit & 0xffff) | ((base & 0xff_ffff) << 16) | (0x89 << 40) | (((limit >> 16) & 0xf) << 48) | (((base >> 24) & 0xff) << 56);
+        (*gdt)[3] = (limit & 0xffff)
+            | ((base & 0xff_ffff) << 16)
+            | (0x89 << 40)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((base >> 24) & 0xff) << 56);
         (*gdt)[4] = base >> 32;
-        let gp = TablePtr { limit: (5 * 8 - 1) as u16, base: gdt as u64 };
+        let gp = TablePtr {
+            limit: (5 * 8 - 1) as u16,
+            base: gdt as u64,
+        };
         core::arch::asm!("lgdt [{}]", "ltr {1:x}", in(reg) &gp, in(reg) 0x18u16, options(nostack));
 
         let idt = core::ptr::addr_of_mut!(IDT);
@@ -206,7 +186,10 @@ pub fn init_tables() {
                 zero: 0,
             };
         }
-        let ip = TablePtr { limit: (32 * 16 - 1) as u16, base: idt as u64 };
+        let ip = TablePtr {
+            limit: (32 * 16 - 1) as u16,
+            base: idt as u64,
+        };
         core::arch::asm!("lidt [{}]", in(reg) &ip, options(nostack));
     }
 }

@@ -13,7 +13,11 @@ pub fn read() -> CpuidDump {
     let max = cpuid(0, 0).eax;
     let max_ext = cpuid(0x8000_0000, 0).eax;
     for &leaf in KEPT_LEAVES.iter() {
-        let present = if leaf >= 0x8000_0000 { leaf <= max_ext } else { leaf <= max };
+        let present = if leaf >= 0x8000_0000 {
+            leaf <= max_ext
+        } else {
+            leaf <= max
+        };
         if !present {
             continue;
         }
@@ -35,7 +39,10 @@ pub fn print(d: &CpuidDump) {
     for (leaf, sub, r) in d.entries() {
         crate::println!(
             "CPUID    {leaf:#010x} {sub:#04x}: eax={:#010x} ebx={:#010x} ecx={:#010x} edx={:#010x}",
-            r.eax, r.ebx, r.ecx, r.edx
+            r.eax,
+            r.ebx,
+            r.ecx,
+            r.edx
         );
     }
 }

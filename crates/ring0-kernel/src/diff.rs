@@ -151,7 +151,13 @@ impl Differential {
     /// `layout`, valid for XRSTOR/XRSTORS (MXCSR within MXCSR_MASK, canonical and aligned CET
     /// pointers, a valid palette-1 TILECFG, PKRU's reserved upper half zero). With probability
     /// 10 % a component gets all-zero content.
-    fn random_contents(&self, r: &mut Rng, img: &mut [u8], layout: &xstate::layout::FormLayout, rfbm: u64) {
+    fn random_contents(
+        &self,
+        r: &mut Rng,
+        img: &mut [u8],
+        layout: &xstate::layout::FormLayout,
+        rfbm: u64,
+    ) {
         // Legacy area (SDM Vol. 1 §10.5.1).
         if rfbm & mask::X87 != 0 && !r.pct(10) {
             let fcw: u16 = [0x037f, 0x027f, 0x0f7f, 0x007f][r.below(4) as usize];
@@ -168,7 +174,8 @@ impl Differential {
                 r.fill(&mut img[o..o + 10]);
             }
         }
-        let mxcsr = (r.next() as u32 & self.profile.mxcsr_mask & 0xffbf) | if r.pct(40) { 0x1f80 } else { 0 };
+        let mxcsr = (r.next() as u32 & self.profile.mxcsr_mask & 0xffbf)
+            | if r.pct(40) { 0x1f80 } else { 0 };
         img[24..28].copy_from_slice(&if r.pct(50) { 0x1f80u32 } else { mxcsr }.to_le_bytes());
         if rfbm & mask::SSE != 0 && !r.pct(10) {
             r.fill(&mut img[160..416]);
@@ -190,7 +197,8 @@ impl Differential {
                 }
                 mask::CET_S => {
                     for k in 0..3 {
-                        c[8 * k..8 * k + 8].copy_from_slice(&(canonical(r.next()) & !3).to_le_bytes());
+                        c[8 * k..8 * k + 8]
+                            .copy_from_slice(&(canonical(r.next()) & !3).to_le_bytes());
                     }
                 }
                 mask::XTILECFG => {
@@ -219,13 +227,23 @@ impl Differential {
     /// Fills the buffers for a case: 0..2 random, 0 then overwritten by a setup image of
     /// random valid contents for XCR0|XSS (compacted with XSAVES, else standard) with the given
     /// XSTATE_BV, 3 the reset image. Returns the reset-and-setup steps and the image layout.
-    fn setup(&self, r: &mut Rng, xcr0: u64, xss: u64, xstate_bv: u64) -> Result<(Vec<Step>, FormLayout), String> {
+    fn setup(
+        &self,
+        r: &mut Rng,
+        xcr0: u64,
+        xss: u64,
+        xstate_bv: u64,
+    ) -> Result<(Vec<Step>, FormLayout), String> {
         // SAFETY: the kernel is single-threaded; the buffers are only used by this module.
         let bufs = unsafe { &mut *core::ptr::addr_of_mut!(CPU_BUFS) };
         let base = bases();
         let xsaves = self.profile.xsaves;
         let setup_mask = if xsaves { xcr0 | xss } else { xcr0 };
-        let form = if xsaves { self.profile.layout.compacted(setup_mask) } else { self.profile.layout.standard(xcr0) };
+        let form = if xsaves {
+            self.profile.layout.compacted(setup_mask)
+        } else {
+            self.profile.layout.standard(xcr0)
+        };
         let form = form.map_err(|e| format!("\"no layout for {setup_mask:#x}: {e}\""))?;
         for b in bufs.0.iter_mut().take(3) {
             r.fill(b);
@@ -235,7 +253,9 @@ impl Differential {
         let reset = &mut bufs.0[3];
         reset.fill(0);
         if xsaves {
-            reset[520..528].copy_from_slice(&(self.xcr0_supported | self.xss_supported | mask::COMPACTED).to_le_bytes());
+            reset[520..528].copy_from_slice(
+                &(self.xcr0_supported | self.xss_supported | mask::COMPACTED).to_le_bytes(),
+            );
         }
         let img = &mut bufs.0[0];
         img[..form.size as usize].fill(0);
@@ -310,7 +330,15 @@ impl Differential {
             self.random_sequence(&mut r, &base, &mut steps);
         }
         let rb = base[2];
-        steps.push(Step::new(if self.profile.xsaves { Op::Xsaves } else { Op::Xsave }, u64::MAX, rb));
+        steps.push(Step::new(
+            if self.profile.xsaves {
+                Op::Xsaves
+            } else {
+                Op::Xsave
+            },
+            u64::MAX,
+            rb,
+        ));
         if self.profile.xgetbv1 {
             steps.push(Step::new(Op::Xgetbv, 1, rb + XGETBV_AT as u64));
         }
@@ -328,12 +356,14 @@ impl Differential {
             // Which entries were needed: those without which the case disagrees again.
             let mut needed = 0;
             for i in 0..64 {
-                if applied >> i & 1 != 0 && self.quirked(&steps, &initial, !(1u64 << i)).0.is_some() {
+                if applied >> i & 1 != 0 && self.quirked(&steps, &initial, !(1u64 << i)).0.is_some()
+                {
                     needed |= 1 << i;
                 }
             }
             t.known += 1;
-            self.quirks.record(if needed != 0 { needed } else { applied });
+            self.quirks
+                .record(if needed != 0 { needed } else { applied });
             return None;
         }
         t.disagree += 1;
@@ -358,7 +388,9 @@ impl Differential {
         let sup = self.xcr0_supported;
         let need = match i {
             PKRU_BYTES_4_7_NOT_WRITTEN => mask::PKRU,
-            NO_MODIFIED_OPTIMIZATION | XSAVE_SSE_BIT_FROM_MXCSR | FAULTING_RESTORE_PARTIALLY_APPLIED => mask::SSE,
+            NO_MODIFIED_OPTIMIZATION
+            | XSAVE_SSE_BIT_FROM_MXCSR
+            | FAULTING_RESTORE_PARTIALLY_APPLIED => mask::SSE,
             _ => mask::AMX,
         };
         if sup & need != need || (i == NO_MODIFIED_OPTIMIZATION && !self.profile.xsaveopt) {
@@ -386,7 +418,15 @@ impl Differential {
             }
         }
         img[160] |= 1; // XMM0 not zero
-        let std = |id: u8| u64::from(self.profile.layout.geometry(id).standard_offset.unwrap_or(0));
+        let std = |id: u8| {
+            u64::from(
+                self.profile
+                    .layout
+                    .geometry(id)
+                    .standard_offset
+                    .unwrap_or(0),
+            )
+        };
         match i {
             TILEDATA_XINUSE_INVERTED => steps.push(Step::new(Op::Xgetbv, 1, b1)),
             NO_MODIFIED_OPTIMIZATION => {
@@ -484,8 +524,20 @@ impl Differential {
     fn random_sequence(&self, r: &mut Rng, base: &[u64; NBUF], steps: &mut Vec<Step>) {
         let p = &self.profile;
         let b1 = base[1];
-        let misalign = |r: &mut Rng| if r.pct(5) { [8u64, 16, 32][r.below(3) as usize] } else { 0 };
-        let rfbm = |r: &mut Rng| if r.pct(50) { u64::MAX } else { r.next() & (r.next() | 0x3) };
+        let misalign = |r: &mut Rng| {
+            if r.pct(5) {
+                [8u64, 16, 32][r.below(3) as usize]
+            } else {
+                0
+            }
+        };
+        let rfbm = |r: &mut Rng| {
+            if r.pct(50) {
+                u64::MAX
+            } else {
+                r.next() & (r.next() | 0x3)
+            }
+        };
         let saves: &[Op] = match (p.xsaveopt, p.xsavec, p.xsaves) {
             (true, true, true) => &[Op::Xsave, Op::Xsaveopt, Op::Xsavec, Op::Xsaves, Op::Fxsave],
             (true, true, false) => &[Op::Xsave, Op::Xsaveopt, Op::Xsavec, Op::Fxsave],
@@ -500,8 +552,19 @@ impl Differential {
             // The modified optimization: XRSTOR(S) from A, maybe a write into A, XSAVEOPT or
             // XSAVES to A (twice).
             2 | 3 => {
-                let (save, restore) = if p.xsaves && r.pct(40) { (Op::Xsaves, Op::Xrstors) } else { (if p.xsaveopt { Op::Xsaveopt } else { Op::Xsave }, Op::Xrstor) };
-                let first = if save == Op::Xsaves { Op::Xsaves } else { Op::Xsave };
+                let (save, restore) = if p.xsaves && r.pct(40) {
+                    (Op::Xsaves, Op::Xrstors)
+                } else {
+                    (
+                        if p.xsaveopt { Op::Xsaveopt } else { Op::Xsave },
+                        Op::Xrstor,
+                    )
+                };
+                let first = if save == Op::Xsaves {
+                    Op::Xsaves
+                } else {
+                    Op::Xsave
+                };
                 let m = if r.pct(50) { u64::MAX } else { rfbm(r) };
                 // XSAVE writes only the XSTATE_BV bits of RFBM: a clean header first, or the
                 // restore below faults on the random bytes (SDM Vol. 1 §13.8.1).
@@ -530,7 +593,11 @@ impl Differential {
                         2 => r.below(11008),
                         _ => 512 + 8 * r.below(3) + 7,
                     };
-                    let v = if r.pct(50) { 1u64 << r.below(8) } else { r.next() };
+                    let v = if r.pct(50) {
+                        1u64 << r.below(8)
+                    } else {
+                        r.next()
+                    };
                     steps.push(Step::new(Op::Store8, v, b1 + at));
                 }
                 let restore = match op {
@@ -538,18 +605,30 @@ impl Differential {
                     Op::Xsaves => Op::Xrstors,
                     _ => Op::Xrstor,
                 };
-                let restore = if r.pct(15) { [Op::Xrstor, Op::Xrstors, Op::Fxrstor][r.below(3) as usize] } else { restore };
+                let restore = if r.pct(15) {
+                    [Op::Xrstor, Op::Xrstors, Op::Fxrstor][r.below(3) as usize]
+                } else {
+                    restore
+                };
                 steps.push(Step::new(restore, rfbm(r), b1 + misalign(r)));
             }
             // XSETBV with an arbitrary value (valid by construction half of the time).
             6 => {
-                let v = if r.pct(50) { self.random_xcr0(r) } else { (self.xcr0_supported | 1 << r.below(64)) & (r.next() | 1) };
+                let v = if r.pct(50) {
+                    self.random_xcr0(r)
+                } else {
+                    (self.xcr0_supported | 1 << r.below(64)) & (r.next() | 1)
+                };
                 steps.push(Step::new(Op::Xsetbv, v, 0));
             }
             // IA32_XSS with an arbitrary value, XGETBV with ECX 0, 1 or 2.
             7 => {
                 if p.xsaves {
-                    let v = if r.pct(70) { self.xss_supported & r.next() } else { r.next() & (r.next() | self.xss_supported) };
+                    let v = if r.pct(70) {
+                        self.xss_supported & r.next()
+                    } else {
+                        r.next() & (r.next() | self.xss_supported)
+                    };
                     steps.push(Step::new(Op::WrXss, v, 0));
                 }
                 steps.push(Step::new(Op::Xgetbv, r.below(3), b1 + 8 * r.below(8)));
@@ -566,7 +645,12 @@ impl Differential {
     }
 
     /// Runs the program on a fresh model; returns the vector of each step.
-    fn run_model(&self, steps: &[Step], mem: &mut [Vec<u8>], mut quirks: Option<&mut Quirks>) -> Vec<u64> {
+    fn run_model(
+        &self,
+        steps: &[Step],
+        mem: &mut [Vec<u8>],
+        mut quirks: Option<&mut Quirks>,
+    ) -> Vec<u64> {
         let base = bases();
         let mut m = ModelCpu::new(self.profile.clone());
         let mut out = Vec::with_capacity(steps.len());
@@ -587,7 +671,9 @@ impl Differential {
                 Op::Fxsave => m.fxsave(&mut buf[off..], addr),
                 Op::Fxrstor => m.fxrstor(&buf[off..], addr),
                 Op::Xsetbv => m.xsetbv(0, s.arg),
-                Op::Xgetbv => m.xgetbv(s.arg as u32).map(|v| buf[off..off + 8].copy_from_slice(&v.to_le_bytes())),
+                Op::Xgetbv => m
+                    .xgetbv(s.arg as u32)
+                    .map(|v| buf[off..off + 8].copy_from_slice(&v.to_le_bytes())),
                 Op::Tilerelease => m.exec(SimpleInsn::Tilerelease),
                 Op::WrXss => m.wrmsr(Msr::Xss, s.arg),
                 Op::Store8 => {
@@ -600,7 +686,12 @@ impl Differential {
                 }
             };
             if let Some(q) = quirks.as_deref_mut() {
-                q.after(&mut m, s, res.as_ref().err().map(|f| f.rule), &mut buf[off..]);
+                q.after(
+                    &mut m,
+                    s,
+                    res.as_ref().err().map(|f| f.rule),
+                    &mut buf[off..],
+                );
             }
             out.push(match res {
                 Ok(()) => NO_FAULT,

@@ -26,7 +26,10 @@ pub struct Bump {
 unsafe impl Sync for Bump {}
 
 #[global_allocator]
-static HEAP: Bump = Bump { arena: Arena(UnsafeCell::new([0; ARENA])), state: UnsafeCell::new(State { top: 0, live: 0 }) };
+static HEAP: Bump = Bump {
+    arena: Arena(UnsafeCell::new([0; ARENA])),
+    state: UnsafeCell::new(State { top: 0, live: 0 }),
+};
 
 // SAFETY: `alloc` returns a block of at least `size` bytes aligned as asked, inside the arena,
 // never overlapping a live block (the top only grows except in `release`, which requires that

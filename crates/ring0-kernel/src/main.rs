@@ -22,7 +22,11 @@ use core::panic::PanicInfo;
 
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
-    println!("{{\"fatal\": \"panic\", \"message\": \"{}\", \"heap_used\": {}}}", info.message(), heap::used());
+    println!(
+        "{{\"fatal\": \"panic\", \"message\": \"{}\", \"heap_used\": {}}}",
+        info.message(),
+        heap::used()
+    );
     arch::shutdown()
 }
 
@@ -42,7 +46,11 @@ extern "C" fn kernel_main() -> ! {
     // with its init value), one of the behaviours SDM Vol. 1 §13.6 allows.
     profile.xinuse_tracking = xstate::model::XinuseTracking::ByValue;
     let xcr0_supported = profile.layout.xcr0_supported();
-    let xss_supported = if profile.xsaves { profile.layout.xss_supported() } else { 0 };
+    let xss_supported = if profile.xsaves {
+        profile.layout.xss_supported()
+    } else {
+        0
+    };
     println!(
         "{{\"hello\": \"xstate ring0 kernel\", \"seed\": {}, \"cases\": {}, \"xcr0_supported\": \"{xcr0_supported:#x}\", \"xss_supported\": \"{xss_supported:#x}\", \"mxcsr_mask\": \"{:#x}\", \"xsaveopt\": {}, \"xsavec\": {}, \"xsaves\": {}, \"xfd\": {}}}",
         p.seed, p.cases, profile.mxcsr_mask, profile.xsaveopt, profile.xsavec, profile.xsaves, profile.xfd
@@ -54,7 +62,12 @@ extern "C" fn kernel_main() -> ! {
         profile.layout.geometry(18).standard_offset,
         profile.xsaveopt,
     );
-    let mut d = diff::Differential { profile, xcr0_supported, xss_supported, quirks };
+    let mut d = diff::Differential {
+        profile,
+        xcr0_supported,
+        xss_supported,
+        quirks,
+    };
     let mut t = diff::Totals::default();
     let mark = heap::mark();
     let mut leaks = 0u64;

@@ -31,7 +31,10 @@ pub fn read() -> Params {
         // SAFETY: in-bounds read of a static; volatile so the linked-in default is not folded.
         *b = unsafe { core::ptr::read_volatile(PARAMS.as_ptr().add(i)) };
     }
-    let end = buf.iter().position(|&b| b == 0 || b == b'\n').unwrap_or(buf.len());
+    let end = buf
+        .iter()
+        .position(|&b| b == 0 || b == b'\n')
+        .unwrap_or(buf.len());
     let text = core::str::from_utf8(&buf[..end]).unwrap_or("");
     let mut p = Params { seed: 1, cases: 10 };
     for word in text.split(' ') {

@@ -82,7 +82,13 @@ pub struct Step {
 impl Step {
     /// A step not yet run.
     pub fn new(op: Op, arg: u64, addr: u64) -> Step {
-        Step { op, arg, addr, vector: crate::arch::NO_FAULT, error: 0 }
+        Step {
+            op,
+            arg,
+            addr,
+            vector: crate::arch::NO_FAULT,
+            error: 0,
+        }
     }
 }
 

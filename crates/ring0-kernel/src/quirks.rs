@@ -78,7 +78,12 @@ impl Quirks {
         xsaveopt: bool,
     ) -> Quirks {
         let amx = xcr0_supported & mask::AMX == mask::AMX;
-        let e = |id, possible| Entry { id, possible, hits: 0, applied: false };
+        let e = |id, possible| Entry {
+            id,
+            possible,
+            hits: 0,
+            applied: false,
+        };
         Quirks {
             entries: alloc::vec![
                 // Bochs: xsave_tiledata_state_xinuse() returns tile_use_tracker == 0, i.e.
@@ -92,7 +97,10 @@ impl Quirks {
                 // Bochs writes PKRU as a doubleword: bytes 4..7 of the 8-byte component keep
                 // their memory contents; the model writes them as 0 (SDM Vol. 1 §13.5.7 gives
                 // PKRU bytes 3:0 only; silicon not checked).
-                e("pkru_bytes_4_7_not_written", xcr0_supported & mask::PKRU != 0),
+                e(
+                    "pkru_bytes_4_7_not_written",
+                    xcr0_supported & mask::PKRU != 0
+                ),
                 // Bochs: get_xinuse_vector() sets bit 1 when MXCSR ≠ 1F80H for XSAVE and
                 // XSAVEOPT too, so XSTATE_BV[1] = 1 with all XMM registers zero; the model
                 // follows §13.6 ("XINUSE[1] pertains only to the XMM registers"); a 1 for a
@@ -174,12 +182,20 @@ impl Quirks {
             }
         }
         let rfbm = Self::rfbm(m, s);
-        if self.on(XSAVE_SSE_BIT_FROM_MXCSR) && matches!(s.op, Op::Xsave | Op::Xsaveopt) && bit(rfbm, 1) && m.mxcsr() != 0x1f80 && !bit(m.xinuse(), 1) {
+        if self.on(XSAVE_SSE_BIT_FROM_MXCSR)
+            && matches!(s.op, Op::Xsave | Op::Xsaveopt)
+            && bit(rfbm, 1)
+            && m.mxcsr() != 0x1f80
+            && !bit(m.xinuse(), 1)
+        {
             self.saved_sse_bit = Some(m.xinuse());
             m.set_xinuse(m.xinuse() | 2);
             self.apply(XSAVE_SSE_BIT_FROM_MXCSR);
         }
-        if self.on(NO_MODIFIED_OPTIMIZATION) && matches!(s.op, Op::Xsaveopt | Op::Xsaves) && m.xrstor_info().is_some() {
+        if self.on(NO_MODIFIED_OPTIMIZATION)
+            && matches!(s.op, Op::Xsaveopt | Op::Xsaves)
+            && m.xrstor_info().is_some()
+        {
             m.clear_xrstor_info();
             self.apply(NO_MODIFIED_OPTIMIZATION);
         }
@@ -200,7 +216,13 @@ impl Quirks {
                     _ => self.tiledata_std,
                 }
                 .map(|o| o as usize),
-                _ => m.profile().layout.compacted(rfbm).ok().and_then(|l| l.offset_of(id)).map(|o| o as usize),
+                _ => m
+                    .profile()
+                    .layout
+                    .compacted(rfbm)
+                    .ok()
+                    .and_then(|l| l.offset_of(id))
+                    .map(|o| o as usize),
             }
         };
         if bit(written, 17) && self.on(TILECFG_SAVE_SWAPS_ROWS_COLSB) {
@@ -286,7 +308,9 @@ impl Quirks {
             }
             Op::Xrstor | Op::Xrstors if rfbm & mask::AMX != 0 => {
                 let compacted = mem.get(520..528).is_some_and(|b| b[7] & 0x80 != 0);
-                let xstate_bv = mem.get(512..520).map_or(0, |b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+                let xstate_bv = mem.get(512..520).map_or(0, |b| {
+                    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+                });
                 let _ = compacted;
                 if bit(rfbm, 17) {
                     // configure_tiles()/clear(): every tile zeroed, tracker cleared.
@@ -299,7 +323,9 @@ impl Quirks {
                     self.tiles_used = bit(xstate_bv, 18);
                 }
                 // Rows 8..15 of every tile were not loaded: Bochs's registers keep zeros there.
-                if let (true, Some(d)) = (self.on(TILEDATA_ROWS_8_15_NOT_TRANSFERRED), m.component(18)) {
+                if let (true, Some(d)) =
+                    (self.on(TILEDATA_ROWS_8_15_NOT_TRANSFERRED), m.component(18))
+                {
                     if (0..8).any(|t| d[1024 * t + 512..1024 * t + 1024].iter().any(|&x| x != 0)) {
                         let mut z = d.to_vec();
                         for t in 0..8 {
@@ -353,14 +379,26 @@ impl Quirks {
         let xstate_bv = u64::from_le_bytes(hdr[0..8].try_into().unwrap_or([0; 8]));
         let xcomp_bv = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or([0; 8]));
         let compacted = xcomp_bv & mask::COMPACTED != 0;
-        let format = if compacted { xcomp_bv & !mask::COMPACTED } else { u64::MAX };
+        let format = if compacted {
+            xcomp_bv & !mask::COMPACTED
+        } else {
+            u64::MAX
+        };
         let restore = xstate_bv & format;
-        let loaded_first = if compacted { mask::X87 | mask::SSE } else { mask::X87 };
+        let loaded_first = if compacted {
+            mask::X87 | mask::SSE
+        } else {
+            mask::X87
+        };
         let partial = rfbm & (!restore | loaded_first);
         let mut img = mem.to_vec();
         img[24..28].copy_from_slice(&m.mxcsr().to_le_bytes());
         let before = m.clone();
-        let r = if s.op == Op::Xrstors { m.xrstors(&img, s.addr, partial) } else { m.xrstor(&img, s.addr, partial) };
+        let r = if s.op == Op::Xrstors {
+            m.xrstors(&img, s.addr, partial)
+        } else {
+            m.xrstor(&img, s.addr, partial)
+        };
         if r.is_err() {
             *m = before;
             return;
@@ -376,24 +414,12 @@ impl Quirks {
         self.apply(FAULTING_RESTORE_PARTIALLY_APPLIED);
     }
 
-    /// Whether any imitation changed the model's behaviour in this run.
-    pub fn any_applied(&self) -> bool {
-        self.entries.iter().any(|e| e.applied)
-    }
-
     /// Adds one hit to every entry of `m` (bit i: entry i).
     pub fn record(&mut self, m: u64) {
         for (i, e) in self.entries.iter_mut().enumerate() {
             if m >> i & 1 != 0 {
                 e.hits += 1;
             }
-        }
-    }
-
-    /// Counts one hit of entry `i` (directed cases).
-    pub fn hit(&mut self, i: usize) {
-        if let Some(e) = self.entries.get_mut(i) {
-            e.hits += 1;
         }
     }
 }

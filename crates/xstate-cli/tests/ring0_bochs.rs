@@ -20,7 +20,15 @@ fn root() -> PathBuf {
 fn ring0(model: &str, seed: u64, cases: u64) -> Option<Value> {
     let out_dir = root().join(format!("target/ring0/test-{model}-{seed}"));
     let out = Command::new(root().join("scripts/ring0"))
-        .args(["--cpu", model, "--seed", &seed.to_string(), "--cases", &cases.to_string(), "--json"])
+        .args([
+            "--cpu",
+            model,
+            "--seed",
+            &seed.to_string(),
+            "--cases",
+            &cases.to_string(),
+            "--json",
+        ])
         .arg("--out")
         .arg(&out_dir)
         .output()
@@ -31,7 +39,11 @@ fn ring0(model: &str, seed: u64, cases: u64) -> Option<Value> {
         println!("skipped: {}", stderr.trim());
         return None;
     }
-    assert_eq!(out.status.code(), Some(0), "scripts/ring0 --cpu {model} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "scripts/ring0 --cpu {model} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     let last = stdout.lines().last().expect("a summary line");
     Some(serde_json::from_str(last).expect("the summary is JSON"))
 }
@@ -42,7 +54,7 @@ fn layout(dump: &str) -> Value {
     serde_json::from_str(&out).expect("layout JSON")
 }
 
-fn component<'a>(l: &'a Value, id: u64) -> &'a Value {
+fn component(l: &Value, id: u64) -> &Value {
     l["components"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["id"] == id))
@@ -53,21 +65,37 @@ fn check_summary(s: &Value, model: &str, cases: u64, families: &[&str]) {
     assert_eq!(s["cpu"], model);
     assert_eq!(s["cases"], cases);
     assert_eq!(s["disagree"], 0, "{s}");
-    assert_eq!(s["agree"].as_u64().unwrap() + s["known_differences"].as_u64().unwrap(), cases, "{s}");
-    assert_eq!(s["stale_known_differences"].as_array().map(Vec::len), Some(0), "{s}");
+    assert_eq!(
+        s["agree"].as_u64().unwrap() + s["known_differences"].as_u64().unwrap(),
+        cases,
+        "{s}"
+    );
+    assert_eq!(
+        s["stale_known_differences"].as_array().map(Vec::len),
+        Some(0),
+        "{s}"
+    );
     for f in families {
-        assert!(s["covered"][f].as_u64().unwrap_or(0) > 0, "family {f} not covered: {s}");
+        assert!(
+            s["covered"][f].as_u64().unwrap_or(0) > 0,
+            "family {f} not covered: {s}"
+        );
     }
 }
 
 #[test]
 fn sapphire_rapids_at_ring0_agrees_with_the_model() {
-    let Some(s) = ring0("sapphire_rapids", 1, 300) else { return };
+    let Some(s) = ring0("sapphire_rapids", 1, 300) else {
+        return;
+    };
     check_summary(
         &s,
         "sapphire_rapids",
         300,
-        &["xsave", "xsaveopt", "xsavec", "xsaves", "xrstor", "xrstors", "fxsave", "xsetbv", "amx", "cet_s", "pkru", "avx512"],
+        &[
+            "xsave", "xsaveopt", "xsavec", "xsaves", "xrstor", "xrstors", "fxsave", "xsetbv",
+            "amx", "cet_s", "pkru", "avx512",
+        ],
     );
     let l = layout(s["cpuid_dump"].as_str().expect("cpuid_dump path"));
     assert_eq!(l["consistent"], true, "{l}");
@@ -79,8 +107,18 @@ fn sapphire_rapids_at_ring0_agrees_with_the_model() {
 
 #[test]
 fn skylake_x_at_ring0_agrees_with_the_model() {
-    let Some(s) = ring0("corei7_skylake_x", 2, 300) else { return };
-    check_summary(&s, "corei7_skylake_x", 300, &["xsave", "xsaveopt", "xsavec", "xsaves", "xrstor", "xrstors", "fxsave", "xsetbv", "avx512"]);
+    let Some(s) = ring0("corei7_skylake_x", 2, 300) else {
+        return;
+    };
+    check_summary(
+        &s,
+        "corei7_skylake_x",
+        300,
+        &[
+            "xsave", "xsaveopt", "xsavec", "xsaves", "xrstor", "xrstors", "fxsave", "xsetbv",
+            "avx512",
+        ],
+    );
     let l = layout(s["cpuid_dump"].as_str().expect("cpuid_dump path"));
     assert_eq!(l["consistent"], true, "{l}");
     assert_eq!(component(&l, 5)["standard_offset"], 1088, "{l}");
