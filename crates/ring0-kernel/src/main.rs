@@ -12,6 +12,7 @@ mod arch;
 mod boot;
 mod cpuinfo;
 mod diff;
+mod engine;
 mod heap;
 mod mem;
 mod params;
@@ -93,6 +94,10 @@ extern "C" fn kernel_main() -> ! {
             leaks += 1;
         }
     }
+    let (passed, failed) = engine::scenarios(&d.profile);
+    if !heap::release(mark) {
+        leaks += 1;
+    }
     let mut hits = alloc::string::String::new();
     let mut stale = alloc::string::String::new();
     for (i, e) in d.quirks.entries.iter().enumerate() {
@@ -108,9 +113,9 @@ extern "C" fn kernel_main() -> ! {
         }
     }
     let c = &t.covered;
-    let ok = t.disagree == 0 && stale.is_empty() && leaks == 0;
+    let ok = t.disagree == 0 && stale.is_empty() && leaks == 0 && failed == 0;
     println!(
-        "{{\"summary\": {{\"seed\": {}, \"cases\": {}, \"agree\": {}, \"disagree\": {}, \"known_differences\": {}, \"covered\": {{\"xsave\": {}, \"xsaveopt\": {}, \"xsavec\": {}, \"xsaves\": {}, \"xrstor\": {}, \"xrstors\": {}, \"fxsave\": {}, \"xsetbv\": {}, \"amx\": {}, \"cet_s\": {}, \"pkru\": {}, \"avx512\": {}}}, \"engine_scenarios\": {{\"passed\": 0, \"failed\": 0}}, \"known_difference_hits\": {{{hits}}}, \"stale_known_differences\": [{stale}], \"heap_leaks\": {leaks}, \"ok\": {ok}}}}}",
+        "{{\"summary\": {{\"seed\": {}, \"cases\": {}, \"agree\": {}, \"disagree\": {}, \"known_differences\": {}, \"covered\": {{\"xsave\": {}, \"xsaveopt\": {}, \"xsavec\": {}, \"xsaves\": {}, \"xrstor\": {}, \"xrstors\": {}, \"fxsave\": {}, \"xsetbv\": {}, \"amx\": {}, \"cet_s\": {}, \"pkru\": {}, \"avx512\": {}}}, \"engine_scenarios\": {{\"passed\": {passed}, \"failed\": {failed}}}, \"known_difference_hits\": {{{hits}}}, \"stale_known_differences\": [{stale}], \"heap_leaks\": {leaks}, \"ok\": {ok}}}}}",
         p.seed, t.cases, t.agree, t.disagree, t.known, c.xsave, c.xsaveopt, c.xsavec, c.xsaves, c.xrstor, c.xrstors, c.fxsave, c.xsetbv, c.amx, c.cet_s, c.pkru, c.avx512
     );
     arch::shutdown()

@@ -1,6 +1,8 @@
 //! The ring-0 differential on Bochs (`scripts/ring0`, docs/ring0.md): the test kernel runs the
 //! XSAVE family at CPL 0 on two emulated Intel CPUs against `ModelCpu`; a few hundred cases per
-//! model, every listed Bochs deviation shown by its directed case, and the CPUID the kernel read
+//! model, every listed Bochs deviation shown by its directed case, the guest FPU engine's
+//! scenarios on `Ring0Backend` (six on Sapphire Rapids: AMX and CET_S need it; four on
+//! Skylake-X), and the CPUID the kernel read
 //! laid out by `xstate layout --cpuid` as DESIGN.md §4 says (Sapphire Rapids: 11008 bytes,
 //! TILEDATA at 2816; Skylake-X: opmask at 1088). Skips with the reason printed where Bochs
 //! cannot be built (no C++ compiler or make).
@@ -61,7 +63,7 @@ fn component(l: &Value, id: u64) -> &Value {
         .unwrap_or_else(|| panic!("component {id} in {l}"))
 }
 
-fn check_summary(s: &Value, model: &str, cases: u64, families: &[&str]) {
+fn check_summary(s: &Value, model: &str, cases: u64, families: &[&str], scenarios: u64) {
     assert_eq!(s["cpu"], model);
     assert_eq!(s["cases"], cases);
     assert_eq!(s["disagree"], 0, "{s}");
@@ -75,6 +77,8 @@ fn check_summary(s: &Value, model: &str, cases: u64, families: &[&str]) {
         Some(0),
         "{s}"
     );
+    assert_eq!(s["engine_scenarios"]["failed"], 0, "{s}");
+    assert_eq!(s["engine_scenarios"]["passed"], scenarios, "{s}");
     for f in families {
         assert!(
             s["covered"][f].as_u64().unwrap_or(0) > 0,
@@ -96,6 +100,7 @@ fn sapphire_rapids_at_ring0_agrees_with_the_model() {
             "xsave", "xsaveopt", "xsavec", "xsaves", "xrstor", "xrstors", "fxsave", "xsetbv",
             "amx", "cet_s", "pkru", "avx512",
         ],
+        6,
     );
     let l = layout(s["cpuid_dump"].as_str().expect("cpuid_dump path"));
     assert_eq!(l["consistent"], true, "{l}");
@@ -118,6 +123,7 @@ fn skylake_x_at_ring0_agrees_with_the_model() {
             "xsave", "xsaveopt", "xsavec", "xsaves", "xrstor", "xrstors", "fxsave", "xsetbv",
             "avx512",
         ],
+        4,
     );
     let l = layout(s["cpuid_dump"].as_str().expect("cpuid_dump path"));
     assert_eq!(l["consistent"], true, "{l}");
