@@ -27,6 +27,8 @@ pub const TILECFG_SAVE_SWAPS_ROWS_COLSB: usize = 5;
 pub const TILEDATA_ROWS_8_15_NOT_TRANSFERRED: usize = 6;
 /// See `Quirks::new`.
 pub const FAULTING_RESTORE_PARTIALLY_APPLIED: usize = 7;
+/// See `Quirks::new`.
+pub const COMPACTED_RESTORE_ACCEPTS_XSTATE_BV_63: usize = 8;
 
 /// One listed deviation.
 #[derive(Clone, Copy)]
@@ -125,6 +127,11 @@ impl Quirks {
                 // against MXCSR_MASK, so the #GP leaves them changed; a fault leaves the
                 // processor state as it was before the instruction (SDM Vol. 3 §6.5 "Faults").
                 e("faulting_restore_partially_applied", true),
+                // Bochs: the compacted-form check is XSTATE_BV & ~XCOMP_BV with XCOMP_BV's
+                // bit 63 set, so XSTATE_BV[63] = 1 passes and is ignored; SDM Vol. 1 §13.8.2
+                // (XSTATE_BV must be within XCOMP_BV[62:0]) and silicon fault: #GP measured
+                // on this project's Intel Xeon (family 6, model 0xa7) and AMD Zen 5.
+                e("compacted_restore_accepts_xstate_bv_63", true),
             ],
             tiles_used: false,
             enabled: u64::MAX,
@@ -249,7 +256,41 @@ impl Quirks {
     }
 
     /// After a step ran on the quirked model (`ok`: it did not fault).
-    pub fn after(&mut self, m: &mut ModelCpu, s: &Step, fault: Option<&str>, mem: &mut [u8]) {
+    ///
+    /// Returns true when the imitation turned the model's fault into a completed instruction.
+    pub fn after(
+        &mut self,
+        m: &mut ModelCpu,
+        s: &Step,
+        fault: Option<&str>,
+        mem: &mut [u8],
+    ) -> bool {
+        if let (Some(rule), Op::Xrstor | Op::Xrstors) = (fault, s.op) {
+            if rule.contains("XCOMP_BV[62:0] (bit 63 included")
+                && self.on(COMPACTED_RESTORE_ACCEPTS_XSTATE_BV_63)
+            {
+                let hdr = |o: usize| {
+                    mem.get(o..o + 8).map_or(0, |b| {
+                        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+                    })
+                };
+                let (bv, comp) = (hdr(512), hdr(520));
+                if bv & mask::COMPACTED != 0 && bv & !comp == 0 {
+                    let mut img = mem.to_vec();
+                    img[519] &= 0x7f;
+                    let r = if s.op == Op::Xrstors {
+                        m.xrstors(&img, s.addr, s.arg)
+                    } else {
+                        m.xrstor(&img, s.addr, s.arg)
+                    };
+                    if r.is_ok() {
+                        self.apply(COMPACTED_RESTORE_ACCEPTS_XSTATE_BV_63);
+                        self.after(m, s, None, &mut img);
+                        return true;
+                    }
+                }
+            }
+        }
         let ok = fault.is_none();
         if let (Some(rule), Op::Xrstor | Op::Xrstors) = (fault, s.op) {
             if rule.contains("MXCSR") && self.on(FAULTING_RESTORE_PARTIALLY_APPLIED) {
@@ -263,7 +304,7 @@ impl Quirks {
         let rows = self.tile_rows.take();
         let tilecfg = self.tilecfg_at.take();
         if !ok {
-            return;
+            return false;
         }
         if let (Some(o), Some(c)) = (tilecfg, m.component(17)) {
             // Bochs's xsave_tilecfg_state(): palette, start_row, then rows[n] as a word at
@@ -352,6 +393,7 @@ impl Quirks {
                 }
             }
         }
+        false
     }
 
     /// TILEDATA zeroed as Bochs's amx->clear() does when TILECFG is loaded or initialized.
