@@ -65,7 +65,7 @@
 //!    ([`CpuProfile::x87_pointer_bits`]); FOP keeps 11 bits.
 //! 6. **FSW.ES and FSW.B are recomputed** from the exception flags and FCW masks on load;
 //!    **FCW reserved bits** read back fixed: bits 7 and 13-15 as 0, bit 6 as 1
-//!    ([`CpuProfile::fcw_fixed`]).
+//!    ([`CpuProfile::fcw_fixed`]; measured on an Intel Xeon too, so Intel profiles have it).
 //! 7. **The modified optimization is real and per component**: XRSTOR from A, a memory write
 //!    into A, XSAVEOPT to A leaves the written bytes of unmodified components in place; an
 //!    instruction writing a component (PXOR → SSE, FNCLEX/FNINIT → x87, KXORW → opmask,
