@@ -1,5 +1,6 @@
 //! The run parameters: the 512-byte sector at 0x100000 (LBA 1 of the disk image), which
-//! `scripts/ring0` overwrites with ASCII text `seed=N cases=M` (terminated by a NUL or newline).
+//! `scripts/ring0` overwrites with ASCII text `seed=N cases=M first=K` (terminated by a NUL or
+//! newline).
 
 const fn default_params() -> [u8; 512] {
     let text = b"seed=1 cases=10";
@@ -22,6 +23,8 @@ pub struct Params {
     pub seed: u64,
     /// Number of random cases.
     pub cases: u64,
+    /// Index of the first case.
+    pub first: u64,
 }
 
 /// Parses the parameter sector (read volatile: the runner patches it after linking).
@@ -36,12 +39,18 @@ pub fn read() -> Params {
         .position(|&b| b == 0 || b == b'\n')
         .unwrap_or(buf.len());
     let text = core::str::from_utf8(&buf[..end]).unwrap_or("");
-    let mut p = Params { seed: 1, cases: 10 };
+    let mut p = Params {
+        seed: 1,
+        cases: 10,
+        first: 0,
+    };
     for word in text.split(' ') {
         if let Some(v) = word.strip_prefix("seed=") {
             p.seed = v.parse().unwrap_or(p.seed);
         } else if let Some(v) = word.strip_prefix("cases=") {
             p.cases = v.parse().unwrap_or(p.cases);
+        } else if let Some(v) = word.strip_prefix("first=") {
+            p.first = v.parse().unwrap_or(p.first);
         }
     }
     p
