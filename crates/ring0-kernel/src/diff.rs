@@ -621,12 +621,15 @@ impl Differential {
                 };
                 steps.push(Step::new(restore, rfbm(r), b1 + misalign(r)));
             }
-            // XSETBV with an arbitrary value (valid by construction half of the time).
+            // XSETBV, aimed at each rule of SDM Vol. 2 XSETBV: a valid value; any subset of
+            // the supported bits (x87 clear, AVX without SSE, part of AVX-512 or of AMX); a
+            // valid value plus an unsupported or supervisor bit; a valid value less one bit.
             6 => {
-                let v = if r.pct(50) {
-                    self.random_xcr0(r)
-                } else {
-                    (self.xcr0_supported | 1 << r.below(64)) & (r.next() | 1)
+                let v = match r.below(4) {
+                    0 => self.random_xcr0(r),
+                    1 => self.xcr0_supported & r.next(),
+                    2 => self.random_xcr0(r) | 1 << r.below(64),
+                    _ => self.random_xcr0(r) & !(1 << r.below(20)),
                 };
                 steps.push(Step::new(Op::Xsetbv, v, 0));
             }
