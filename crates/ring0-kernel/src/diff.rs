@@ -88,6 +88,10 @@ pub struct Covered {
     pub cet_s: u64,
     pub pkru: u64,
     pub avx512: u64,
+    /// Steps where the CPU and the model raised the same exception: #GP, #NM, #UD.
+    pub gp: u64,
+    pub nm: u64,
+    pub ud: u64,
 }
 
 /// Totals of a run.
@@ -496,6 +500,14 @@ impl Differential {
 
     fn count(&self, steps: &[Step], model: &[u64], xcr0: u64, xss: u64, c: &mut Covered) {
         for (s, &mv) in steps.iter().zip(model) {
+            if s.vector == mv {
+                match mv {
+                    13 => c.gp += 1,
+                    7 => c.nm += 1,
+                    6 => c.ud += 1,
+                    _ => {}
+                }
+            }
             if s.vector != NO_FAULT || mv != NO_FAULT {
                 if s.op == Op::Xsetbv && s.vector == mv {
                     c.xsetbv += 1;
@@ -552,7 +564,7 @@ impl Differential {
             (true, true, false) => &[Op::Xsave, Op::Xsaveopt, Op::Xsavec, Op::Fxsave],
             _ => &[Op::Xsave, Op::Fxsave],
         };
-        match r.below(9) {
+        match r.below(10) {
             // A save of any form.
             0 | 1 => {
                 let op = saves[r.below(saves.len() as u64) as usize];
@@ -646,12 +658,37 @@ impl Differential {
                 steps.push(Step::new(Op::Xgetbv, r.below(3), b1 + 8 * r.below(8)));
             }
             // TILERELEASE (#UD unless AMX is enabled in XCR0).
-            _ => {
+            8 => {
                 if self.xcr0_supported & mask::AMX != 0 {
                     steps.push(Step::new(Op::Tilerelease, 0, 0));
                 } else {
                     steps.push(Step::new(Op::Xgetbv, 1, b1));
                 }
+            }
+            // CR0.TS = 1 (#NM) or CR4.OSXSAVE = 0 (#UD) around one instruction of any kind.
+            _ => {
+                let (ctl, off) = if r.pct(50) {
+                    (Op::Cr0Ts, 1)
+                } else {
+                    (Op::Cr4Osxsave, 0)
+                };
+                steps.push(Step::new(ctl, off, 0));
+                let op = [
+                    Op::Xsave,
+                    Op::Xsavec,
+                    Op::Xsaves,
+                    Op::Fxsave,
+                    Op::Xrstor,
+                    Op::Xgetbv,
+                    Op::Xsetbv,
+                ][r.below(7) as usize];
+                let arg = match op {
+                    Op::Xgetbv => r.below(2),
+                    Op::Xsetbv => self.random_xcr0(r),
+                    _ => u64::MAX,
+                };
+                steps.push(Step::new(op, arg, b1));
+                steps.push(Step::new(ctl, 1 - off, 0));
             }
         }
     }
@@ -694,6 +731,14 @@ impl Differential {
                 }
                 Op::Zero => {
                     buf[off..off + s.arg as usize].fill(0);
+                    Ok(())
+                }
+                Op::Cr0Ts => {
+                    m.cr0_ts = s.arg != 0;
+                    Ok(())
+                }
+                Op::Cr4Osxsave => {
+                    m.cr4_osxsave = s.arg != 0;
                     Ok(())
                 }
             };

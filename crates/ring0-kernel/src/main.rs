@@ -115,8 +115,8 @@ extern "C" fn kernel_main() -> ! {
     let c = &t.covered;
     let ok = t.disagree == 0 && stale.is_empty() && leaks == 0 && failed == 0;
     println!(
-        "{{\"summary\": {{\"seed\": {}, \"cases\": {}, \"agree\": {}, \"disagree\": {}, \"known_differences\": {}, \"covered\": {{\"xsave\": {}, \"xsaveopt\": {}, \"xsavec\": {}, \"xsaves\": {}, \"xrstor\": {}, \"xrstors\": {}, \"fxsave\": {}, \"xsetbv\": {}, \"amx\": {}, \"cet_s\": {}, \"pkru\": {}, \"avx512\": {}}}, \"engine_scenarios\": {{\"passed\": {passed}, \"failed\": {failed}}}, \"known_difference_hits\": {{{hits}}}, \"stale_known_differences\": [{stale}], \"heap_leaks\": {leaks}, \"ok\": {ok}}}}}",
-        p.seed, t.cases, t.agree, t.disagree, t.known, c.xsave, c.xsaveopt, c.xsavec, c.xsaves, c.xrstor, c.xrstors, c.fxsave, c.xsetbv, c.amx, c.cet_s, c.pkru, c.avx512
+        "{{\"summary\": {{\"seed\": {}, \"cases\": {}, \"agree\": {}, \"disagree\": {}, \"known_differences\": {}, \"covered\": {{\"xsave\": {}, \"xsaveopt\": {}, \"xsavec\": {}, \"xsaves\": {}, \"xrstor\": {}, \"xrstors\": {}, \"fxsave\": {}, \"xsetbv\": {}, \"amx\": {}, \"cet_s\": {}, \"pkru\": {}, \"avx512\": {}}}, \"engine_scenarios\": {{\"passed\": {passed}, \"failed\": {failed}}}, \"faults_agreed\": {{\"gp\": {}, \"nm\": {}, \"ud\": {}}}, \"known_difference_hits\": {{{hits}}}, \"stale_known_differences\": [{stale}], \"heap_leaks\": {leaks}, \"ok\": {ok}}}}}",
+        p.seed, t.cases, t.agree, t.disagree, t.known, c.xsave, c.xsaveopt, c.xsavec, c.xsaves, c.xrstor, c.xrstors, c.fxsave, c.xsetbv, c.amx, c.cet_s, c.pkru, c.avx512, c.gp, c.nm, c.ud
     );
     arch::shutdown()
 }

@@ -38,6 +38,11 @@ pub enum Op {
     Store8 = 12,
     /// Zeroes `arg` bytes at addr (REP STOSB): clears header fields XSAVE does not write.
     Zero = 13,
+    /// CR0.TS := arg ≠ 0 (XSAVE-family instructions and FXSAVE then raise #NM, SDM Vol. 1
+    /// §13.7-13.12).
+    Cr0Ts = 14,
+    /// CR4.OSXSAVE := arg ≠ 0 (XSAVE-family instructions, XGETBV and XSETBV then raise #UD).
+    Cr4Osxsave = 15,
 }
 
 impl Op {
@@ -58,6 +63,8 @@ impl Op {
             Op::WrXss => "wrmsr_xss",
             Op::Store8 => "store8",
             Op::Zero => "zero",
+            Op::Cr0Ts => "cr0_ts",
+            Op::Cr4Osxsave => "cr4_osxsave",
         }
     }
 }
@@ -92,8 +99,9 @@ impl Step {
     }
 }
 
-/// Runs the steps on this CPU, in order, in one asm block. Afterwards x87 is re-initialized
-/// (FNINIT) and MXCSR set to 1F80H for the compiled code that follows.
+/// Runs the steps on this CPU, in order, in one asm block. Afterwards CR0 and CR4 are put back
+/// as they were, x87 is re-initialized (FNINIT) and MXCSR set to 1F80H for the compiled code
+/// that follows.
 ///
 /// # Safety
 /// CPL 0 with the IDT of `arch` loaded. Every step's memory operand lies in memory the caller
@@ -103,6 +111,8 @@ pub unsafe fn run(steps: &mut [Step]) {
     // IDT handler (RECOVER_RIP), which resumes with the registers as the fault left them.
     unsafe {
         core::arch::asm!(
+            "mov r14, cr0",
+            "mov r15, cr4",
             "20:",
             "test r13, r13",
             "jz 29f",
@@ -128,6 +138,8 @@ pub unsafe fn run(steps: &mut [Step]) {
             "cmp r8, 11", "je 41f",
             "cmp r8, 12", "je 42f",
             "cmp r8, 13", "je 43f",
+            "cmp r8, 14", "je 44f",
+            "cmp r8, 15", "je 46f",
             "jmp 28f",
             "30: xsave64 [rdi]", "jmp 28f",
             "31: xsaveopt64 [rdi]", "jmp 28f",
@@ -144,6 +156,10 @@ pub unsafe fn run(steps: &mut [Step]) {
             "41: mov ecx, 0xda0", "wrmsr", "jmp 28f",
             "42: mov [rdi], al", "jmp 28f",
             "43: mov rcx, [r12 + 8]", "xor eax, eax", "rep stosb", "jmp 28f",
+            "44: mov rcx, cr0", "and rcx, -9", "test eax, eax", "jz 45f", "or rcx, 8",
+            "45: mov cr0, rcx", "jmp 28f",
+            "46: mov rcx, cr4", "and rcx, -262145", "test eax, eax", "jz 47f", "or rcx, 0x40000",
+            "47: mov cr4, rcx", "jmp 28f",
             "28:",
             "mov qword ptr [rip + RECOVER_RIP], 0",
             "mov rax, [rip + FAULT_VEC]",
@@ -154,11 +170,15 @@ pub unsafe fn run(steps: &mut [Step]) {
             "dec r13",
             "jmp 20b",
             "29:",
+            "mov cr0, r14",
+            "mov cr4, r15",
             "fninit",
             "ldmxcsr [rip + {mxcsr}]",
             mxcsr = sym MXCSR_INIT,
             inout("r12") steps.as_mut_ptr() => _,
             inout("r13") steps.len() => _,
+            out("r14") _,
+            out("r15") _,
             // XRSTOR/XRSTORS load every vector, mask and x87 register: all caller-saved.
             clobber_abi("C"),
         );

@@ -79,6 +79,14 @@ fn check_summary(s: &Value, model: &str, cases: u64, families: &[&str], scenario
     );
     assert_eq!(s["engine_scenarios"]["failed"], 0, "{s}");
     assert_eq!(s["engine_scenarios"]["passed"], scenarios, "{s}");
+    // Faults compared too: #GP (header, MXCSR, XSETBV, alignment rules), #NM (CR0.TS), #UD
+    // (CR4.OSXSAVE clear, TILERELEASE without AMX).
+    for v in ["gp", "nm", "ud"] {
+        assert!(
+            s["faults_agreed"][v].as_u64().unwrap_or(0) > 0,
+            "no agreeing {v}: {s}"
+        );
+    }
     for f in families {
         assert!(
             s["covered"][f].as_u64().unwrap_or(0) > 0,
