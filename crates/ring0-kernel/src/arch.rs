@@ -55,11 +55,14 @@ macro_rules! println {
     }};
 }
 
-/// Ends the emulation: the string "Shutdown" written to port 0x8900 (Bochs's shutdown port).
+/// Ends the emulation: the string "Shutdown" written to port 0x8900 (Bochs's shutdown port),
+/// then 0 to port 0xF4 (QEMU's `isa-debug-exit`: exit status 1). Each emulator ignores the
+/// other's port.
 pub fn shutdown() -> ! {
     for b in b"Shutdown" {
         outb(0x8900, *b);
     }
+    outb(0xf4, 0);
     loop {
         // SAFETY: CPL 0; HLT with interrupts disabled stops this CPU for good.
         unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };

@@ -398,7 +398,10 @@ impl Differential {
             | COMPACTED_RESTORE_ACCEPTS_XSTATE_BV_63 => mask::SSE,
             _ => mask::AMX,
         };
-        if sup & need != need || (i == NO_MODIFIED_OPTIMIZATION && !self.profile.xsaveopt) {
+        if sup & need != need
+            || (i == NO_MODIFIED_OPTIMIZATION && !self.profile.xsaveopt)
+            || !self.quirks.entries.get(i).is_some_and(|e| e.possible)
+        {
             return None;
         }
         let xcr0 = mask::X87 | mask::SSE | need;

@@ -25,6 +25,8 @@ pub struct Params {
     pub cases: u64,
     /// Index of the first case.
     pub first: u64,
+    /// The executor is Bochs (`exec=bochs`, the default): its listed deviations apply.
+    pub bochs: bool,
 }
 
 /// Parses the parameter sector (read volatile: the runner patches it after linking).
@@ -43,6 +45,7 @@ pub fn read() -> Params {
         seed: 1,
         cases: 10,
         first: 0,
+        bochs: true,
     };
     for word in text.split(' ') {
         if let Some(v) = word.strip_prefix("seed=") {
@@ -51,6 +54,8 @@ pub fn read() -> Params {
             p.cases = v.parse().unwrap_or(p.cases);
         } else if let Some(v) = word.strip_prefix("first=") {
             p.first = v.parse().unwrap_or(p.first);
+        } else if let Some(v) = word.strip_prefix("exec=") {
+            p.bochs = v == "bochs";
         }
     }
     p

@@ -78,11 +78,13 @@ impl Quirks {
         tilecfg_std: Option<u32>,
         tiledata_std: Option<u32>,
         xsaveopt: bool,
+        bochs: bool,
     ) -> Quirks {
         let amx = xcr0_supported & mask::AMX == mask::AMX;
-        let e = |id, possible| Entry {
+        // Every entry is a deviation of Bochs: none applies to another executor.
+        let e = |id, possible: bool| Entry {
             id,
-            possible,
+            possible: possible && bochs,
             hits: 0,
             applied: false,
         };
