@@ -22,6 +22,12 @@ mkdir -p "$here/corpus/snapshot"
 { printf '\000'; cat "$sample"; } > "$here/corpus/snapshot/v1-raw"
 len=$(($(wc -c < "$sample") - 20))
 { printf '\001'; tail -c +17 "$sample" | head -c "$len"; } > "$here/corpus/snapshot/v1-body"
+# filekind: one of each kind (snapshot, CPUID dumps; seed images are added below).
+# The target's first byte is a mode byte (0: the rest is the file).
+mkdir -p "$here/corpus/filekind"
+for f in "$sample" "$fix"/hwloc/Intel-Skylake-2xXeon6140.txt "$fix"/aida64/amd-ryzen-7-9700x-8-core-processor.txt; do
+    { printf '\000'; cat "$f"; } > "$here/corpus/filekind/$(basename "$f")"
+done
 echo "seeded: $(ls "$here"/corpus/* | wc -l) files"
 
 # Image targets: well-formed standard and compacted images of the three layouts of
@@ -46,6 +52,8 @@ for sel, (xcr0, std, cmp) in enumerate(cpus):
         img[520:528] = struct.pack("<Q", xcomp)
         name = f"cpu{sel}-{form}"
         open(os.path.join(corpus, "image_parse", name), "wb").write(bytes([sel]) + img)
+        os.makedirs(os.path.join(corpus, "filekind"), exist_ok=True)
+        open(os.path.join(corpus, "filekind", name), "wb").write(bytes([0]) + img)
         cfg = bytes([sel, 3]) + struct.pack("<QQ", 0, 0xFFFF) + bytes([48]) + struct.pack("<Q", ~0 & (2**64 - 1))
         open(os.path.join(corpus, "validate", name), "wb").write(cfg + img)
         for dst in range(3):

@@ -395,7 +395,8 @@ impl Differential {
             NO_MODIFIED_OPTIMIZATION
             | XSAVE_SSE_BIT_FROM_MXCSR
             | FAULTING_RESTORE_PARTIALLY_APPLIED
-            | COMPACTED_RESTORE_ACCEPTS_XSTATE_BV_63 => mask::SSE,
+            | COMPACTED_RESTORE_ACCEPTS_XSTATE_BV_63
+            | FIP_KEEPS_64_BITS => mask::SSE,
             _ => mask::AMX,
         };
         if sup & need != need
@@ -409,7 +410,8 @@ impl Differential {
             XSAVE_SSE_BIT_FROM_MXCSR => mask::SSE,
             NO_MODIFIED_OPTIMIZATION
             | FAULTING_RESTORE_PARTIALLY_APPLIED
-            | COMPACTED_RESTORE_ACCEPTS_XSTATE_BV_63 => mask::X87 | mask::SSE,
+            | COMPACTED_RESTORE_ACCEPTS_XSTATE_BV_63
+            | FIP_KEEPS_64_BITS => mask::X87 | mask::SSE,
             _ => need,
         };
         let (mut steps, form) = self.setup(&mut r, xcr0, 0, xstate_bv).ok()?;
@@ -466,6 +468,12 @@ impl Differential {
                 steps.push(Step::new(Op::Xsavec, u64::MAX, b1));
                 steps.push(Step::new(Op::Store8, 0x80, b1 + 519));
                 steps.push(Step::new(Op::Xrstor, u64::MAX, b1));
+            }
+            FIP_KEEPS_64_BITS => {
+                steps.push(Step::new(Op::Fxsave, u64::MAX, b1));
+                steps.push(Step::new(Op::Store8, 0x01, b1 + 15));
+                steps.push(Step::new(Op::Fxrstor, u64::MAX, b1));
+                steps.push(Step::new(Op::Fxsave, u64::MAX, b2));
             }
             FAULTING_RESTORE_PARTIALLY_APPLIED => {
                 steps.push(Step::new(Op::Zero, 64, b1 + 512));

@@ -62,6 +62,7 @@ extern "C" fn kernel_main() -> ! {
         profile.layout.geometry(17).standard_offset,
         profile.layout.geometry(18).standard_offset,
         profile.xsaveopt,
+        profile.fip_bits.is_some(),
         p.bochs,
     );
     let mut d = diff::Differential {

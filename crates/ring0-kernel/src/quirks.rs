@@ -29,6 +29,8 @@ pub const TILEDATA_ROWS_8_15_NOT_TRANSFERRED: usize = 6;
 pub const FAULTING_RESTORE_PARTIALLY_APPLIED: usize = 7;
 /// See `Quirks::new`.
 pub const COMPACTED_RESTORE_ACCEPTS_XSTATE_BV_63: usize = 8;
+/// See `Quirks::new`.
+pub const FIP_KEEPS_64_BITS: usize = 9;
 
 /// One listed deviation.
 #[derive(Clone, Copy)]
@@ -78,6 +80,7 @@ impl Quirks {
         tilecfg_std: Option<u32>,
         tiledata_std: Option<u32>,
         xsaveopt: bool,
+        fip_truncated: bool,
         bochs: bool,
     ) -> Quirks {
         let amx = xcr0_supported & mask::AMX == mask::AMX;
@@ -134,6 +137,11 @@ impl Quirks {
                 // (XSTATE_BV must be within XCOMP_BV[62:0]) and silicon fault: #GP measured
                 // on this project's Intel Xeon (family 6, model 0xa7) and AMD Zen 5.
                 e("compacted_restore_accepts_xstate_bv_63", true),
+                // Bochs keeps all 64 bits of FIP loaded by FXRSTOR/XRSTOR in 64-bit mode;
+                // silicon keeps 57 (bits 63:57 read back as copies of bit 56: measured on AMD
+                // Zen 5 and on the Intel Xeon, family 6 model 0xA7, CpuProfile::fip_bits). The
+                // SDM gives FIP 64 bits in the FXSAVE64 format (Vol. 2 FXSAVE, Table 3-55).
+                e("fip_keeps_64_bits", fip_truncated),
             ],
             tiles_used: false,
             enabled: u64::MAX,
@@ -383,6 +391,25 @@ impl Quirks {
             }
             Op::Tilerelease => self.tiles_used = false,
             _ => {}
+        }
+        // FIP as loaded, all 64 bits, wherever x87 state came from memory.
+        let x87_loaded = match s.op {
+            Op::Fxrstor => true,
+            Op::Xrstor | Op::Xrstors => bit(rfbm, 0) && mem.get(512).is_some_and(|b| b & 1 != 0),
+            _ => false,
+        };
+        if x87_loaded && self.on(FIP_KEEPS_64_BITS) {
+            if let Some(b) = mem.get(8..16) {
+                let fip = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+                if m.x87().fip != fip {
+                    let mut x = *m.x87();
+                    x.fip = fip;
+                    let xin = m.xinuse();
+                    m.set_x87(x);
+                    m.set_xinuse(xin);
+                    self.apply(FIP_KEEPS_64_BITS);
+                }
+            }
         }
         // Last: the rows Bochs does not write keep their memory contents.
         if let Some((o, v)) = rows {

@@ -3,15 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use xstate::cpuid::CpuidDump;
+use xstate::filekind::FileKind;
 use xstate::layout::Layout;
 
 /// Where CPUID data comes from: this host (default) or a dump file.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct CpuSource {
-    /// Read CPUID leaf 0xD from a dump file (Linux `cpuid -r`, AIDA64, hwloc-gather-cpuid, or
-    /// the JSON written by `xstate host --dump-cpuid`); the format is detected.
+    /// The CPU the input comes from, as a CPUID dump file (Linux `cpuid -r`, AIDA64,
+    /// hwloc-gather-cpuid, or the JSON written by `xstate host --dump-cpuid`; the format is
+    /// detected). Data that breaks a consistency rule is refused (exit 1; see --trust-cpuid).
     #[arg(long, value_name = "FILE", conflicts_with = "host")]
     pub cpuid: Option<PathBuf>,
     /// Use this machine's CPUID (the default when --cpuid is not given).
@@ -20,11 +22,19 @@ pub struct CpuSource {
 }
 
 impl CpuSource {
-    /// Loads the dump this source names.
+    /// Loads the dump this source names, refusing inconsistent data.
     pub fn load(&self) -> anyhow::Result<CpuidDump> {
         match &self.cpuid {
             Some(p) => load_dump(p),
             None => host_dump(),
+        }
+    }
+
+    /// Loads the dump this source names as it is, consistent or not.
+    pub fn load_unjudged(&self) -> anyhow::Result<CpuidDump> {
+        match &self.cpuid {
+            Some(p) => load_dump_unjudged(p),
+            None => host_dump_unjudged(),
         }
     }
 
@@ -35,16 +45,38 @@ impl CpuSource {
     }
 }
 
-/// Reads and parses a CPUID dump file.
+/// Reads and parses a CPUID dump file, refusing data that breaks a consistency rule
+/// ([`crate::trust::judge`]).
 pub fn load_dump(path: &Path) -> anyhow::Result<CpuidDump> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read CPUID dump {}", path.display()))?;
-    let name = path.display().to_string();
-    Ok(CpuidDump::parse(&text, &name)?)
+    let d = load_dump_unjudged(path)?;
+    crate::trust::judge(&d)?;
+    Ok(d)
 }
 
-/// This machine's CPUID.
+/// Reads and parses a CPUID dump file as it is, consistent or not (for `layout` and `host`,
+/// whose job is to report the data).
+pub fn load_dump_unjudged(path: &Path) -> anyhow::Result<CpuidDump> {
+    let input = crate::input::read(path, "CPUID dump")?;
+    crate::input::expect(
+        path,
+        &input,
+        |k| matches!(k, FileKind::CpuidDump { .. } | FileKind::Text),
+        "a CPUID dump (Linux `cpuid -r`, AIDA64, hwloc-gather-cpuid or `xstate host --dump-cpuid` JSON)",
+    )?;
+    let name = path.display().to_string();
+    Ok(CpuidDump::parse_bytes(&input.bytes, &name)?)
+}
+
+/// This machine's CPUID, refused like a dump file when inconsistent (a hypervisor can give a
+/// guest such data).
 pub fn host_dump() -> anyhow::Result<CpuidDump> {
+    let d = host_dump_unjudged()?;
+    crate::trust::judge(&d)?;
+    Ok(d)
+}
+
+/// This machine's CPUID as it is.
+pub fn host_dump_unjudged() -> anyhow::Result<CpuidDump> {
     #[cfg(target_arch = "x86_64")]
     {
         Ok(CpuidDump::from_host())
@@ -71,6 +103,13 @@ pub fn parse_hex(s: &str) -> Result<u64, String> {
     r.map_err(|e| format!("`{s}` is not a hex value: {e}"))
 }
 
+/// The component names of a mask (bit 63 left out), as the JSON array every command uses.
+pub fn names(m: u64) -> Vec<String> {
+    xstate::components::bits(m & !xstate::components::mask::COMPACTED)
+        .map(xstate::components::Component::name_of)
+        .collect()
+}
+
 /// Formats a mask as the lower-case hex string used in every JSON output.
 pub fn hex(v: u64) -> String {
     format!("{v:#x}")
@@ -91,8 +130,27 @@ pub fn layout_of(dump: &CpuidDump) -> anyhow::Result<Layout> {
 
 /// Prints JSON to stdout.
 pub fn print_json(v: &serde_json::Value) {
-    println!(
+    let mut v = v.clone();
+    crate::trust::annotate_json(&mut v);
+    outln!(
         "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     );
+}
+
+/// The message of an error chain, each cause once: a cause whose text an outer context
+/// already quotes is left out (no "… has no place …: … has no place …").
+pub fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for c in e.chain() {
+        let t = c.to_string();
+        if t.is_empty() || out.contains(&t) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&t);
+    }
+    out
 }

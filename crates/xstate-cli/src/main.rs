@@ -1,18 +1,29 @@
 //! `xstate`: inspect, validate, convert and migrate x86 extended processor state.
 //!
 //! Exit status: 0 success (valid, compatible, equal), 1 a negative verdict (invalid,
-//! incompatible, different), 2 usage or I/O error, 3 a modelled instruction faulted.
+//! incompatible, different, inconsistent CPUID data), 2 usage or I/O error (a failed write to
+//! standard output included), 3 a modelled instruction faulted.
 
 use clap::{Parser, Subcommand};
 
+#[macro_use]
+mod output;
 mod cmd;
 mod common;
+mod input;
 mod svg;
+mod trust;
 
 /// x86 extended processor state (XSAVE) for hypervisors, VMMs and their operators.
 #[derive(Parser)]
 #[command(name = "xstate", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// Use CPUID data that breaks a consistency rule (overlapping components, a size of 0, a
+    /// size disagreeing with CPUID.(0xD,0).ECX, …) instead of refusing it (exit 1): for
+    /// forensics only; every line of output then carries the warning (JSON: the
+    /// `trusted_inconsistent` and `warnings` fields). `check` still never says compatible.
+    #[arg(long, global = true)]
+    trust_cpuid: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,7 +67,23 @@ fn default_sigpipe() {
 
 fn main() {
     default_sigpipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version end with 0, usage errors with 2; a failed write of the help
+            // text is an I/O error (2).
+            let code = if e.use_stderr() { 2 } else { 0 };
+            if let Err(w) = e.print() {
+                errln!(
+                    "xstate: error: cannot write to standard output: {w} (the help or usage text)"
+                );
+                std::process::exit(2);
+            }
+            std::process::exit(code);
+        }
+    };
+    // `--json` is the one spelling of machine-readable output in every subcommand.
+    trust::configure(cli.trust_cpuid, std::env::args_os().any(|a| a == "--json"));
     let result = match cli.command {
         Command::Host(a) => cmd::host::run(a),
         Command::Layout(a) => cmd::layout::run(a),
@@ -69,11 +96,25 @@ fn main() {
         Command::Kvm(a) => cmd::kvm::run(a),
         Command::Check(a) => cmd::check::run(a),
     };
-    match result {
-        Ok(code) => std::process::exit(code),
+    let result = result.and_then(|code| trust::finish().map(|()| code));
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("xstate: error: {e:#}");
-            std::process::exit(2);
+            let _ = trust::finish();
+            errln!("xstate: error: {}", common::message(&e));
+            // Inputs judged unusable (inconsistent CPUID data) are a negative verdict (1);
+            // anything else is usage or I/O (2).
+            if e.chain().any(|c| c.is::<trust::Refused>()) {
+                1
+            } else {
+                2
+            }
         }
+    };
+    // Output that could not be written is an I/O error (exit 2), whatever the verdict was.
+    if let Some(why) = output::finish() {
+        errln!("xstate: error: {why}");
+        std::process::exit(2);
     }
+    std::process::exit(code);
 }

@@ -123,7 +123,14 @@ fn inspect_compacted_and_broken_inputs() {
 #[test]
 fn validate_exit_codes_and_every_violation() {
     let mut img = zen5_image();
-    let f = write("valid.bin", img.as_bytes());
+    // KVM_SET_XSAVE reads a whole `struct kvm_xsave` (4096 bytes): the image is padded as a
+    // VMM's buffer is.
+    let padded = |b: &[u8]| {
+        let mut v = b.to_vec();
+        v.resize(4096, 0);
+        v
+    };
+    let f = write("valid.bin", &padded(img.as_bytes()));
     for p in ["xrstor", "kvm"] {
         let (code, out, err) = xstate(&[
             "validate",
@@ -141,7 +148,7 @@ fn validate_exit_codes_and_every_violation() {
     img.as_mut_bytes()[520] = 1; // XCOMP_BV
     img.as_mut_bytes()[560] = 1; // reserved byte 48 of the header
     img.as_mut_bytes()[514] = 2; // XSTATE_BV bit 17 (AMX TILECFG)
-    let f = write("invalid.bin", img.as_bytes());
+    let f = write("invalid.bin", &padded(img.as_bytes()));
     let (code, out, _) = xstate(&[
         "validate",
         &f,
@@ -246,13 +253,14 @@ fn convert_round_trip_and_cross_vendor() {
     let mut amx = XsaveImage::new(&spr.standard(0x602e7).unwrap());
     amx.set_tile_row(2, 3, &[7; 64]).unwrap();
     let fa = write("amx.bin", amx.as_bytes());
+    let amx_out = tmp("conv-amx-out.bin").display().to_string();
     let (code, _, err) = xstate(&[
         "convert",
         &fa,
         "--to",
         "standard",
         "-o",
-        &s,
+        &amx_out,
         "--cpuid",
         SPR,
         "--to-cpuid",
@@ -260,6 +268,10 @@ fn convert_round_trip_and_cross_vendor() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("xtiledata"), "{err}");
+    assert!(
+        !std::path::Path::new(&amx_out).exists(),
+        "a failed convert left {amx_out}"
+    );
     // FXSAVE out and back.
     let fx = tmp("conv.fx").display().to_string();
     let mut legacy_only = zen5_image();
@@ -271,9 +283,17 @@ fn convert_round_trip_and_cross_vendor() {
     assert_eq!(std::fs::read(&fx).unwrap().len(), 512);
     let (code, out, _) = xstate(&["diff", &fl, &fx, "--cpuid", ZEN5]);
     assert_eq!(code, 0, "{out}");
-    let (code, _, err) = xstate(&["convert", &f, "--to", "fxsave", "-o", &fx, "--cpuid", ZEN5]);
+    let before = std::fs::read(&fx).unwrap();
+    let (code, _, err) = xstate(&[
+        "convert", &f, "--to", "fxsave", "-o", &fx, "--cpuid", ZEN5, "--force",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("avx"), "{err}");
+    assert_eq!(
+        std::fs::read(&fx).unwrap(),
+        before,
+        "a failed convert changed {fx}"
+    );
     let _ = zen;
 }
 

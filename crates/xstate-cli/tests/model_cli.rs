@@ -207,11 +207,16 @@ fn example_amx_with_xfd() {
     img[512..520].copy_from_slice(&0x60000u64.to_le_bytes());
     img[528..576].fill(0);
     let imgf = d.file("img.bin", &img);
+    let faulted = d.path("faulted.bin");
     let (code, stdout, _) = xstate(&[
-        "model", "--insn", "xrstor", "--mem", &imgf, "-o", &out, "--cpuid", &s, "--xcr0",
+        "model", "--insn", "xrstor", "--mem", &imgf, "-o", &faulted, "--cpuid", &s, "--xcr0",
         "0x602e7", "--xfd", "0x40000", "--json",
     ]);
     assert_eq!(code, 3);
+    assert!(
+        !std::path::Path::new(&faulted).exists(),
+        "a fault wrote {faulted}"
+    );
     let v: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["fault"], "#NM");
     assert!(v["detail"]

@@ -85,7 +85,7 @@ fn intel_image_through_a_snapshot_file_to_the_amd_layout() {
         "standard",
         "-o",
         out.to_str().unwrap(),
-        "--cpuid",
+        "--to-cpuid",
         &fixture(ZEN5),
     ]);
     assert_eq!(code, 0, "{o}{e}");
@@ -170,7 +170,12 @@ fn spr_snapshot(path: &Path) {
 fn check_refuses_an_amx_pkru_snapshot_naming_the_components() {
     let snap = tmp("spr.xsnap");
     spr_snapshot(&snap);
-    let (code, o, e) = xstate(&["check", snap.to_str().unwrap(), "--cpuid", &fixture(ZEN5)]);
+    let (code, o, e) = xstate(&[
+        "check",
+        snap.to_str().unwrap(),
+        "--to-cpuid",
+        &fixture(ZEN5),
+    ]);
     assert_eq!(code, 1, "{o}{e}");
     for name in ["pkru", "xtilecfg", "xtiledata"] {
         assert!(o.contains(&format!("] {name}:")), "{name} not named:\n{o}");
@@ -178,7 +183,7 @@ fn check_refuses_an_amx_pkru_snapshot_naming_the_components() {
     let (code, o, _) = xstate(&[
         "check",
         snap.to_str().unwrap(),
-        "--cpuid",
+        "--to-cpuid",
         &fixture(ZEN5),
         "--json",
     ]);
@@ -193,13 +198,13 @@ fn check_refuses_an_amx_pkru_snapshot_naming_the_components() {
         .collect();
     assert_eq!(named, vec!["pkru", "xtilecfg", "xtiledata"]);
     // The same snapshot is compatible with its own CPU.
-    let (code, o, _) = xstate(&["check", snap.to_str().unwrap(), "--cpuid", &fixture(SPR)]);
+    let (code, o, _) = xstate(&["check", snap.to_str().unwrap(), "--to-cpuid", &fixture(SPR)]);
     assert_eq!(code, 0, "{o}");
     // ... unless the guest is not offered AMX.
     let (code, o, _) = xstate(&[
         "check",
         snap.to_str().unwrap(),
-        "--cpuid",
+        "--to-cpuid",
         &fixture(SPR),
         "--xcr0",
         "0x2e7",
@@ -250,20 +255,28 @@ fn check_kvm_refuses_an_amx_pkru_snapshot_here() {
 
 #[test]
 fn check_usage_and_io_errors_exit_2() {
-    let (code, _, _) = xstate(&["check", "/nonexistent.xsnap", "--cpuid", &fixture(ZEN5)]);
+    let (code, _, _) = xstate(&["check", "/nonexistent.xsnap", "--to-cpuid", &fixture(ZEN5)]);
     assert_eq!(code, 2);
     let junk = tmp("junk.xsnap");
     std::fs::write(&junk, b"not a snapshot at all").unwrap();
-    let (code, _, e) = xstate(&["check", junk.to_str().unwrap(), "--cpuid", &fixture(ZEN5)]);
+    let (code, _, e) = xstate(&[
+        "check",
+        junk.to_str().unwrap(),
+        "--to-cpuid",
+        &fixture(ZEN5),
+    ]);
     assert_eq!(code, 2);
-    assert!(e.contains("magic"), "{e}");
+    assert!(
+        e.contains("is a text file") && e.contains("expected an .xsnap snapshot"),
+        "{e}"
+    );
     let (code, _, _) = xstate(&["check", junk.to_str().unwrap()]);
     assert_eq!(code, 2, "neither --kvm nor --cpuid");
     let (code, _, _) = xstate(&[
         "check",
         junk.to_str().unwrap(),
         "--kvm",
-        "--cpuid",
+        "--to-cpuid",
         &fixture(ZEN5),
     ]);
     assert_eq!(code, 2, "--kvm with --cpuid");
@@ -340,13 +353,10 @@ fn kvm_cpuid_host_minus_avx512_on_the_fixtures() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["function"] == "0xd" && e["index"] == "0x0")
+        .find(|e| e["leaf"] == "0xd" && e["subleaf"] == "0x0")
         .unwrap();
-    assert_eq!(d0["eax"], "0x0000021f");
-    assert_eq!(
-        d0["ecx"],
-        format!("{:#010x}", l.standard(0x21f).unwrap().size)
-    );
+    assert_eq!(d0["eax"], "0x21f");
+    assert_eq!(d0["ecx"], format!("{:#x}", l.standard(0x21f).unwrap().size));
     let cleared: Vec<&str> = v["cleared"]
         .as_array()
         .unwrap()

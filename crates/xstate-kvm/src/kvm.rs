@@ -24,7 +24,8 @@ use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Cap;
 use xstate::components::{bits, mask};
 use xstate::cpuid::{CpuidDump, Regs};
-use xstate::layout::Layout;
+use xstate::layout::{FormLayout, Layout, LayoutError};
+use xstate::snapshot::SourceCpu;
 
 use crate::error::{Error, Result};
 use crate::perm::{self, PermError};
@@ -150,7 +151,63 @@ impl KvmSetup {
     /// # Ok::<(), xstate_kvm::Error>(())
     /// ```
     pub fn ready(self) -> Result<Kvm> {
-        let kvm = self.kvm;
+        let facts = KvmFacts::read(&self.kvm)?;
+        Ok(Kvm {
+            kvm: self.kvm,
+            facts: Arc::new(facts),
+        })
+    }
+}
+
+/// What capture and restore need to know about a KVM, read once after the guest permissions
+/// are settled: the supported guest XCR0, the guest permissions, the extended-state MSRs KVM
+/// lists, KVM_GET_SUPPORTED_CPUID with its XSAVE layout, and the source-CPU record snapshots
+/// carry. Shared by every VM and vCPU of a [`Kvm`]; a VMM that owns its `kvm_ioctls::Kvm` reads
+/// it with [`KvmFacts::read`] and hands it to [`crate::BorrowedVcpu`].
+#[derive(Debug)]
+pub struct KvmFacts {
+    pub(crate) guest_xcr0: u64,
+    pub(crate) guest_permitted: u64,
+    pub(crate) xstate_msrs: Vec<u32>,
+    pub(crate) cpuid: CpuId,
+    pub(crate) dump: CpuidDump,
+    pub(crate) layout: Layout,
+    /// The standard layout of the guest-supported XCR0 (what KVM_SET_XSAVE reads), or why the
+    /// supported CPUID cannot lay it out.
+    pub(crate) standard: std::result::Result<FormLayout, LayoutError>,
+    pub(crate) source: SourceCpu,
+    pub(crate) xsave2_size: u32,
+}
+
+impl AsRef<KvmFacts> for KvmFacts {
+    fn as_ref(&self) -> &KvmFacts {
+        self
+    }
+}
+
+impl AsRef<KvmFacts> for Kvm {
+    fn as_ref(&self) -> &KvmFacts {
+        &self.facts
+    }
+}
+
+impl KvmFacts {
+    /// Reads the facts from a `/dev/kvm` handle the caller owns.
+    ///
+    /// What the caller must have done first (the kernel's order, DESIGN §6, §10): request guest
+    /// permissions for dynamic components (ARCH_REQ_XCOMP_GUEST_PERM, e.g. with
+    /// [`crate::perm::request_guest`]) *before* this call, because KVM_GET_SUPPORTED_CPUID and
+    /// KVM_CAP_XSAVE2 depend on them. Permissions only grow: facts read before a later grant
+    /// are conservative (the component granted later is treated as not permitted).
+    ///
+    /// ```no_run
+    /// let kvm = kvm_ioctls::Kvm::new()?;
+    /// let facts = xstate_kvm::KvmFacts::read(&kvm)?;
+    /// println!("guests may enable {:#x}", facts.guest_supported_xcr0());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read(kvm: &kvm_ioctls::Kvm) -> Result<KvmFacts> {
+        let guest_permitted = perm::guest_permitted()?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| Error::ioctl("KVM_GET_SUPPORTED_CPUID", e))?;
@@ -158,7 +215,7 @@ impl KvmSetup {
         // KVM's guest XSAVE layout is leaf 0xD of the supported CPUID, whatever leaf 1 says
         // (some hosts filter CPUID.1:ECX.XSAVE out of the supported table while XSAVE works).
         let layout = Layout::from_leaf(dump.leaf_0d());
-        let guest_xcr0 = match crate::sys::xcomp_guest_supp(&kvm) {
+        let guest_xcr0 = match crate::sys::xcomp_guest_supp(kvm) {
             Ok(v) => v,
             // Kernels before 5.17 lack the attribute: leaf 0xD of the supported CPUID says the
             // same for the static components.
@@ -170,30 +227,64 @@ impl KvmSetup {
             .as_slice()
             .to_vec();
         let xstate_msrs = crate::msr::xstate_msrs_in(&listed);
-        let guest_permitted = perm::guest_permitted()?;
-        Ok(Kvm {
-            kvm,
-            facts: Arc::new(Facts {
-                guest_xcr0,
-                guest_permitted,
-                xstate_msrs,
-                cpuid,
-                dump,
-                layout,
-            }),
+        let standard = layout.standard(guest_xcr0 & !mask::COMPACTED);
+        let source = SourceCpu::from_dump(&dump);
+        let xsave2_size = u32::try_from(kvm.check_extension_int(Cap::Xsave2)).unwrap_or(0);
+        Ok(KvmFacts {
+            guest_xcr0,
+            guest_permitted,
+            xstate_msrs,
+            cpuid,
+            dump,
+            layout,
+            standard,
+            source,
+            xsave2_size,
         })
     }
-}
 
-/// What a [`Kvm`] learned once permissions were settled; shared by its VMs and vCPUs.
-#[derive(Debug)]
-pub(crate) struct Facts {
-    pub(crate) guest_xcr0: u64,
-    pub(crate) guest_permitted: u64,
-    pub(crate) xstate_msrs: Vec<u32>,
-    pub(crate) cpuid: CpuId,
-    pub(crate) dump: CpuidDump,
-    pub(crate) layout: Layout,
+    /// The guest-supported XCR0 (KVM_X86_XCOMP_GUEST_SUPP, or leaf 0xD of the supported
+    /// CPUID on kernels without the attribute).
+    pub fn guest_supported_xcr0(&self) -> u64 {
+        self.guest_xcr0
+    }
+
+    /// The guest permissions in force when the facts were read (ARCH_GET_XCOMP_GUEST_PERM).
+    pub fn guest_permitted(&self) -> u64 {
+        self.guest_permitted
+    }
+
+    /// The extended-state MSRs KVM lists (KVM_GET_MSR_INDEX_LIST ∩
+    /// [`crate::msr::XSTATE_MSRS`]), in restore order.
+    pub fn xstate_msrs(&self) -> &[u32] {
+        &self.xstate_msrs
+    }
+
+    /// KVM_GET_SUPPORTED_CPUID.
+    pub fn supported_cpuid(&self) -> &CpuId {
+        &self.cpuid
+    }
+
+    /// The supported CPUID as a [`CpuidDump`].
+    pub fn supported_cpuid_dump(&self) -> &CpuidDump {
+        &self.dump
+    }
+
+    /// The XSAVE layout KVM uses for guests (leaf 0xD of the supported CPUID).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// KVM_CAP_XSAVE2 on the system fd when the facts were read (0 on kernels without it).
+    pub fn xsave2_size(&self) -> u32 {
+        self.xsave2_size
+    }
+
+    /// The source-CPU record a snapshot of this KVM's vCPUs carries (identity and leaf 0xD of
+    /// the supported CPUID), built once.
+    pub fn source_cpu(&self) -> &SourceCpu {
+        &self.source
+    }
 }
 
 /// A kvm-bindings CPUID table as an xstate [`CpuidDump`].
@@ -225,7 +316,7 @@ pub fn cpuid_dump(cpuid: &CpuId, source: &str) -> CpuidDump {
 /// Stage 2 of opening KVM: guest permissions are settled; VMs, supported CPUID, MSR list.
 pub struct Kvm {
     kvm: kvm_ioctls::Kvm,
-    facts: Arc<Facts>,
+    facts: Arc<KvmFacts>,
 }
 
 impl std::fmt::Debug for Kvm {
@@ -250,6 +341,11 @@ impl Kvm {
     /// The kvm-ioctls handle, for everything this crate does not wrap.
     pub fn raw(&self) -> &kvm_ioctls::Kvm {
         &self.kvm
+    }
+
+    /// What capture and restore know about this KVM (read once at [`KvmSetup::ready`]).
+    pub fn facts(&self) -> &KvmFacts {
+        &self.facts
     }
 
     /// KVM_GET_API_VERSION.

@@ -24,9 +24,10 @@
 
 use std::collections::BTreeMap;
 
+use xstate::compat::{completeness, OutsideImage};
 use xstate::cpuid::CpuidDump;
 use xstate::layout::{Form, Layout};
-use xstate::snapshot::{ControlRegs, Snapshot, SnapshotError};
+use xstate::snapshot::{ControlRegs, Snapshot, SnapshotError, SourceCpu};
 
 use crate::msr::{IA32_XFD, IA32_XFD_ERR, IA32_XSS};
 use crate::state::{VcpuXstate, XstateControls};
@@ -37,20 +38,63 @@ use crate::xsave::{XsaveBuffer, KVM_XSAVE_SIZE};
 ///
 /// IA32_XSS, IA32_XFD and IA32_XFD_ERR move from the MSR map to their own fields (0 when not
 /// captured); every other MSR is kept by index.
+///
+/// A capture that lacks state the CPU shows ([`xstate::compat::completeness`]: IA32_XSS where
+/// the CPU has XSAVES and supervisor components, IA32_XFD/IA32_XFD_ERR where XCR0 enables an
+/// XFD-capable component, the CET MSRs IA32_XSS calls for) is refused: `.xsnap` v1 always has
+/// those fields, and a 0 written for "not captured" would be a lie.
 pub fn to_snapshot(state: &VcpuXstate, cpu: &CpuidDump) -> Result<Snapshot, SnapshotError> {
+    let source = SourceCpu::from_dump(cpu);
+    complete(state, &source)?;
+    Snapshot::from_image_with(
+        state.xsave.as_bytes(),
+        &Layout::from_dump(cpu),
+        source,
+        &control_regs(state),
+    )
+}
+
+/// Refuses a captured state that lacks what `source` shows (see [`to_snapshot`]).
+fn complete(state: &VcpuXstate, source: &SourceCpu) -> Result<(), SnapshotError> {
+    let c = &state.controls;
+    let rec = OutsideImage {
+        xcr0: c.xcr0,
+        xss: c.xss(),
+        xfd: c.xfd(),
+        xfd_err: c.xfd_err(),
+        msrs: &c.msrs,
+        // KVM's image is the standard form: it never holds supervisor components.
+        in_image: c.xcr0,
+    };
+    let reasons = completeness(source, &rec);
+    if reasons.is_empty() {
+        return Ok(());
+    }
+    let text: Vec<String> = reasons
+        .iter()
+        .map(|r| format!("[{}] {}", r.rule, r.message))
+        .collect();
+    Err(SnapshotError::Malformed {
+        location: String::from("captured vCPU state"),
+        message: text.join("; "),
+    })
+}
+
+/// The snapshot's control registers of a captured state: IA32_XSS, IA32_XFD and IA32_XFD_ERR
+/// in their own fields (0 when not captured), the other MSRs by index.
+fn control_regs(state: &VcpuXstate) -> ControlRegs {
     let c = &state.controls;
     let mut msrs: BTreeMap<u32, u64> = c.msrs.clone();
     for i in [IA32_XSS, IA32_XFD, IA32_XFD_ERR] {
         msrs.remove(&i);
     }
-    let regs = ControlRegs {
+    ControlRegs {
         xcr0: c.xcr0,
         xss: c.xss().unwrap_or(0),
         xfd: c.xfd().unwrap_or(0),
         xfd_err: c.xfd_err().unwrap_or(0),
         msrs,
-    };
-    Snapshot::from_image(state.xsave.as_bytes(), cpu, &regs)
+    }
 }
 
 /// The state to restore from a snapshot on a destination whose KVM uses `layout` (its
@@ -97,41 +141,48 @@ pub use kvm_side::{destination, snapshot_of, state_of};
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod kvm_side {
     use super::*;
-    use crate::kvm::Kvm;
+    use crate::kvm::KvmFacts;
     use xstate::compat::Destination;
     use xstate::components::mask;
 
-    /// The snapshot of a state captured from a vCPU of `kvm`.
-    pub fn snapshot_of(kvm: &Kvm, state: &VcpuXstate) -> Result<Snapshot, SnapshotError> {
-        to_snapshot(state, kvm.supported_cpuid_dump())
+    /// The snapshot of a state captured from a vCPU of `kvm` (a [`Kvm`](crate::Kvm) or the
+    /// [`KvmFacts`] of a VMM's own KVM). Uses the layout and source-CPU record the facts hold:
+    /// nothing is rebuilt from the CPUID table per call.
+    pub fn snapshot_of(
+        kvm: &impl AsRef<KvmFacts>,
+        state: &VcpuXstate,
+    ) -> Result<Snapshot, SnapshotError> {
+        let f = kvm.as_ref();
+        complete(state, f.source_cpu())?;
+        Snapshot::from_image_with(
+            state.xsave.as_bytes(),
+            f.layout(),
+            f.source_cpu().clone(),
+            &control_regs(state),
+        )
     }
 
     /// The state to restore on a vCPU of `kvm` (see [`from_snapshot`]).
-    pub fn state_of(kvm: &Kvm, snap: &Snapshot) -> Result<VcpuXstate, SnapshotError> {
-        from_snapshot(
-            snap,
-            kvm.layout(),
-            kvm.xsave2_size() as usize,
-            kvm.xstate_msrs(),
-        )
+    pub fn state_of(
+        kvm: &impl AsRef<KvmFacts>,
+        snap: &Snapshot,
+    ) -> Result<VcpuXstate, SnapshotError> {
+        let f = kvm.as_ref();
+        from_snapshot(snap, f.layout(), f.xsave2_size() as usize, f.xstate_msrs())
     }
 
     /// This KVM as a compatibility destination: its layout (supported CPUID leaf 0xD), the
     /// guest-supported XCR0 less dynamic components this process may not give guests, the
     /// supervisor components its supported CPUID offers, KVM_CAP_XSAVE2 and the
-    /// extended-state MSRs it lists, the host MXCSR_MASK (read from a throwaway vCPU). KVM
-    /// restores standard-form images.
-    pub fn destination(kvm: &Kvm) -> Destination {
-        let layout = kvm.layout().clone();
-        let not_permitted = mask::DYNAMIC & !kvm.guest_permitted();
-        let xcr0 = kvm.guest_supported_xcr0() & !not_permitted;
+    /// extended-state MSRs it lists, the host MXCSR mask ([`crate::host_mxcsr_mask`], the
+    /// mask KVM_SET_XSAVE applies). KVM restores standard-form images.
+    pub fn destination(kvm: &impl AsRef<KvmFacts>) -> Destination {
+        let f = kvm.as_ref();
+        let layout = f.layout().clone();
+        let not_permitted = mask::DYNAMIC & !f.guest_permitted();
+        let xcr0 = f.guest_supported_xcr0() & !not_permitted;
         let xss = layout.xss_supported();
-        let size = kvm.xsave2_size();
-        // KVM reports the host MXCSR_MASK in every vCPU's image (bytes 28..31).
-        let mxcsr_mask = kvm
-            .create_vm()
-            .and_then(|vm| vm.create_vcpu(0)?.mxcsr_mask())
-            .ok();
+        let size = f.xsave2_size();
         Destination {
             name: String::from("this host's KVM"),
             layout,
@@ -143,8 +194,8 @@ mod kvm_side {
             } else {
                 size
             }),
-            msrs: Some(kvm.xstate_msrs().to_vec()),
-            mxcsr_mask,
+            msrs: Some(f.xstate_msrs().to_vec()),
+            mxcsr_mask: Some(crate::host_mxcsr_mask()),
         }
     }
 }
@@ -199,6 +250,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(back, state);
+        // A CPU with XSAVES and CET (Zen 5's CPUID.(0xD,1)): a capture without IA32_XSS is
+        // refused rather than written with XSS = 0.
+        let mut cet = d.clone();
+        cet.insert(
+            0xd,
+            1,
+            Regs {
+                eax: 0xf,
+                ebx: 0,
+                ecx: 0x1800,
+                edx: 0,
+            },
+        );
+        let mut no_xss = state.clone();
+        no_xss.controls.msrs.remove(&IA32_XSS);
+        let e = to_snapshot(&no_xss, &cet).unwrap_err();
+        assert!(e.to_string().contains("completeness.xss_missing"), "{e}");
+        assert!(to_snapshot(&state, &cet).is_ok());
         // Not listed and zero: IA32_XSS is left out.
         let back =
             from_snapshot(&s, &xstate::layout::Layout::from_dump(&d), 4096, &[0x6a0]).unwrap();

@@ -1,4 +1,5 @@
-//! Raw ioctls that kvm-ioctls 0.24 has no call for, each behind a safe function.
+//! Raw ioctls that kvm-ioctls 0.25 has no call for (KVM_GET_DEVICE_ATTR on the system fd),
+//! each behind a safe function.
 
 use std::io;
 use std::os::unix::io::AsRawFd;

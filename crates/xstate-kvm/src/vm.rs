@@ -5,7 +5,7 @@ use std::sync::Arc;
 use kvm_ioctls::{Cap, VmFd};
 
 use crate::error::{Error, Result};
-use crate::kvm::Facts;
+use crate::kvm::KvmFacts;
 use crate::vcpu::Vcpu;
 use crate::xsave::KVM_XSAVE_SIZE;
 
@@ -13,7 +13,7 @@ use crate::xsave::KVM_XSAVE_SIZE;
 /// vCPUs' XSAVE buffers.
 pub struct Vm {
     fd: Arc<VmFd>,
-    pub(crate) facts: Arc<Facts>,
+    pub(crate) facts: Arc<KvmFacts>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -41,7 +41,7 @@ pub(crate) fn xsave2_size_of(vm: &VmFd) -> Result<Option<usize>> {
 }
 
 impl Vm {
-    pub(crate) fn new(fd: VmFd, facts: Arc<Facts>) -> Self {
+    pub(crate) fn new(fd: VmFd, facts: Arc<KvmFacts>) -> Self {
         Vm {
             fd: Arc::new(fd),
             facts,
@@ -79,11 +79,12 @@ impl Vm {
             .fd
             .create_vcpu(id)
             .map_err(|e| Error::ioctl(format!("KVM_CREATE_VCPU({id})"), e))?;
-        Ok(Vcpu::new(fd, self.fd.clone(), self.facts.clone()))
+        Vcpu::new(fd, &self.fd, self.facts.clone())
     }
 
-    /// Wraps a vCPU of this VM created with kvm-ioctls.
-    pub fn adopt_vcpu(&self, fd: kvm_ioctls::VcpuFd) -> Vcpu {
-        Vcpu::new(fd, self.fd.clone(), self.facts.clone())
+    /// Wraps a vCPU of this VM created with kvm-ioctls (see [`crate::BorrowedVcpu`] for one
+    /// the caller keeps).
+    pub fn adopt_vcpu(&self, fd: kvm_ioctls::VcpuFd) -> Result<Vcpu> {
+        Vcpu::new(fd, &self.fd, self.facts.clone())
     }
 }

@@ -59,6 +59,12 @@ impl XsaveBuffer {
         &mut self.bytes
     }
 
+    /// The byte vector itself, for code that resizes it in place (capture into a reused
+    /// buffer).
+    pub(crate) fn bytes_mut_vec(&mut self) -> &mut Vec<u8> {
+        &mut self.bytes
+    }
+
     /// The bytes, by value.
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes

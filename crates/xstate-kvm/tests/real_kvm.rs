@@ -234,8 +234,10 @@ fn restore_refuses_before_any_write() {
 
 #[test]
 fn amx_permission_request_gets_the_documented_answer() {
-    let Some(kvm) = kvm() else { return };
-    let amx = kvm.guest_supported_xcr0() & mask::XTILEDATA != 0;
+    let Some(_kvm) = kvm() else { return };
+    // Whether the kernel supports AMX at all (ARCH_GET_XCOMP_SUPP); KVM's supported guest XCR0
+    // leaves TILEDATA out until the guest permission is granted, so it cannot tell.
+    let amx = perm::supported().expect("ARCH_GET_XCOMP_SUPP") & mask::XTILEDATA != 0;
     for (what, r) in [
         ("guest", perm::request_guest(18)),
         ("host", perm::request(18)),
@@ -379,4 +381,55 @@ fn guest_runs_in_64_bit_mode_at_cpl3_and_its_faults_are_reported() {
         e.to_string().contains("0x1000f"),
         "the faulting XRSTOR (code + 15)'s RIP: {e}"
     );
+}
+
+/// Issue 11: the MXCSR mask comes from the host, never from bytes 28..31 of the vCPU's image,
+/// which KVM_SET_XSAVE copies from whatever image was restored last.
+#[test]
+fn a_restored_mxcsr_mask_field_does_not_poison_later_restores() {
+    let Some(kvm) = kvm() else { return };
+    let g = GuestVm::new(&kvm, 1).expect("VM");
+    let host = xstate_kvm::host_mxcsr_mask();
+    // KVM reports the host's mask in a fresh vCPU's image: the FXSAVE of this CPU and KVM agree.
+    let fresh = g.vcpu().get_xsave().expect("KVM_GET_XSAVE2").mxcsr_mask();
+    assert_eq!(
+        if fresh == 0 { 0xffbf } else { fresh },
+        host,
+        "host FXSAVE vs KVM"
+    );
+    let controls = g.vcpu().capture().expect("capture").controls;
+    // A patterned image: MXCSR_MASK bytes that are no CPU's mask, MXCSR valid.
+    let mut patterned = base(&g);
+    set_u32(&mut patterned, 28, 0xd9d3_cbc5);
+    let state = xstate_kvm::VcpuXstate {
+        controls: controls.clone(),
+        xsave: patterned,
+    };
+    g.vcpu().restore(&state).expect("KVM ignores MXCSR_MASK");
+    let echoed = g.vcpu().get_xsave().expect("get").mxcsr_mask();
+    if echoed == 0xd9d3_cbc5 {
+        println!("KVM echoes the restored MXCSR_MASK field (0xd9d3cbc5) in KVM_GET_XSAVE2");
+    } else {
+        println!("note: KVM answers MXCSR_MASK {echoed:#x} after restoring 0xd9d3cbc5");
+    }
+    assert_eq!(g.vcpu().mxcsr_mask().expect("mask"), host);
+    // A valid image whose MXCSR uses bits of the host mask (DAZ where the CPU has it) that the
+    // patterned field lacks: accepted by the check and by KVM, and read back.
+    let mxcsr = 0x1f80 | (host & 0x40);
+    assert_ne!(
+        0x1f80 & !0xd9d3_cbc5u32,
+        0,
+        "the patterned mask must refuse 0x1F80 for the test to mean anything"
+    );
+    let mut valid = base(&g);
+    set_u32(&mut valid, 24, mxcsr);
+    set_u32(&mut valid, 28, host);
+    let state = xstate_kvm::VcpuXstate {
+        controls,
+        xsave: valid,
+    };
+    g.vcpu()
+        .restore(&state)
+        .expect("valid image after a patterned one");
+    assert_eq!(g.vcpu().get_xsave().expect("get").mxcsr(), mxcsr);
 }

@@ -6,6 +6,9 @@
 //! (`xstate-kvm` fills these in; the check itself needs no OS).
 //!
 //! The rules (each reason carries its id, `docs/xsnap.md` §6):
+//! - `cpuid.*`: the destination's CPUID leaf 0xD breaks a consistency rule
+//!   ([`Layout::verify`]): overlapping components, a size of 0, a size disagreeing with
+//!   CPUID.(0xD,0).ECX, … — no verdict rests on such data;
 //! - `snapshot.*`: the snapshot itself violates the `snapshot` profile;
 //! - `component.unsupported` / `component.not_offered`: a component XCR0 or IA32_XSS enables in
 //!   the snapshot is not supported by the destination CPU, or not in the guest masks it offers;
@@ -18,7 +21,10 @@
 //! - `msr.unavailable`: an MSR the snapshot carries is not in the destination's list;
 //! - `mxcsr.unsupported_bits`: MXCSR has bits outside the destination's MXCSR_MASK;
 //! - `size.xsave2`: the standard image needs more than KVM_CAP_XSAVE2 bytes;
-//! - `image.rebuild`: rebuilding the image with the destination's offsets fails.
+//! - `image.rebuild`: rebuilding the image with the destination's offsets fails;
+//! - `completeness.*`: the source CPU or XCR0/IA32_XSS shows state that lives outside the
+//!   image and the snapshot lacks it ([`completeness`], reusable by readers of other
+//!   formats).
 //!
 //! ```
 //! use xstate::compat::{check, Destination};
@@ -38,6 +44,7 @@
 //!     && r.component.as_deref() == Some("pkru")));
 //! ```
 
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -46,8 +53,8 @@ use crate::components::{bits, mask, mask_names, Component};
 use crate::cpuid::CpuidDump;
 use crate::layout::{check_xcr0_rules, Form, Layout, Xcr0Rule};
 use crate::snapshot::{
-    content_len, msr_name, validate, Snapshot, MSR_IA32_XFD, MSR_IA32_XFD_ERR, MSR_IA32_XSS,
-    MXCSR_DEFAULT_MASK,
+    content_len, msr_name, validate, Snapshot, SourceCpu, MSR_IA32_XFD, MSR_IA32_XFD_ERR,
+    MSR_IA32_XSS, MXCSR_DEFAULT_MASK,
 };
 
 /// Where a snapshot is to be restored.
@@ -127,6 +134,18 @@ pub fn check(s: &Snapshot, dest: &Destination) -> Verdict {
     let mut reasons = Vec::new();
     let mut notes = Vec::new();
     let l = &dest.layout;
+
+    // No verdict rests on CPUID data that cannot be right: every broken consistency rule of
+    // the destination's leaf 0xD is a reason (`cpuid.<rule>`).
+    if let Err(e) = l.verify(&dest.name) {
+        for p in e.problems {
+            reasons.push(reason(
+                &format!("cpuid.{}", p.rule()),
+                None,
+                format!("the destination's CPUID data ({}): {p}", dest.name),
+            ));
+        }
+    }
 
     for viol in validate(s) {
         reasons.push(Reason {
@@ -402,9 +421,171 @@ pub fn check(s: &Snapshot, dest: &Destination) -> Verdict {
         ));
     }
 
+    reasons.extend(completeness(&s.source, &OutsideImage::of_snapshot(s)));
+
     Verdict {
         compatible: reasons.is_empty(),
         reasons,
         notes,
     }
+}
+
+/// MSR index of IA32_U_CET (CET_U component: user CET configuration).
+pub const MSR_IA32_U_CET: u32 = 0x6a0;
+/// MSR index of IA32_S_CET (supervisor CET configuration).
+pub const MSR_IA32_S_CET: u32 = 0x6a2;
+/// MSR indices of IA32_PL0_SSP, IA32_PL1_SSP, IA32_PL2_SSP (the CET_S component).
+pub const MSR_IA32_PL012_SSP: [u32; 3] = [0x6a4, 0x6a5, 0x6a6];
+/// MSR index of IA32_PL3_SSP (CET_U component: the user shadow-stack pointer).
+pub const MSR_IA32_PL3_SSP: u32 = 0x6a7;
+/// MSR index of IA32_INTERRUPT_SSP_TABLE_ADDR (supervisor CET).
+pub const MSR_IA32_INT_SSP_TAB: u32 = 0x6a8;
+
+/// What a snapshot record of any format keeps outside its XSAVE image: XCR0, IA32_XSS,
+/// IA32_XFD, IA32_XFD_ERR (each `None` when the record does not carry it, which is not the
+/// same as 0), the other MSRs it carries, and the components whose state its image itself
+/// holds (a standard-form image never holds supervisor components; a compacted XSAVES image
+/// holds those of XCOMP_BV).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutsideImage<'a> {
+    /// XCR0 of the vCPU.
+    pub xcr0: u64,
+    /// IA32_XSS, when the record carries it.
+    pub xss: Option<u64>,
+    /// IA32_XFD, when the record carries it.
+    pub xfd: Option<u64>,
+    /// IA32_XFD_ERR, when the record carries it.
+    pub xfd_err: Option<u64>,
+    /// Every other MSR the record carries, index → value.
+    pub msrs: &'a BTreeMap<u32, u64>,
+    /// Components whose state the record's image holds.
+    pub in_image: u64,
+}
+
+impl<'a> OutsideImage<'a> {
+    /// An `.xsnap` snapshot: format v1 always carries IA32_XSS, IA32_XFD and IA32_XFD_ERR;
+    /// its components are those of XCR0 and those present in it.
+    pub fn of_snapshot(s: &'a Snapshot) -> Self {
+        OutsideImage {
+            xcr0: s.xcr0,
+            xss: Some(s.xss),
+            xfd: Some(s.xfd),
+            xfd_err: Some(s.xfd_err),
+            msrs: &s.msrs,
+            in_image: s.xcr0 | s.xstate_bv(),
+        }
+    }
+}
+
+/// Is the state outside the image complete? Every reason the source CPU (its leaf 0xD as the
+/// snapshot records it) or the record's own XCR0/IA32_XSS shows state the record lacks — what
+/// a restore would silently reset, and what makes a guest kernel fail its next XRSTORS
+/// ("Bad FPU state detected at restore_fpregs_from_fpstate", DESIGN §8, §10 firecracker#5972):
+///
+/// - `completeness.xss_missing`: the source has XSAVES and supervisor components
+///   (CPUID.(0xD,1):EAX\[3\], ECX/EDX ≠ 0) but the record has no IA32_XSS;
+/// - `completeness.xfd_missing`: the source has XFD (CPUID.(0xD,1):EAX\[4\]) and XCR0 enables
+///   an XFD-capable component (CPUID.(0xD,i):ECX\[2\], AMX TILEDATA) but IA32_XFD or
+///   IA32_XFD_ERR is missing (DESIGN §6: both are migratable MSRs);
+/// - `completeness.cet_missing`: IA32_XSS enables CET_U (IA32_U_CET, IA32_PL3_SSP) or CET_S
+///   (IA32_PL0_SSP–IA32_PL2_SSP, with IA32_S_CET and IA32_INTERRUPT_SSP_TABLE_ADDR) that the
+///   image does not hold and the MSRs are missing (KVM carries CET state in MSRs, DESIGN §6).
+///
+/// The guest's live SSP register (KVM_REG_GUEST_SSP, Linux ≥ 6.18) is not an MSR and no record
+/// format read here carries it; it is not checked.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use xstate::compat::{completeness, OutsideImage};
+/// use xstate::snapshot::SourceCpu;
+/// // A source with XSAVES and CET_U/CET_S in IA32_XSS (Zen 4/5, DESIGN §9).
+/// let mut src = SourceCpu::default();
+/// src.xsave_features = 0xf;
+/// src.xss_supported = 0x1800;
+/// let msrs = BTreeMap::new();
+/// let rec = OutsideImage { xcr0: 0xe7, xss: None, xfd: None, xfd_err: None, msrs: &msrs, in_image: 0xe7 };
+/// let r = completeness(&src, &rec);
+/// assert_eq!(r[0].rule, "completeness.xss_missing");
+/// ```
+pub fn completeness(source: &SourceCpu, rec: &OutsideImage<'_>) -> Vec<Reason> {
+    let mut out = Vec::new();
+    let xsaves = source.xsave_features & (1 << 3) != 0;
+    if rec.xss.is_none() && xsaves && source.xss_supported != 0 {
+        out.push(reason(
+            "completeness.xss_missing",
+            None,
+            format!(
+                "the source CPU has XSAVES and supervisor components {:#x} ({}) for IA32_XSS (CPUID.(0xD,1):EDX:ECX) but the snapshot has no IA32_XSS: a restore leaves it 0 and a guest kernel that enabled them faults on its next XRSTORS (\"Bad FPU state\")",
+                source.xss_supported,
+                mask_names(source.xss_supported)
+            ),
+        ));
+    }
+    let xfd_capable: u64 = source
+        .components
+        .iter()
+        .filter(|(_, c)| c.flags & 0x4 != 0)
+        .fold(0, |m, (&id, _)| {
+            m | 1u64.checked_shl(u32::from(id)).unwrap_or(0)
+        });
+    let armable = rec.xcr0 & xfd_capable;
+    if source.xsave_features & (1 << 4) != 0 && armable != 0 {
+        let missing: Vec<&str> = [
+            ("IA32_XFD", rec.xfd.is_none()),
+            ("IA32_XFD_ERR", rec.xfd_err.is_none()),
+        ]
+        .iter()
+        .filter(|(_, m)| *m)
+        .map(|(n, _)| *n)
+        .collect();
+        if !missing.is_empty() {
+            out.push(reason(
+                "completeness.xfd_missing",
+                None,
+                format!(
+                    "XCR0 {:#x} enables XFD-capable components {armable:#x} ({}) on a source CPU with XFD (CPUID.(0xD,1):EAX[4]) but the snapshot lacks {}: whether the guest armed them, and a pending #NM's cause, would be lost",
+                    rec.xcr0,
+                    mask_names(armable),
+                    missing.join(" and ")
+                ),
+            ));
+        }
+    }
+    let xss = rec.xss.unwrap_or(0);
+    let cet: [(u8, &[u32]); 2] = [
+        (11, &[MSR_IA32_U_CET, MSR_IA32_PL3_SSP]),
+        (
+            12,
+            &[
+                MSR_IA32_PL012_SSP[0],
+                MSR_IA32_PL012_SSP[1],
+                MSR_IA32_PL012_SSP[2],
+                MSR_IA32_S_CET,
+                MSR_IA32_INT_SSP_TAB,
+            ],
+        ),
+    ];
+    for (id, needed) in cet {
+        let bit = 1u64 << id;
+        if xss & bit == 0 || rec.in_image & bit != 0 {
+            continue;
+        }
+        let missing: Vec<String> = needed
+            .iter()
+            .filter(|i| !rec.msrs.contains_key(i))
+            .map(|&i| msr_name(i))
+            .collect();
+        if !missing.is_empty() {
+            out.push(reason(
+                "completeness.cet_missing",
+                Some(id),
+                format!(
+                    "IA32_XSS {xss:#x} enables {} but the image does not hold it and the snapshot lacks {}",
+                    Component::name_of(id),
+                    missing.join(", ")
+                ),
+            ));
+        }
+    }
+    out
 }

@@ -49,7 +49,7 @@ use crate::components::{bits, mask, Component};
 use crate::image::{
     AlignedBuf, ImageError, Xsave, XsaveImage, FXSAVE_SIZE, MXCSR_INIT, MXCSR_OFFSET,
 };
-use crate::layout::{Form, FormLayout, Layout, LayoutError};
+use crate::layout::{Form, FormLayout, Layout, LayoutError, MAX_AREA_SIZE};
 
 /// Why an image cannot be converted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +92,12 @@ pub enum ConvertError {
     /// An FXSAVE image is exactly 512 bytes.
     #[error("an FXSAVE image is 512 bytes, {0} given")]
     FxsaveSize(usize),
+    /// The target layout is larger than any real CPU's ([`MAX_AREA_SIZE`]): CPUID data that
+    /// cannot be right; nothing is allocated.
+    #[error(
+        "target layout of {0} bytes exceeds {MAX_AREA_SIZE} bytes: its CPUID data cannot be right"
+    )]
+    TargetTooLarge(u32),
 }
 
 /// The bytes of component `id` (≥ 2) that hold architectural state when its CPUID size is
@@ -144,10 +150,18 @@ fn present<B: AsRef<[u8]>>(src: &Xsave<B>) -> Result<u64, ConvertError> {
 
 /// Converts `src` (read with its own geometry) into a new image of geometry `target`: any
 /// form, any mask, any CPU's layout. See the module documentation for the rules.
+///
+/// Trust: `target` comes from [`Layout::standard`] / [`Layout::compacted`], which never place
+/// two components on the same bytes or inside the legacy area and header; a target larger
+/// than [`MAX_AREA_SIZE`] is refused. Whether the CPU's data is consistent as a whole is
+/// decided where the layout is made: build it with [`Layout::trusted`] from a dump.
 pub fn convert<B: AsRef<[u8]>>(
     src: &Xsave<B>,
     target: &FormLayout,
 ) -> Result<XsaveImage, ConvertError> {
+    if target.size > MAX_AREA_SIZE {
+        return Err(ConvertError::TargetTooLarge(target.size));
+    }
     let mut p = present(src)?;
     let mxcsr = src.mxcsr();
     let mut dst = XsaveImage::new(target);

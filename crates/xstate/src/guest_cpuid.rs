@@ -246,6 +246,10 @@ pub enum GuestCpuidError {
     /// The layout engine cannot place the guest's components.
     #[error("guest layout: {0}")]
     Layout(LayoutError),
+    /// The host (or KVM-supported) CPUID leaf 0xD breaks a consistency rule: no guest table
+    /// is derived from it.
+    #[error("{0}")]
+    Inconsistent(crate::layout::InconsistentCpuid),
 }
 
 /// The guest XCR0 and IA32_XSS masks: start from `with` (default: everything the host supports,
@@ -315,12 +319,17 @@ fn reg_mut(r: &mut Regs, reg: Reg) -> &mut u32 {
 ///
 /// A table that has leaf 0xD is taken to support XSAVE even when its leaf 1 lacks the XSAVE
 /// bit (KVM_GET_SUPPORTED_CPUID filters CPUID.1:ECX.XSAVE on some hosts while XSAVE works).
+/// A table whose leaf 0xD breaks a consistency rule ([`Layout::verify`]) is refused with
+/// [`GuestCpuidError::Inconsistent`].
 pub fn guest_cpuid(host: &CpuidDump, xcr0: u64, xss: u64) -> Result<GuestCpuid, GuestCpuidError> {
     let layout = if host.get(0xd, 0).is_some() {
         Layout::from_leaf(host.leaf_0d())
     } else {
         Layout::from_dump(host)
     };
+    layout
+        .verify(&host.source)
+        .map_err(GuestCpuidError::Inconsistent)?;
     let leaf = layout.leaf();
     let supported = layout.xcr0_supported() | layout.xss_supported();
     let bad = (xcr0 | xss) & !supported;

@@ -7,7 +7,15 @@
 //! * [`Layout::compacted`] places them in the compacted form (§13.4.3: from byte 576, in
 //!   increasing component order, rounded up to 64 where CPUID.(0xD,i).ECX\[1\] says so).
 //! * [`Layout::check_xcr0`] applies the XSETBV rules (SDM Vol. 2B XSETBV, Vol. 1 §13.3).
-//! * [`Layout::consistency`] reports CPUID data that cannot be right.
+//! * [`Layout::consistency`] reports CPUID data that cannot be right; [`Layout::trusted`] (from
+//!   a dump) and [`Layout::verify`] are the one decision whether it may be used.
+//!
+//! Trust, decided once: a verdict about a whole CPU refuses inconsistent data itself
+//! ([`crate::compat::check`] makes every broken rule a `cpuid.*` reason; [`crate::guest_cpuid`]
+//! returns `GuestCpuidError::Inconsistent`). The form-level functions ([`crate::convert`],
+//! [`crate::image`]) take a [`FormLayout`], which [`Layout::standard`] and [`Layout::compacted`]
+//! build only with each component on bytes of its own beyond the header; callers that read a
+//! dump build the layout with [`Layout::trusted`], as the CLI does for every command.
 //!
 //! ```
 //! use xstate::cpuid::{CpuidDump, Regs};
@@ -183,6 +191,27 @@ pub enum LayoutError {
     /// A mask with bit 63 set was given where component bits were expected.
     #[error("bit 63 is not a component: it is XCOMP_BV's compacted-form flag")]
     Bit63,
+    /// Two components of the mask overlap in the standard form: CPUID data that cannot be
+    /// right (SDM Vol. 1 §13.4.2 gives each component its own bytes).
+    #[error("components {a} ({a_name}, bytes {a_offset}..{a_end}) and {b} ({b_name}, bytes {b_offset}..{b_end}) overlap in the standard form; CPUID.(0xD,{a}) and (0xD,{b}) cannot both be right")]
+    Overlap {
+        /// Lower-numbered component.
+        a: u8,
+        /// Its name.
+        a_name: String,
+        /// Its offset.
+        a_offset: u32,
+        /// Its end.
+        a_end: u32,
+        /// Higher-numbered component.
+        b: u8,
+        /// Its name.
+        b_name: String,
+        /// Its offset.
+        b_offset: u32,
+        /// Its end.
+        b_end: u32,
+    },
 }
 
 /// One XCR0 rule of SDM Vol. 2B XSETBV (and DESIGN.md §4).
@@ -319,11 +348,111 @@ pub enum Inconsistency {
         /// Component number.
         id: u8,
     },
-    /// The dump has no subleaf for a supported component.
+    /// The dump has no subleaf for a supported component (or no subleaf 0/1 on a CPU with
+    /// XSAVE).
     MissingSubleaf {
-        /// Component number.
+        /// Component number (0 and 1: the enumeration subleaves).
         id: u8,
     },
+    /// A supported component reports a size or an end (offset + size) beyond
+    /// [`MAX_AREA_SIZE`]: no CPU has such a component, and an image of it cannot be allocated
+    /// safely.
+    AbsurdSize {
+        /// Component number.
+        id: u8,
+        /// Reported size (CPUID.(0xD,id).EAX).
+        size: u32,
+        /// Reported standard offset (CPUID.(0xD,id).EBX; 0 for supervisor components).
+        offset: u32,
+    },
+    /// CPUID.(0xD,0).ECX or EBX, or CPUID.(0xD,1).EBX, reports an area beyond
+    /// [`MAX_AREA_SIZE`].
+    AbsurdAreaSize {
+        /// Which register: `"(0xD,0).ECX"`, `"(0xD,0).EBX"` or `"(0xD,1).EBX"`.
+        register: &'static str,
+        /// Reported size.
+        reported: u32,
+    },
+    /// CPUID.(0xD,0).EBX (the standard size for the XCR0 in force) exceeds CPUID.(0xD,0).ECX
+    /// (the standard size for every supported component): XCR0 enables only supported
+    /// components, so this cannot be (SDM Vol. 1 §13.2).
+    CurrentSizeAboveMax {
+        /// CPUID.(0xD,0).EBX.
+        current: u32,
+        /// CPUID.(0xD,0).ECX.
+        max: u32,
+    },
+    /// The dump records the XCR0 in force, and CPUID.(0xD,0).EBX differs from the standard
+    /// size computed for it (SDM Vol. 1 §13.2: EBX is the size for the features enabled in
+    /// XCR0).
+    CurrentSizeMismatch {
+        /// The recorded XCR0.
+        xcr0: u64,
+        /// What the layout engine computes for it.
+        computed: u32,
+        /// CPUID.(0xD,0).EBX.
+        reported: u32,
+    },
+    /// The dump records the XCR0 in force (and IA32_XSS, when known), the CPU has XSAVES, and
+    /// no IA32_XSS value gives the compacted size CPUID.(0xD,1).EBX reports (SDM Vol. 1 §13.2:
+    /// EBX is the size of the area for XCR0 | IA32_XSS).
+    CompactedSizeMismatch {
+        /// The recorded XCR0.
+        xcr0: u64,
+        /// The compacted size computed for XCR0 | IA32_XSS (IA32_XSS = the recorded value, or 0
+        /// when unknown and no value fits).
+        computed: u32,
+        /// CPUID.(0xD,1).EBX.
+        reported: u32,
+    },
+}
+
+impl Inconsistency {
+    /// The rule's identifier (`overlap`, `zero_size`, `offset_in_legacy`, `max_size_mismatch`,
+    /// `kind_mismatch`, `missing_subleaf`, `absurd_size`, `absurd_area_size`,
+    /// `current_size_above_max`, `current_size_mismatch`, `compacted_size_mismatch`).
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Inconsistency::ZeroSize { .. } => "zero_size",
+            Inconsistency::OffsetInLegacy { .. } => "offset_in_legacy",
+            Inconsistency::Overlap { .. } => "overlap",
+            Inconsistency::MaxSizeMismatch { .. } => "max_size_mismatch",
+            Inconsistency::KindMismatch { .. } => "kind_mismatch",
+            Inconsistency::MissingSubleaf { .. } => "missing_subleaf",
+            Inconsistency::AbsurdSize { .. } => "absurd_size",
+            Inconsistency::AbsurdAreaSize { .. } => "absurd_area_size",
+            Inconsistency::CurrentSizeAboveMax { .. } => "current_size_above_max",
+            Inconsistency::CurrentSizeMismatch { .. } => "current_size_mismatch",
+            Inconsistency::CompactedSizeMismatch { .. } => "compacted_size_mismatch",
+        }
+    }
+}
+
+/// The largest component size, component end or area size accepted from CPUID data (1 MiB):
+/// far above any real CPU (AMX's 11008-byte standard area is the largest known), small enough
+/// that laying out or allocating an image of it is harmless.
+pub const MAX_AREA_SIZE: u32 = 1 << 20;
+
+/// CPUID data that breaks at least one consistency rule, with every rule it breaks: the
+/// refusal of [`Layout::verify`] and [`Layout::trusted`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{dump}: inconsistent CPUID leaf 0xD: {}", problems_text(.problems))]
+pub struct InconsistentCpuid {
+    /// Where the data came from (the dump's source).
+    pub dump: String,
+    /// Every broken rule (never empty).
+    pub problems: Vec<Inconsistency>,
+}
+
+fn problems_text(p: &[Inconsistency]) -> String {
+    let mut s = String::new();
+    for (i, x) in p.iter().enumerate() {
+        if i > 0 {
+            s.push_str("; ");
+        }
+        s.push_str(&alloc::format!("{x} [{}]", x.rule()));
+    }
+    s
 }
 
 impl fmt::Display for Inconsistency {
@@ -354,10 +483,43 @@ impl fmt::Display for Inconsistency {
                 "component {id} ({}): the supported masks and CPUID.(0xD,{id}).ECX[0] disagree on user vs supervisor",
                 Component::name_of(id)
             ),
+            Inconsistency::MissingSubleaf { id } if id < 2 => write!(
+                f,
+                "the CPU has XSAVE but the data has no CPUID.(0xD,{id}) subleaf"
+            ),
             Inconsistency::MissingSubleaf { id } => write!(
                 f,
                 "component {id} ({}) is supported but the data has no CPUID.(0xD,{id}) subleaf",
                 Component::name_of(id)
+            ),
+            Inconsistency::AbsurdSize { id, size, offset } => write!(
+                f,
+                "component {id} ({}) reports size {size} at standard offset {offset} (CPUID.(0xD,{id}).EAX/EBX), beyond any real CPU (limit {MAX_AREA_SIZE} bytes)",
+                Component::name_of(id)
+            ),
+            Inconsistency::AbsurdAreaSize { register, reported } => write!(
+                f,
+                "CPUID.{register} reports an XSAVE area of {reported} bytes, beyond any real CPU (limit {MAX_AREA_SIZE} bytes)"
+            ),
+            Inconsistency::CurrentSizeAboveMax { current, max } => write!(
+                f,
+                "CPUID.(0xD,0).EBX = {current} (size for the XCR0 in force) exceeds CPUID.(0xD,0).ECX = {max} (size for every supported component)"
+            ),
+            Inconsistency::CurrentSizeMismatch {
+                xcr0,
+                computed,
+                reported,
+            } => write!(
+                f,
+                "computed standard size for the recorded XCR0 {xcr0:#x} is {computed}, but CPUID.(0xD,0).EBX reports {reported}"
+            ),
+            Inconsistency::CompactedSizeMismatch {
+                xcr0,
+                computed,
+                reported,
+            } => write!(
+                f,
+                "no IA32_XSS makes the compacted size for the recorded XCR0 {xcr0:#x} equal CPUID.(0xD,1).EBX = {reported} (computed {computed} for XCR0 | IA32_XSS)"
             ),
         }
     }
@@ -501,6 +663,24 @@ impl Layout {
             size = size.max(end);
             placements.push(p);
         }
+        // Each component has its own bytes: an overlap would make one component's register
+        // values another's (SDM Vol. 1 §13.4.2).
+        for (i, a) in placements.iter().enumerate().filter(|(_, p)| p.id >= 2) {
+            for b in placements.iter().skip(i + 1) {
+                if a.offset < b.end() && b.offset < a.end() {
+                    return Err(LayoutError::Overlap {
+                        a: a.id,
+                        a_name: Component::name_of(a.id),
+                        a_offset: a.offset,
+                        a_end: a.end(),
+                        b: b.id,
+                        b_name: Component::name_of(b.id),
+                        b_offset: b.offset,
+                        b_end: b.end(),
+                    });
+                }
+            }
+        }
         Ok(FormLayout {
             form: Form::Standard,
             mask: xcr0,
@@ -612,6 +792,26 @@ impl Layout {
         }
         let user = self.leaf.xcr0_supported();
         let sup = self.leaf.xss_supported();
+        if !self.leaf.is_present(0) {
+            out.push(Inconsistency::MissingSubleaf { id: 0 });
+        }
+        for (register, reported) in [
+            ("(0xD,0).ECX", self.leaf.max_standard_size()),
+            ("(0xD,0).EBX", self.leaf.current_standard_size()),
+            ("(0xD,1).EBX", self.leaf.current_compacted_size()),
+        ] {
+            if reported > MAX_AREA_SIZE {
+                out.push(Inconsistency::AbsurdAreaSize { register, reported });
+            }
+        }
+        let (current, max) = (
+            self.leaf.current_standard_size(),
+            self.leaf.max_standard_size(),
+        );
+        if current > max && max <= MAX_AREA_SIZE {
+            out.push(Inconsistency::CurrentSizeAboveMax { current, max });
+        }
+        let mut absurd = 0u64;
         for id in bits((user | sup) & !mask::LEGACY) {
             if id == 63 {
                 continue;
@@ -621,6 +821,16 @@ impl Layout {
                 out.push(Inconsistency::MissingSubleaf { id });
             } else if c.size == 0 {
                 out.push(Inconsistency::ZeroSize { id });
+            } else {
+                let offset = if sup & (1 << id) != 0 { 0 } else { c.offset };
+                if c.size > MAX_AREA_SIZE || offset.saturating_add(c.size) > MAX_AREA_SIZE {
+                    absurd |= 1 << id;
+                    out.push(Inconsistency::AbsurdSize {
+                        id,
+                        size: c.size,
+                        offset,
+                    });
+                }
             }
             let in_both = user & sup & (1 << id) != 0;
             let flag_wrong =
@@ -636,7 +846,7 @@ impl Layout {
                 continue;
             }
             let c = self.leaf.component(id);
-            if c.size == 0 {
+            if c.size == 0 || absurd & (1 << id) != 0 {
                 continue;
             }
             if c.offset < EXTENDED_START {
@@ -655,12 +865,104 @@ impl Layout {
                 }
             }
         }
+        // Without subleaf 0 there is no ECX to compare (MissingSubleaf { id: 0 } says so).
         let computed = self.max_standard_size();
         let reported = self.leaf.max_standard_size();
-        if computed != reported {
+        if computed != reported && self.leaf.is_present(0) {
             out.push(Inconsistency::MaxSizeMismatch { computed, reported });
         }
         out
+    }
+
+    /// [`consistency`](Self::consistency) plus the rules that need the XCR0 (and IA32_XSS)
+    /// in force when the data was taken, where known: CPUID.(0xD,0).EBX is the standard size
+    /// for XCR0, and, on a CPU with XSAVES, CPUID.(0xD,1).EBX the compacted size for
+    /// XCR0 | IA32_XSS (SDM Vol. 1 §13.2). With `xss` unknown, some supported IA32_XSS must
+    /// give that size. An `xcr0` that breaks an XSETBV rule or names unsupported components
+    /// is itself inconsistent data and is reported as a size mismatch of its standard size.
+    pub fn consistency_with(&self, xcr0: Option<u64>, xss: Option<u64>) -> Vec<Inconsistency> {
+        let mut out = self.consistency();
+        let Some(xcr0) = xcr0 else {
+            return out;
+        };
+        if !self.xsave || !out.is_empty() {
+            return out;
+        }
+        let reported = self.leaf.current_standard_size();
+        let computed = self
+            .standard(xcr0 & self.xcr0_supported())
+            .map(|f| f.size)
+            .unwrap_or(0);
+        if computed != reported || xcr0 & !self.xcr0_supported() != 0 {
+            out.push(Inconsistency::CurrentSizeMismatch {
+                xcr0,
+                computed,
+                reported,
+            });
+            return out;
+        }
+        if self.leaf.has_xsaves() {
+            let reported = self.leaf.current_compacted_size();
+            let fits = match xss {
+                Some(x) => self.compacted(xcr0 | x).is_ok_and(|c| c.size == reported),
+                None => !self.infer_xss(xcr0).is_empty(),
+            };
+            if !fits {
+                let computed = self
+                    .compacted(xcr0 | xss.unwrap_or(0))
+                    .map(|c| c.size)
+                    .unwrap_or(0);
+                out.push(Inconsistency::CompactedSizeMismatch {
+                    xcr0,
+                    computed,
+                    reported,
+                });
+            }
+        }
+        out
+    }
+
+    /// Ok when the CPUID data breaks no consistency rule ([`consistency`](Self::consistency));
+    /// otherwise every broken rule, for the data named `source`. Every verdict that rests on a
+    /// layout (compatibility, conversion between layouts, guest CPUID) calls this first.
+    pub fn verify(&self, source: &str) -> Result<(), InconsistentCpuid> {
+        let problems = self.consistency();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(InconsistentCpuid {
+                dump: String::from(source),
+                problems,
+            })
+        }
+    }
+
+    /// The layout of a dump, only when its leaf 0xD breaks no consistency rule, including the
+    /// rules on CPUID.(0xD,0).EBX and (0xD,1).EBX when the dump records XCR0
+    /// ([`consistency_with`](Self::consistency_with)).
+    ///
+    /// ```
+    /// use xstate::cpuid::{CpuidDump, Regs};
+    /// use xstate::layout::Layout;
+    /// let mut d = CpuidDump::new("overlap.txt");
+    /// d.insert(0xd, 0, Regs { eax: 0x27, ebx: 0x340, ecx: 0x340, edx: 0 });
+    /// d.insert(0xd, 2, Regs { eax: 256, ebx: 576, ecx: 0, edx: 0 });
+    /// d.insert(0xd, 5, Regs { eax: 64, ebx: 576, ecx: 0, edx: 0 }); // on top of AVX
+    /// let e = Layout::trusted(&d).unwrap_err();
+    /// assert_eq!(e.problems[0].rule(), "overlap");
+    /// assert!(e.to_string().starts_with("overlap.txt: inconsistent CPUID leaf 0xD"));
+    /// ```
+    pub fn trusted(d: &CpuidDump) -> Result<Layout, InconsistentCpuid> {
+        let l = Layout::from_dump(d);
+        let problems = l.consistency_with(d.xcr0, None);
+        if problems.is_empty() {
+            Ok(l)
+        } else {
+            Err(InconsistentCpuid {
+                dump: d.source.clone(),
+                problems,
+            })
+        }
     }
 
     /// Components whose CPUID size differs from the catalog's architectural content size

@@ -12,12 +12,16 @@
 //! Module map (one concept each):
 //! - [`components`]: the catalog of state components and their roles;
 //! - [`cpuid`]: raw CPUID tables, dump parsers, the typed leaf 0xD view;
-//! - [`layout`]: standard and compacted layouts, XCR0 rules, consistency of CPUID data;
+//! - [`layout`]: standard and compacted layouts, XCR0 rules, consistency of CPUID data (the one
+//!   place that decides whether CPUID data can be trusted: `Layout::trusted`);
+//! - [`filekind`]: what an input file is (snapshot, damaged snapshot, XSAVE image, FXSAVE area,
+//!   CPUID dump, text), told by its content;
 //! - [`hw`]: safe wrappers of CPUID, XGETBV and the XSAVE family on the real CPU, and a
 //!   fork-based sandbox for restores that may fault;
 //! - [`model`]: the executable model of the XSAVE instructions and the backend trait;
 //! - [`image`]: XSAVE images as values (owned aligned buffer, views, typed registers);
-//! - [`validate`]: the XRSTOR, XRSTORS and KVM_SET_XSAVE acceptance rules, every violation;
+//! - [`validate`]: the XRSTOR, XRSTORS and KVM_SET_XSAVE acceptance rules, every violation,
+//!   and how many bytes each restore reads (the size rule);
 //! - [`convert`]: lossless conversion between forms, layouts and FXSAVE;
 //! - [`diff`]: register-by-register comparison by meaning;
 //! - [`snapshot`]: portable `.xsnap` snapshots of a vCPU's extended state;
@@ -37,6 +41,7 @@ pub mod convert;
 pub mod cpuid;
 pub mod diff;
 pub mod engine;
+pub mod filekind;
 pub mod guest_cpuid;
 #[cfg(target_arch = "x86_64")]
 pub mod hw;

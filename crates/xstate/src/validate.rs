@@ -70,6 +70,12 @@ pub enum Rule {
     /// KVM: XSTATE_BV has a bit outside the vCPU buffer's user features (for example AMX
     /// before the guest's buffer grew).
     XstateBvNotPermitted,
+    /// The image is shorter than the bytes the restore reads for its header
+    /// ([`required_size`]).
+    ShortImage,
+    /// The layout cannot place a component the restore reads, so the bytes it reads are
+    /// unknown: no verdict.
+    UnknownGeometry,
 }
 
 impl Rule {
@@ -89,6 +95,8 @@ impl Rule {
             Rule::SupervisorValue => "supervisor_value",
             Rule::XstateBvUnsupported => "xstate_bv_unsupported",
             Rule::XstateBvNotPermitted => "xstate_bv_not_permitted",
+            Rule::ShortImage => "short_image",
+            Rule::UnknownGeometry => "unknown_geometry",
         }
     }
 }
@@ -651,6 +659,128 @@ pub fn kvm(bytes: &[u8], cfg: &KvmConfig) -> Vec<Violation> {
     out
 }
 
+/// The size of `struct kvm_xsave`, the smallest buffer KVM_SET_XSAVE reads (Linux UAPI).
+pub const KVM_XSAVE_SIZE: u32 = 4096;
+
+/// How many bytes a restore of `bytes` under `profile` reads, on the CPU `layout` describes
+/// (the header decides; only its XSTATE_BV and XCOMP_BV are used):
+///
+/// - XRSTOR, standard form: the standard-form extent of RFBM = XCR0 & EDX:EAX — every
+///   component the instruction operates on (SDM Vol. 1 §13.8.1: for each i with RFBM\[i\] = 1
+///   the component is loaded or initialized), whatever XSTATE_BV says. Measured on this
+///   project's Intel machine (`tests/image_size_hw.rs`): with XSTATE_BV = 0 and RFBM = XCR0
+///   the CPU reads up to the end of the furthest component of XCR0; with EDX:EAX = 7, up to the
+///   end of AVX.
+/// - XRSTOR compacted form and XRSTORS: the end of the last component of RFBM ∩ XCOMP_BV\[62:0\]
+///   at its compacted location, which XCOMP_BV determines (SDM Vol. 1 §13.4.3, §13.8.2, §13.12);
+///   measured the same way (XCOMP_BV 0x600e7 with EDX:EAX = 7 reads 832 bytes).
+/// - KVM_SET_XSAVE: the vCPU's whole buffer, KVM_CAP_XSAVE2 = max(4096, the standard size of
+///   the buffer's user features) (DESIGN.md §6; 4096 is `struct kvm_xsave`): the ioctl copies
+///   that many bytes from the caller whatever the header says — and at least the standard
+///   extent of the components in XSTATE_BV.
+///
+/// Never less than 576 (legacy area and header). An error names a component the layout
+/// cannot place.
+pub fn required_size(
+    bytes: &[u8],
+    profile: &Profile,
+    layout: &Layout,
+) -> Result<u32, crate::layout::LayoutError> {
+    let bv = raw_xstate_bv(bytes);
+    let xc = raw_xcomp_bv(bytes);
+    let compacted_extent = |rfbm: u64| -> Result<u32, crate::layout::LayoutError> {
+        let g = layout.compacted(xc)?;
+        Ok(g.placements
+            .iter()
+            .filter(|p| p.id >= 2 && rfbm & (1u64 << p.id) != 0)
+            .map(|p| p.end())
+            .fold(MIN_SIZE as u32, u32::max))
+    };
+    let standard_extent = |m: u64| -> Result<u32, crate::layout::LayoutError> {
+        Ok(layout.standard(m & !mask::COMPACTED)?.size)
+    };
+    match profile {
+        Profile::Xrstor(c) => standard_extent(c.xcr0 & c.request),
+        Profile::XrstorCompacted(c) => {
+            if c.xsavec && xc & mask::COMPACTED != 0 {
+                compacted_extent(c.xcr0 & c.request)
+            } else {
+                standard_extent(c.xcr0 & c.request)
+            }
+        }
+        Profile::Xrstors(c) => compacted_extent((c.xcr0 | c.xss) & c.request),
+        Profile::Kvm(c) => {
+            let buffer = standard_extent(c.user_features & c.supported_xcr0)?;
+            Ok(standard_extent(bv & c.supported_xcr0)?
+                .max(buffer)
+                .max(KVM_XSAVE_SIZE))
+        }
+    }
+}
+
+/// The size rule: a violation when `bytes` is shorter than [`required_size`], or when the
+/// layout cannot tell how many bytes the restore reads. Nothing when the image is too short
+/// to hold a header (that is [`Rule::TooSmall`]) or when the header already breaks a rule
+/// that makes the components unknowable (bits outside XCR0 / XCOMP_BV).
+pub fn size_rule(bytes: &[u8], profile: &Profile, layout: &Layout) -> Option<Violation> {
+    if bytes.len() < MIN_SIZE {
+        return None;
+    }
+    match required_size(bytes, profile, layout) {
+        Ok(need) if (need as usize) > bytes.len() => Some(v(
+            Rule::ShortImage,
+            bytes.len(),
+            bytes.len() as u64,
+            format!(
+                "the image has {} bytes but {} reads {need} (XSTATE_BV {:#x}, XCOMP_BV {:#x}): bytes {}..{need} are missing",
+                bytes.len(),
+                match profile {
+                    Profile::Kvm(_) => "KVM_SET_XSAVE (the vCPU's whole buffer, at least 4096 bytes)",
+                    Profile::Xrstors(_) => "XRSTORS",
+                    _ => "XRSTOR",
+                },
+                raw_xstate_bv(bytes),
+                raw_xcomp_bv(bytes),
+                bytes.len()
+            ),
+        )),
+        Ok(_) => None,
+        Err(e) => Some(v(
+            Rule::UnknownGeometry,
+            XCOMP_BV_OFFSET,
+            raw_xcomp_bv(bytes),
+            format!("cannot tell how many bytes the restore reads: {e}"),
+        )),
+    }
+}
+
+/// [`validate`] plus the rules that need the CPU's layout: the size rule ([`size_rule`]) and,
+/// for XRSTORS, the supervisor values ([`xrstors_with_layout`]). This is what an image file
+/// is judged by: a valid header on too few bytes is not a valid image.
+pub fn validate_with_layout(bytes: &[u8], profile: &Profile, layout: &Layout) -> Vec<Violation> {
+    let mut out = match profile {
+        Profile::Xrstors(c) => xrstors_with_layout(bytes, c, Some(layout)),
+        p => validate(bytes, p),
+    };
+    // A header naming components outside XCR0/XCOMP_BV already fails; its extent is unknown.
+    let unknowable = out.iter().any(|x| {
+        matches!(
+            x.rule,
+            Rule::TooSmall
+                | Rule::XcompBvNotEnabled
+                | Rule::NotCompacted
+                | Rule::CompactedUnsupported
+                | Rule::XrstorsUnsupported
+        )
+    });
+    if !unknowable {
+        if let Some(s) = size_rule(bytes, profile, layout) {
+            out.push(s);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -868,6 +998,65 @@ mod tests {
                 assert_eq!(rules(&validate(&b, &p)), [Rule::TooSmall]);
             }
         }
+    }
+
+    /// Issue 9: `head -c 1000` of a full image is invalid in every profile, with the byte
+    /// counts; the full image is valid.
+    #[test]
+    fn short_images_break_the_size_rule_in_every_profile() {
+        let l = crate::testutil::spr();
+        let cfg = RestoreConfig::for_layout(&l, 0x602e7, 0, MASK);
+        let mut full = vec![0u8; 11008];
+        full[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        set64(&mut full, 512, 0x7);
+        let mut comp = vec![0u8; 10752];
+        comp[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        set64(&mut comp, 512, 0x7);
+        set64(&mut comp, 520, 1 << 63 | 0x602e7);
+        let kvm_cfg = KvmConfig::new(0x602e7, MASK);
+        let cases = [
+            (Profile::Xrstor(cfg), &full, 11008u32),
+            (Profile::XrstorCompacted(cfg), &comp, 10752),
+            (Profile::Xrstors(cfg), &comp, 10752),
+            (Profile::Kvm(kvm_cfg), &full, 11008),
+        ];
+        for (p, img, need) in cases {
+            assert_eq!(required_size(img, &p, &l), Ok(need), "{p:?}");
+            assert!(validate_with_layout(img, &p, &l).is_empty(), "{p:?}");
+            for n in [1000usize, need as usize - 1] {
+                let v = validate_with_layout(&img[..n], &p, &l);
+                assert_eq!(rules(&v), [Rule::ShortImage], "{p:?} {n}");
+                assert!(
+                    v[0].message.contains(&format!("has {n} bytes"))
+                        && v[0].message.contains(&format!("reads {need}")),
+                    "{}",
+                    v[0].message
+                );
+            }
+        }
+        // The instruction mask narrows what XRSTOR reads: EDX:EAX = 7 reads up to AVX's end.
+        let mut c7 = cfg;
+        c7.request = 7;
+        assert_eq!(required_size(&full, &Profile::Xrstor(c7), &l), Ok(832));
+        assert_eq!(
+            required_size(&comp, &Profile::XrstorCompacted(c7), &l),
+            Ok(832)
+        );
+        // KVM: the vCPU's buffer, at least 4096 bytes (struct kvm_xsave); a buffer that has not
+        // grown for AMX tile data is 4096 here (standard size of 0x202e7 is 2752).
+        let mut small = kvm_cfg;
+        small.user_features = 0x202e7;
+        assert_eq!(required_size(&full, &Profile::Kvm(small), &l), Ok(4096));
+        let mut amx = full.clone();
+        set64(&mut amx, 512, 0x40007);
+        assert_eq!(required_size(&amx, &Profile::Kvm(small), &l), Ok(11008));
+        // A header the layout cannot place is "cannot tell", never valid.
+        let mut odd = comp.clone();
+        set64(&mut odd, 520, 1 << 63 | 1 << 40 | 0x3);
+        let mut wide = cfg;
+        wide.xcr0 |= 1 << 40;
+        let v = validate_with_layout(&odd, &Profile::XrstorCompacted(wide), &l);
+        assert!(rules(&v).contains(&Rule::UnknownGeometry), "{v:?}");
     }
 
     #[test]

@@ -82,7 +82,10 @@ fn isolation(insn: Option<SaveInsn>) {
     // The containers hold what the hardware wrote: XSAVEC sets XCOMP_BV = RFBM | bit 63.
     let fp = e.vcpu(0).unwrap().fpstate();
     if e.save_insn().0 == SaveInsn::Xsavec {
-        assert_eq!(fp.image().xcomp_bv(), fp.xfeatures() | mask::COMPACTED);
+        assert_eq!(
+            fp.image().unwrap().xcomp_bv(),
+            fp.xfeatures() | mask::COMPACTED
+        );
     }
     assert_ne!(fp.xstate_bv() & (1 << vc), 0);
     let _ = e.backend_mut().read_state().unwrap();

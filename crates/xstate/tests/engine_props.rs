@@ -27,6 +27,10 @@ enum Op {
     SetX(u32, Vec<u8>),
     SetCompacted(u32, bool),
     ScheduleOut,
+    ScheduleIn,
+    SetXcr0(u32, u64),
+    SetMsr(u32, u8, u64),
+    Move(u32),
 }
 
 fn masks() -> impl Strategy<Value = u64> {
@@ -82,6 +86,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(a, b)| Op::SetX(a, b)),
         (v.clone(), any::<bool>()).prop_map(|(a, b)| Op::SetCompacted(a, b)),
         Just(Op::ScheduleOut),
+        Just(Op::ScheduleIn),
+        (v.clone(), masks()).prop_map(|(a, b)| Op::SetXcr0(a, b)),
+        (v.clone(), 0u8..3, masks()).prop_map(|(a, b, c)| Op::SetMsr(a, b, c)),
+        v.clone().prop_map(Op::Move),
     ]
 }
 
@@ -152,7 +160,7 @@ fn apply(e: &mut Engine<ModelCpu>, op: &Op) -> Result<(), xstate::engine::Engine
             let mut b = vec![0u8; n];
             e.get_xsave2(id, &mut b).map(|_| ())
         }
-        Op::SetX(id, b) => e.set_xsave2(id, &b),
+        Op::SetX(id, b) => e.set_xsave2(id, &b).map(|_| ()),
         Op::SetCompacted(id, mutate) => {
             let mut img = e.get_compacted(id)?.as_bytes().to_vec();
             if mutate {
@@ -163,9 +171,20 @@ fn apply(e: &mut Engine<ModelCpu>, op: &Op) -> Result<(), xstate::engine::Engine
                     *x ^= 1;
                 }
             }
-            e.set_compacted(id, &img)
+            e.set_compacted(id, &img).map(|_| ())
         }
         Op::ScheduleOut => e.schedule_out(),
+        Op::ScheduleIn => e.schedule_in(),
+        Op::SetXcr0(id, v) => e.set_xcr0(id, v).map(|_| ()),
+        Op::SetMsr(id, m, v) => {
+            let m = [GuestMsr::Xfd, GuestMsr::XfdErr, GuestMsr::Xss][usize::from(m % 3)];
+            e.set_msr(id, m, v).map(|_| ())
+        }
+        Op::Move(id) => {
+            // Out of the engine and back (as another thread's engine would take it).
+            let v = e.take_vcpu(id)?;
+            e.put_vcpu(v).map(|_| ()).map_err(|r| r.error)
+        }
     }
 }
 
@@ -176,7 +195,12 @@ fn invariants(e: &Engine<ModelCpu>) {
     for id in e.vcpu_ids() {
         let v = e.vcpu(id).unwrap();
         let fp = v.fpstate();
-        assert_eq!(fp.size(), e.config().size_of(fp.xfeatures()).unwrap());
+        if fp.is_confidential() {
+            // Never saved or restored: no buffer at all.
+            assert_eq!((fp.size(), fp.as_bytes().len()), (0, 0));
+        } else {
+            assert_eq!(fp.size(), e.config().size_of(fp.xfeatures()).unwrap());
+        }
         assert_eq!(fp.xfeatures() & !e.config().guest.max_features & !0x3, 0);
         let enabled = v.xcr0() & !v.xfd();
         assert!(

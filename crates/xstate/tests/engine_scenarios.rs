@@ -70,6 +70,7 @@ fn engine_with(h: &Host, insn: Option<SaveInsn>) -> Engine<ModelCpu> {
             policy: Policy::Linux,
             insn,
             ring0: Some(true),
+            ..Options::default()
         },
     )
     .unwrap_or_else(|e| panic!("{}: {e}", h.name))
@@ -111,8 +112,9 @@ fn configurations_spr() {
     let e = engine(&spr());
     let c = e.config();
     assert_eq!(c.insn, SaveInsn::Xsaves);
-    // Host: CET_U but not the guest-only CET_S; TILEDATA only in max.
-    assert_eq!(c.host.max_features, 0x60ae7);
+    // Host: the guest-only CET_S in the maximum (Linux's fpu_kernel_cfg.max_features, from
+    // which IA32_XSS is programmed) but not in the default; TILEDATA only in max.
+    assert_eq!(c.host.max_features, 0x61ae7);
     assert_eq!(c.host.default_features, 0x20ae7);
     assert_eq!(c.host.default_size, 2560);
     assert_eq!(c.host.max_size, 10752); // CET_U fits before TILECFG's alignment
@@ -196,18 +198,22 @@ fn permissions_spr() {
     let mut e = engine(&spr());
     assert_eq!(e.permissions().supported(), 0x602e7);
     assert_eq!(e.uabi_size().unwrap(), 4096);
-    assert_eq!(
-        e.request_perm(Scope::Guest, 63).unwrap_err().kind,
-        ErrorKind::Einval
-    );
-    assert_eq!(
-        e.request_perm(Scope::Guest, 11).unwrap_err().kind,
-        ErrorKind::Eopnotsupp
-    );
-    assert_eq!(
-        e.request_perm(Scope::Guest, 17).unwrap(),
-        xstate::engine::Grant::AlreadyGranted
-    );
+    // Linux's rules (xstate_request_perm): idx >= XFEATURE_MAX (20) is EINVAL; anything
+    // but TILEDATA is EOPNOTSUPP, even features permitted from the start (AVX, TILECFG).
+    for idx in [20, 63, 64] {
+        assert_eq!(
+            e.request_perm(Scope::Guest, idx).unwrap_err().kind,
+            ErrorKind::Einval,
+            "{idx}"
+        );
+    }
+    for idx in [2, 11, 17, 19] {
+        assert_eq!(
+            e.request_perm(Scope::Guest, idx).unwrap_err().kind,
+            ErrorKind::Eopnotsupp,
+            "{idx}"
+        );
+    }
     assert_eq!(
         e.request_perm(Scope::Guest, 18).unwrap(),
         xstate::engine::Grant::Granted
@@ -271,7 +277,7 @@ fn permissions_locked_and_policy_without_permission() {
 #[test]
 fn permissions_this_machine() {
     let h = this_machine();
-    let mut e = engine(&h);
+    let e = engine(&h);
     let sup = e.permissions().supported();
     assert_eq!(sup, h.xcr0);
     if sup & mask::XTILEDATA == 0 {
@@ -1185,7 +1191,10 @@ fn uabi_refuses_amx_before_the_container_grew() {
     buf[512 + 2] |= 0x4; // XSTATE_BV bit 18
     let err = e.set_xsave2(0, &buf).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Einval);
-    assert!(err.message.contains("user features"), "{err}");
+    assert!(
+        err.message.contains("offset 512") && err.message.contains("restore XCR0"),
+        "{err}"
+    );
     // After growth it is accepted.
     e.attach(0).unwrap();
     e.xsetbv(0, 0x602e7).unwrap();
@@ -1237,6 +1246,7 @@ fn compacted_interface_carries_supervisor_state() {
             .unwrap()
             .fpstate()
             .geometry()
+            .unwrap()
             .offset_of(CET_S)
             .unwrap() as usize;
         bad[off + 7] = 0x80;

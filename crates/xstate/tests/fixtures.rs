@@ -44,7 +44,7 @@ fn fixture(name: &str) -> (CpuidDump, Layout) {
 #[test]
 fn every_fixture_parses_and_consistent_ones_match_cpuid_max_size() {
     let all = all_fixtures();
-    assert_eq!(all.len(), 42, "24 hwloc + 17 aida64 + 1 cpuid-r fixtures");
+    assert_eq!(all.len(), 43, "24 hwloc + 17 aida64 + 2 cpuid-r fixtures");
     let mut inconsistent = Vec::new();
     for (name, d) in &all {
         let l = Layout::from_dump(d);
@@ -273,6 +273,33 @@ fn this_machine_kind_matches_design_section_9() {
     );
     assert!(!leaf1.has_xfd());
     assert_eq!(sub1.ebx, 2472);
+}
+
+/// The Intel kind of this project's machines (recorded with `cpuid -r -1` on one): AVX-512 in
+/// the Intel layout and AMX, the Sapphire Rapids facts of DESIGN §4 and §10.
+#[test]
+fn intel_machine_kind_has_the_intel_layout_and_amx() {
+    let (d, l) = fixture("cpuid-r/Intel-Xeon-AMX-family6-model-A7-this-machine-kind");
+    assert_eq!(d.vendor(), Vendor::Intel);
+    assert_eq!(d.family_model_stepping().0, 6);
+    assert_eq!((l.xcr0_supported(), l.xss_supported()), (0x600e7, 0));
+    let s = l.standard(0x600e7).unwrap();
+    assert_eq!(s.offset_of(5), Some(1088));
+    assert_eq!(s.offset_of(6), Some(1152));
+    assert_eq!(s.offset_of(7), Some(1664));
+    assert_eq!(s.offset_of(17), Some(2752));
+    assert_eq!(s.offset_of(18), Some(2816));
+    assert_eq!(s.size, 11008);
+    assert_eq!(l.leaf().current_standard_size(), 11008);
+    // Compacted: TILECFG and TILEDATA are 64-byte aligned (already aligned here).
+    let c = l.compacted(0x600e7).unwrap();
+    assert_eq!(c.offset_of(5), Some(832));
+    assert_eq!(c.offset_of(17), Some(2432));
+    assert_eq!(c.offset_of(18), Some(2496));
+    assert_eq!(c.size, 10688);
+    assert_eq!(l.leaf().subleaf1().ebx, 10688);
+    assert!(l.leaf().has_xfd());
+    assert!(l.geometry(18).xfd && l.geometry(18).align64 && !l.geometry(17).xfd);
 }
 
 /// Every XCR0 rule of DESIGN §4 (SDM Vol. 2B XSETBV) against real CPUs.

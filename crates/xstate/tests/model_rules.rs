@@ -200,9 +200,21 @@ fn xgetbv1_reports_mxcsr_in_bit_1() {
     assert_eq!(c.xgetbv(1).unwrap(), 0);
     c.exec(SimpleInsn::Ldmxcsr(0x1fc0)).unwrap();
     assert_eq!(c.xgetbv(1).unwrap(), mask::SSE);
-    // XSAVE's XSTATE_BV[1] is XINUSE[1], which covers the XMM registers only (§13.7).
+    // XSAVE's XSTATE_BV[1] is XINUSE[1] (§13.7). On this Intel profile LDMXCSR puts SSE in
+    // use (measured on an Intel Xeon, family 6 model 0xA7: `CpuProfile::ldmxcsr_writes_sse`);
+    // where it does not (Zen 5), XINUSE[1] covers the XMM registers only.
     let mut m = AlignedBuf::new(11008);
     c.xsave(&mut m, 0, u64::MAX).unwrap();
+    assert!(c.profile().ldmxcsr_writes_sse);
+    assert_eq!(q(&m, 512) & mask::SSE, mask::SSE);
+    let mut p = CpuProfile::from_dump(&spr());
+    p.ldmxcsr_writes_sse = false;
+    let mut z = ModelCpu::new(p);
+    z.xsetbv(0, XCR0).unwrap();
+    z.exec(SimpleInsn::Ldmxcsr(0x1fc0)).unwrap();
+    assert_eq!(z.xgetbv(1).unwrap(), mask::SSE);
+    let mut m = AlignedBuf::new(11008);
+    z.xsave(&mut m, 0, u64::MAX).unwrap();
     assert_eq!(q(&m, 512) & mask::SSE, 0);
     assert_eq!(c.xgetbv(2).unwrap_err().exception, Exception::Gp);
 }

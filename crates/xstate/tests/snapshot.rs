@@ -249,6 +249,11 @@ fn v1_sample_keeps_decoding() {
     // Every component's content equals the one a fresh capture of the same image gives.
     assert_eq!(s.components, sample_snapshot().components);
     assert_eq!(s.legacy, sample_snapshot().legacy);
+    // The writer of this build writes the committed file byte for byte (CBOR body, CRC-32).
+    assert!(
+        s.encode().unwrap() == bytes,
+        "re-encoding the v1 sample changed its bytes"
+    );
 }
 
 #[test]

@@ -1,7 +1,9 @@
-//! `xstate check SNAP (--kvm | --cpuid FILE [--xcr0 HEX] [--xss HEX] [--mxcsr-mask HEX])
-//! [--json]`: can a
-//! snapshot be restored on a destination? Exit 0 compatible, 1 incompatible (every reason
-//! printed), 2 usage or I/O error.
+//! `xstate check SNAP (--kvm | --to-cpuid FILE [--xcr0 HEX] [--xss HEX] [--mxcsr-mask HEX])
+//! [--json]`: can a snapshot be restored on a destination? Exit 0 compatible, 1 incompatible
+//! (every reason printed, inconsistent destination CPUID data included), 2 usage or I/O error.
+//!
+//! The destination is `--to-cpuid`, as in `convert`: in every command `--cpuid` names the CPU
+//! an image comes from, and a snapshot carries its own.
 
 use std::path::PathBuf;
 
@@ -18,23 +20,24 @@ use crate::common::{hex, load_dump, parse_hex, print_json};
 
 /// Arguments of `xstate check`.
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("destination").required(true).args(["kvm", "to_cpuid"]))]
 pub struct Args {
     /// The snapshot (`.xsnap`).
     pub snapshot: PathBuf,
     /// The destination is this host's KVM (supported guest XCR0, KVM_CAP_XSAVE2, MSR list).
-    #[arg(long, conflicts_with_all = ["cpuid", "xcr0", "xss"], required_unless_present = "cpuid")]
+    #[arg(long, conflicts_with_all = ["to_cpuid", "xcr0", "xss"])]
     pub kvm: bool,
     /// The destination is the CPU this dump describes.
     #[arg(long, value_name = "FILE")]
-    pub cpuid: Option<PathBuf>,
+    pub to_cpuid: Option<PathBuf>,
     /// Guest XCR0 mask the destination offers (default: every user component it supports).
-    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "cpuid")]
+    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "to_cpuid")]
     pub xcr0: Option<u64>,
     /// Guest IA32_XSS mask the destination offers (default: every supervisor component).
-    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "cpuid")]
+    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "to_cpuid")]
     pub xss: Option<u64>,
     /// The destination CPU's MXCSR_MASK (FXSAVE byte 28); checked only when given.
-    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "cpuid")]
+    #[arg(long, value_name = "HEX", value_parser = parse_hex, requires = "to_cpuid")]
     pub mxcsr_mask: Option<u64>,
     /// Machine-readable output.
     #[arg(long)]
@@ -79,8 +82,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let dest = if args.kvm {
         kvm_destination()?
     } else {
-        let Some(p) = &args.cpuid else {
-            bail!("give --kvm or --cpuid FILE");
+        let Some(p) = &args.to_cpuid else {
+            bail!("give --kvm or --to-cpuid FILE");
         };
         let dump = load_dump(p)?;
         if !xstate::layout::Layout::from_dump(&dump).has_xsave() {
@@ -97,7 +100,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let v = check(&snap, &dest);
     if args.json {
-        print_json(&verdict_json(&args.snapshot, &snap, &dest, &v));
+        print_json(&verdict_json(
+            &args.snapshot,
+            args.to_cpuid.as_deref(),
+            &snap,
+            &dest,
+            &v,
+        ));
     } else {
         print_human(&args.snapshot, &snap, &dest, &v);
     }
@@ -106,6 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 
 fn verdict_json(
     path: &std::path::Path,
+    cpuid: Option<&std::path::Path>,
     s: &Snapshot,
     dest: &Destination,
     v: &Verdict,
@@ -128,6 +138,7 @@ fn verdict_json(
         },
         "destination": {
             "name": dest.name,
+            "cpuid": cpuid.map(|p| p.display().to_string()),
             "xcr0_supported": hex(dest.layout.xcr0_supported()),
             "xss_supported": hex(dest.layout.xss_supported()),
             "guest_xcr0": hex(dest.xcr0),
@@ -141,7 +152,7 @@ fn verdict_json(
 }
 
 fn print_human(path: &std::path::Path, s: &Snapshot, dest: &Destination, v: &Verdict) {
-    println!(
+    outln!(
         "snapshot:    {} ({} family {:#x} model {:#x}; XCR0 {:#x}, IA32_XSS {:#x}; state: {})",
         path.display(),
         if s.source.vendor.is_empty() {
@@ -155,7 +166,7 @@ fn print_human(path: &std::path::Path, s: &Snapshot, dest: &Destination, v: &Ver
         s.xss,
         s.component_names()
     );
-    println!(
+    outln!(
         "destination: {} (supports XCR0 {:#x}, IA32_XSS {:#x}; guest offers {} / {:#x}{})",
         dest.name,
         dest.layout.xcr0_supported(),
@@ -168,17 +179,17 @@ fn print_human(path: &std::path::Path, s: &Snapshot, dest: &Destination, v: &Ver
         }
     );
     if v.compatible {
-        println!("compatible");
+        outln!("compatible");
     } else {
-        println!("INCOMPATIBLE: {} reason(s)", v.reasons.len());
+        outln!("INCOMPATIBLE: {} reason(s)", v.reasons.len());
         for r in &v.reasons {
             match &r.component {
-                Some(c) => println!("  [{}] {c}: {}", r.rule, r.message),
-                None => println!("  [{}] {}", r.rule, r.message),
+                Some(c) => outln!("  [{}] {c}: {}", r.rule, r.message),
+                None => outln!("  [{}] {}", r.rule, r.message),
             }
         }
     }
     for n in &v.notes {
-        println!("  note: {n}");
+        outln!("  note: {n}");
     }
 }

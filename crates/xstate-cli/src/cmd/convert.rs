@@ -4,9 +4,10 @@
 //! present component is an error naming it.
 //!
 //! Snapshots: `--to snapshot` takes a portable `.xsnap` of the image (the CPU named by
-//! `--cpuid`/`--host` is its source); a `.xsnap` input (detected by its magic) is rebuilt for
-//! the destination named by `--cpuid`/`--host` (or `--to-cpuid`), with the snapshot's XCR0
-//! unless `--xcr0` is given.
+//! `--cpuid`/`--host` is its source); a `.xsnap` input (detected by its content) carries its
+//! source CPU and is rebuilt for the destination named by `--to-cpuid` (default: this
+//! machine), with the snapshot's XCR0 unless `--xcr0` is given; `--cpuid` with a snapshot is
+//! refused, since it always names the CPU an input image comes from.
 //!
 //! Target components: the standard form holds XCR0's; the compacted form holds XCR0's, plus
 //! IA32_XSS's when `--xss` is given (supervisor components are for XRSTORS only). XCR0 is
@@ -16,12 +17,14 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use serde_json::json;
 use xstate::components::mask_names;
 use xstate::convert;
 use xstate::layout::Form;
 
 use super::inspect::{hex_arg, load_image, machine};
-use crate::common::{layout_of, load_dump, CpuSource};
+use crate::common::{hex, layout_of, load_dump, names, print_json, CpuSource};
+use crate::output::{check_output, write_file};
 
 /// The target of a conversion.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,11 +61,81 @@ pub struct Args {
     /// Rebuild for the layout of another machine (a CPUID dump).
     #[arg(long, value_name = "FILE")]
     pub to_cpuid: Option<PathBuf>,
+    /// Replace OUT when it exists (never when OUT is one of the inputs).
+    #[arg(long)]
+    pub force: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Standard => "standard",
+            Target::Compacted => "compacted",
+            Target::Fxsave => "fxsave",
+            Target::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// What was written, for the summary line and `--json`.
+struct Written {
+    bytes: Vec<u8>,
+    what: String,
+    xstate_bv: Option<u64>,
+    xcomp_bv: Option<u64>,
+}
+
+impl Args {
+    /// Every file the command reads.
+    fn inputs(&self) -> Vec<&std::path::Path> {
+        let mut v = vec![self.file.as_path()];
+        v.extend(self.cpu.cpuid.as_deref());
+        v.extend(self.to_cpuid.as_deref());
+        v
+    }
+
+    /// Writes the result atomically and reports it.
+    fn finish(&self, w: Written) -> anyhow::Result<i32> {
+        write_file(&self.output, &w.bytes, &self.inputs(), self.force)?;
+        if self.json {
+            print_json(&json!({
+                "input": self.file.display().to_string(),
+                "cpuid": self.cpu.cpuid.as_ref().map(|p| p.display().to_string()),
+                "to_cpuid": self.to_cpuid.as_ref().map(|p| p.display().to_string()),
+                "to": self.to.name(),
+                "output": self.output.display().to_string(),
+                "size": w.bytes.len(),
+                "xstate_bv": w.xstate_bv.map(hex),
+                "xcomp_bv": w.xcomp_bv.map(hex),
+                "components": w.xstate_bv.map(names).unwrap_or_default(),
+                "summary": w.what,
+            }));
+        } else {
+            outln!(
+                "wrote {} from {}: {}",
+                self.output.display(),
+                self.file.display(),
+                w.what
+            );
+        }
+        Ok(0)
+    }
 }
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    if super::xsnap::is_snapshot_file(&args.file) {
+    check_output(&args.output, &args.inputs(), args.force)?;
+    let input = crate::input::read(&args.file, "input")?;
+    crate::input::expect(
+        &args.file,
+        &input,
+        crate::input::image_or_snapshot,
+        crate::input::IMAGE_OR_SNAPSHOT,
+    )?;
+    if input.kind == xstate::filekind::FileKind::Snapshot {
         return convert_snapshot(&args);
     }
     let src_m = machine(&args.cpu, None, None, None)?;
@@ -77,15 +150,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             Form::Standard => 0,
         });
         let xcr0 = args.xcr0.unwrap_or(src_m.xcr0);
-        let what = super::xsnap::image_to_snapshot(
-            ld.image.as_bytes(),
-            &src_m.dump,
-            xcr0,
-            xss,
-            &args.output,
-        )?;
-        println!("wrote {}: {what}", args.output.display());
-        return Ok(0);
+        let (bytes, what) =
+            super::xsnap::image_to_snapshot(ld.image.as_bytes(), &src_m.dump, xcr0, xss)?;
+        return args.finish(Written {
+            bytes,
+            what,
+            xstate_bv: Some(ld.image.xstate_bv()),
+            xcomp_bv: None,
+        });
     }
     let (dst_layout, dst_xcr0) = match &args.to_cpuid {
         Some(p) => {
@@ -96,10 +168,20 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         None => (src_m.layout.clone(), args.xcr0.unwrap_or(src_m.xcr0)),
     };
-    let (bytes, what) = match args.to {
+    let w = match args.to {
         Target::Fxsave => {
-            let fx = convert::to_fxsave(&ld.image)?;
-            (fx.to_vec(), String::from("FXSAVE, 512 bytes"))
+            let fx = convert::to_fxsave(&ld.image).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}; FXSAVE's 512-byte area holds x87 and SSE only: convert --to standard or --to compacted instead",
+                    args.file.display()
+                )
+            })?;
+            Written {
+                bytes: fx.to_vec(),
+                what: String::from("FXSAVE, 512 bytes"),
+                xstate_bv: Some(ld.image.xstate_bv() & xstate::components::mask::LEGACY),
+                xcomp_bv: None,
+            }
         }
         Target::Standard | Target::Compacted | Target::Snapshot => {
             let form = if args.to == Target::Standard {
@@ -114,7 +196,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             let g = dst_layout
                 .form(form, m)
                 .with_context(|| format!("target {form} layout for components {m:#x}"))?;
-            let out = convert::convert(&ld.image, &g)?;
+            let out = convert::convert(&ld.image, &g).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}; give a destination (--to-cpuid, --xcr0) whose components include every one present (`xstate inspect` lists them)",
+                    args.file.display()
+                )
+            })?;
             let what = format!(
                 "{form}, {} bytes, XSTATE_BV {:#x} ({}), XCOMP_BV {:#x}",
                 out.len(),
@@ -122,49 +209,69 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 mask_names(out.xstate_bv()),
                 out.xcomp_bv()
             );
-            (out.as_bytes().to_vec(), what)
+            Written {
+                bytes: out.as_bytes().to_vec(),
+                what,
+                xstate_bv: Some(out.xstate_bv()),
+                xcomp_bv: Some(out.xcomp_bv()),
+            }
         }
     };
-    std::fs::write(&args.output, &bytes)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
-    println!("wrote {}: {what}", args.output.display());
-    Ok(0)
+    args.finish(w)
 }
 
-/// `convert SNAP.xsnap --to standard|compacted -o IMG [--cpuid DEST | --host] [--xcr0 HEX]`:
-/// the image rebuilt with the destination's offsets (`--to-cpuid` also names the destination).
-/// XCR0 defaults to the snapshot's.
+/// `convert SNAP.xsnap --to standard|compacted -o IMG [--to-cpuid DEST] [--xcr0 HEX]`: the
+/// image rebuilt with the destination's offsets (default: this machine's). XCR0 defaults to
+/// the snapshot's.
 fn convert_snapshot(args: &Args) -> anyhow::Result<i32> {
+    if args.cpu.cpuid.is_some() {
+        anyhow::bail!(
+            "{}: a snapshot carries its source CPU, and --cpuid names the CPU an input image comes from; give the destination with --to-cpuid FILE (default: this machine)",
+            args.file.display()
+        );
+    }
     let snap = super::xsnap::load_snapshot(&args.file)?;
     let dest = match &args.to_cpuid {
         Some(p) => load_dump(p)?,
         None => args.cpu.load()?,
     };
     let layout = layout_of(&dest)?;
-    let what = match args.to {
+    let w = match args.to {
         Target::Standard | Target::Compacted => {
             let form = if args.to == Target::Standard {
                 Form::Standard
             } else {
                 Form::Compacted
             };
-            super::xsnap::snapshot_to_image(&snap, &layout, form, args.xcr0, &args.output)?
+            let (bytes, what) = super::xsnap::snapshot_to_image(&snap, &layout, form, args.xcr0)
+                .with_context(|| args.file.display().to_string())?;
+            let bv = xstate::image::raw_xstate_bv(&bytes);
+            let xc = xstate::image::raw_xcomp_bv(&bytes);
+            Written {
+                bytes,
+                what,
+                xstate_bv: Some(bv),
+                xcomp_bv: Some(xc),
+            }
         }
         Target::Snapshot => {
             let bytes = snap.encode()?;
-            std::fs::write(&args.output, &bytes)
-                .with_context(|| format!("cannot write {}", args.output.display()))?;
-            format!(
+            let what = format!(
                 "snapshot v{}, {} bytes",
                 xstate::snapshot::VERSION,
                 bytes.len()
-            )
+            );
+            Written {
+                bytes,
+                what,
+                xstate_bv: Some(snap.xstate_bv()),
+                xcomp_bv: None,
+            }
         }
         Target::Fxsave => anyhow::bail!(
             "{}: a snapshot converts to --to standard or --to compacted (then to fxsave)",
             args.file.display()
         ),
     };
-    println!("wrote {}: {what}", args.output.display());
-    Ok(0)
+    args.finish(w)
 }

@@ -44,15 +44,22 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let d = diff(&a.image, &b.image)?;
     let equal = d.is_empty();
     if args.json {
-        print_json(&json!({ "equal": equal, "differences": d }));
+        print_json(&json!({
+            "a": args.a.display().to_string(),
+            "b": args.b.display().to_string(),
+            "cpuid": args.cpu.cpuid.as_ref().map(|p| p.display().to_string()),
+            "b_cpuid": args.b_cpuid.as_ref().map(|p| p.display().to_string()),
+            "equal": equal,
+            "differences": d,
+        }));
     } else if equal {
-        println!(
+        outln!(
             "{} and {} are equal in meaning",
             args.a.display(),
             args.b.display()
         );
     } else {
-        println!(
+        outln!(
             "{} and {} differ in {} register{}:",
             args.a.display(),
             args.b.display(),
@@ -60,7 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             if d.len() == 1 { "" } else { "s" }
         );
         for x in &d {
-            println!("  {} {}: {} | {}", x.component_name, x.register, x.a, x.b);
+            outln!("  {} {}: {} | {}", x.component_name, x.register, x.a, x.b);
         }
     }
     Ok(if equal { 0 } else { 1 })

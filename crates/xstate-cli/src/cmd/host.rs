@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use serde_json::json;
 use xstate::components::mask_names;
 use xstate::strategy::{choose, Caps, Policy};
 
 use crate::cmd::layout::Report;
-use crate::common::{hex, host_dump, print_json};
+use crate::common::{hex, host_dump_unjudged, print_json};
+use crate::output::write_file;
 
 /// Arguments of `xstate host`.
 #[derive(clap::Args)]
@@ -19,6 +19,9 @@ pub struct Args {
     /// Also write this machine's CPUID to FILE as JSON (readable by `--cpuid FILE`).
     #[arg(long, value_name = "FILE")]
     dump_cpuid: Option<PathBuf>,
+    /// Replace the --dump-cpuid FILE when it exists.
+    #[arg(long, requires = "dump_cpuid")]
+    force: bool,
 }
 
 /// What this host's KVM offers for extended state, or why it cannot be used.
@@ -75,12 +78,11 @@ fn kvm_facts() -> KvmFacts {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let dump = host_dump()?;
+    let dump = host_dump_unjudged()?;
     if let Some(path) = &args.dump_cpuid {
-        std::fs::write(path, dump.to_json())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        write_file(path, dump.to_json().as_bytes(), &[], args.force)?;
         if !args.json {
-            eprintln!("wrote this machine's CPUID to {}", path.display());
+            errln!("wrote this machine's CPUID to {}", path.display());
         }
     }
     let xcr0 = dump.xcr0.unwrap_or(0);
@@ -115,6 +117,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let kernel_compacted = leaf.current_compacted_size();
     if args.json {
         let mut v = report.to_json();
+        v["source"] = json!(dump.source);
+        v["dump_cpuid"] = json!(args.dump_cpuid.as_ref().map(|p| p.display().to_string()));
         v["cpu"] = json!({
             "vendor": dump.vendor_string(),
             "brand": dump.brand(),
@@ -142,18 +146,18 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         print_json(&v);
         return Ok(report.status());
     }
-    println!(
+    outln!(
         "CPU             {} {} (family {family:#x}, model {model:#x}, stepping {stepping})",
         dump.vendor_string(),
         dump.brand().unwrap_or_default()
     );
     if !layout.has_xsave() {
-        println!("XSAVE           not supported: FXSAVE's 512-byte legacy area only");
-        println!("save            {}", user_choice.reason);
-        println!("KVM             {}", kvm.detail);
+        outln!("XSAVE           not supported: FXSAVE's 512-byte legacy area only");
+        outln!("save            {}", user_choice.reason);
+        outln!("KVM             {}", kvm.detail);
         return Ok(0);
     }
-    println!(
+    outln!(
         "XCR0            {} ({})",
         hex(xcr0),
         if dump.os_xsave() {
@@ -162,12 +166,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             String::from("CR4.OSXSAVE clear: the OS has not enabled XSAVE")
         }
     );
-    println!(
+    outln!(
         "XCR0 supported  {} ({})",
         hex(layout.xcr0_supported()),
         mask_names(layout.xcr0_supported())
     );
-    println!(
+    outln!(
         "IA32_XSS supp.  {} ({})",
         hex(layout.xss_supported()),
         if layout.xss_supported() == 0 {
@@ -177,26 +181,26 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     );
     match kernel_xss {
-        Some(x) => println!(
+        Some(x) => outln!(
             "IA32_XSS (OS)   {} ({}): CPUID.(0xD,1).EBX = {kernel_compacted} is the compacted size of XCR0|{}",
             hex(x),
             if x == 0 { String::from("none") } else { mask_names(x) },
             hex(x)
         ),
-        None => println!(
+        None => outln!(
             "IA32_XSS (OS)   unknown: CPUID.(0xD,1).EBX = {kernel_compacted} matches {} candidate(s)",
             xss_candidates.len()
         ),
     }
     match xinuse {
-        Some(x) => println!(
+        Some(x) => outln!(
             "XINUSE          {} ({}) as XGETBV(1) saw it in this process",
             hex(x),
             mask_names(x)
         ),
-        None => println!("XINUSE          not available (no XGETBV with ECX=1)"),
+        None => outln!("XINUSE          not available (no XGETBV with ECX=1)"),
     }
-    println!(
+    outln!(
         "instructions    XSAVEOPT {}  XSAVEC {}  XGETBV1 {}  XSAVES {}  XFD {}",
         yn(leaf.has_xsaveopt()),
         yn(leaf.has_xsavec()),
@@ -205,15 +209,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         yn(leaf.has_xfd())
     );
     // Each reason starts with the instruction's mnemonic.
-    println!("save (user)     {}", user_choice.reason);
-    println!("save (ring 0)   {}", ring0_choice.reason);
-    println!(
+    outln!("save (user)     {}", user_choice.reason);
+    outln!("save (ring 0)   {}", ring0_choice.reason);
+    outln!(
         "KVM             {} ({})",
         if kvm.usable { "usable" } else { "not usable" },
         kvm.detail
     );
     report.print_sizes();
-    println!();
+    outln!();
     report.print_table();
     Ok(report.status())
 }

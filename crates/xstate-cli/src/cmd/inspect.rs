@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 use xstate::components::{bits, mask, mask_names, Component};
 use xstate::cpuid::CpuidDump;
+use xstate::filekind::FileKind;
 use xstate::image::registers::{le_hex, registers};
 use xstate::image::{ImageError, Xsave, XsaveImage, FXSAVE_SIZE, MIN_SIZE};
 use xstate::layout::{Form, FormLayout, Layout};
@@ -62,10 +63,16 @@ fn legacy_geometry(form: Form) -> FormLayout {
 /// truncated file), the image is still read with its legacy area and header, and the reason is
 /// kept in `geometry_error`.
 pub(crate) fn load_image(path: &Path, layout: &Layout) -> anyhow::Result<Loaded> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    let input = crate::input::read(path, "image")?;
+    crate::input::expect(
+        path,
+        &input,
+        crate::input::image_or_snapshot,
+        crate::input::IMAGE_OR_SNAPSHOT,
+    )?;
+    let bytes = input.bytes;
     let file_size = bytes.len();
-    if xstate::snapshot::is_snapshot(&bytes) {
+    if input.kind == FileKind::Snapshot {
         let snap = super::xsnap::decode(path, &bytes)?;
         return Ok(Loaded {
             image: super::xsnap::source_image(path, &snap)?,
@@ -294,6 +301,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     };
     let bv = img.xstate_bv();
+    // A component whose XSTATE_BV bit gives it meaning but whose bytes cannot be read (the
+    // file is short, the layout cannot place it) makes the image unreadable: exit 1.
+    let unreadable: Vec<u8> = bits(bv & !mask::COMPACTED)
+        .filter(|&id| ld.geometry_error.is_some() && id >= 2 || reg_json(img, id).is_err())
+        .collect();
+    let status = i32::from(!unreadable.is_empty());
     if args.json {
         let mut comps = Map::new();
         for id in bits(bv) {
@@ -308,6 +321,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             comps.insert(name, v);
         }
         let mut out = json!({
+            "file": args.file.display().to_string(),
+            "cpuid": args.cpu.cpuid.as_ref().map(|p| p.display().to_string()),
             "form": form,
             "xstate_bv": hex(bv),
             "xcomp_bv": hex(img.xcomp_bv()),
@@ -320,10 +335,18 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         if let Some(s) = &ld.snapshot {
             out["snapshot"] = super::xsnap::meta_json(s);
         }
+        if !unreadable.is_empty() {
+            out["unreadable"] = Value::Array(
+                unreadable
+                    .iter()
+                    .map(|&id| Value::String(Component::name_of(id)))
+                    .collect(),
+            );
+        }
         print_json(&out);
-        return Ok(0);
+        return Ok(status);
     }
-    println!(
+    outln!(
         "{}: {} bytes, {} form (CPUID: {})",
         args.file.display(),
         ld.file_size,
@@ -335,25 +358,25 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     );
     if let Some(s) = &ld.snapshot {
-        println!("{}", super::xsnap::meta_text(s));
-        println!("image rebuilt on the snapshot's source layout:");
+        outln!("{}", super::xsnap::meta_text(s));
+        outln!("image rebuilt on the snapshot's source layout:");
     }
-    println!("XSTATE_BV {:#x} ({})", bv, mask_names(bv));
+    outln!("XSTATE_BV {:#x} ({})", bv, mask_names(bv));
     let xc = img.xcomp_bv();
-    println!("XCOMP_BV  {:#x} ({})", xc, mask_names(xc));
+    outln!("XCOMP_BV  {:#x} ({})", xc, mask_names(xc));
     let res = img.header_reserved();
     match res.iter().position(|&b| b != 0) {
-        None => println!("header bytes 16..63: zero"),
-        Some(i) => println!(
+        None => outln!("header bytes 16..63: zero"),
+        Some(i) => outln!(
             "header bytes 16..63: NOT zero (first non-zero byte at offset {})",
             528 + i
         ),
     }
     if let Some(e) = &ld.geometry_error {
-        println!("warning: {e}; only the legacy area and header are shown");
+        outln!("warning: {e}; only the legacy area and header are shown");
     }
     let mx = img.mxcsr();
-    println!(
+    outln!(
         "MXCSR {:#x} ({}), MXCSR_MASK {:#x}",
         mx,
         mxcsr_text(mx),
@@ -361,7 +384,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     );
     for id in bits(bv) {
         if id == 63 {
-            println!("bit 63: not a component (XSTATE_BV bit 63 makes any restore fault)");
+            outln!("bit 63: not a component (XSTATE_BV bit 63 makes any restore fault)");
             continue;
         }
         let name = Component::name_of(id);
@@ -369,7 +392,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             .placement(id)
             .map(|p| format!("offset {}, {} bytes", p.offset, p.size))
             .unwrap_or_else(|e| format!("cannot be read: {e}"));
-        println!("{name} (component {id}): {place}");
+        outln!("{name} (component {id}): {place}");
         for spec in registers(id) {
             if id == 1 && spec.name != "xmm" {
                 continue;
@@ -389,9 +412,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                             let mut b = [0u8; 16];
                             b[..v.len().min(16)].copy_from_slice(&v[..v.len().min(16)]);
                             let f = x87_decimal(u128::from_le_bytes(b));
-                            println!("  {label:<10} {h} ({f})");
+                            outln!("  {label:<10} {h} ({f})");
                         } else {
-                            println!("  {label:<10} {h}");
+                            outln!("  {label:<10} {h}");
                         }
                     }
                     Err(_) => {
@@ -402,7 +425,19 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     }
     print_vectors(img);
-    Ok(0)
+    if !unreadable.is_empty() {
+        println!(
+            "UNREADABLE: {} present in XSTATE_BV but not readable from the {} bytes of {}",
+            unreadable
+                .iter()
+                .map(|&id| Component::name_of(id))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ld.file_size,
+            args.file.display()
+        );
+    }
+    Ok(status)
 }
 
 /// The full vector registers as software sees them, assembled from their pieces (XMM in the
@@ -414,22 +449,22 @@ fn print_vectors<B: AsRef<[u8]>>(img: &Xsave<B>) {
     if bv & (mask::AVX | mask::ZMM_HI256 | mask::HI16_ZMM) == 0 || img.placement(2).is_err() {
         return;
     }
-    println!("vector registers (assembled):");
+    outln!("vector registers (assembled):");
     for i in 0..16 {
         let mut v = Vec::new();
         v.extend_from_slice(&img.register(1, "xmm", i).unwrap_or_default());
         v.extend_from_slice(&img.register(2, "ymm_hi", i).unwrap_or_default());
         if avx512 {
             v.extend_from_slice(&img.register(6, "zmm_hi", i).unwrap_or_default());
-            println!("  zmm{i:<8} {}", le_hex(&v));
+            outln!("  zmm{i:<8} {}", le_hex(&v));
         } else {
-            println!("  ymm{i:<8} {}", le_hex(&v));
+            outln!("  ymm{i:<8} {}", le_hex(&v));
         }
     }
     if avx512 && img.placement(7).is_ok() {
         for i in 0..16 {
             let v = img.register(7, "zmm", i).unwrap_or_default();
-            println!("  zmm{:<8} {}", i + 16, le_hex(&v));
+            outln!("  zmm{:<8} {}", i + 16, le_hex(&v));
         }
     }
 }

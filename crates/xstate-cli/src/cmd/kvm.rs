@@ -27,9 +27,14 @@ enum Sub {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
-        /// Keep the capture and the guests' images in DIR.
+        /// Keep the capture (vcpu0.xsnap) and the guests' images (vm_a_loaded.xsave,
+        /// vm_a_captured.xsave, vm_b_saved.xsave) in DIR; existing files there are not
+        /// replaced unless --force.
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
+        /// Replace the files of an earlier demo in the --keep DIR.
+        #[arg(long, requires = "keep")]
+        force: bool,
     },
     /// The guest CPUID leaf 0xD (and the feature leaves that must agree with it) a VMM would
     /// set for a chosen set of guest components.
@@ -40,15 +45,15 @@ enum Sub {
 pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.cmd {
         Sub::Info { json } => imp::info(json),
-        Sub::Demo { json, keep } => imp::demo(json, keep.as_deref()),
+        Sub::Demo { json, keep, force } => imp::demo(json, keep.as_deref(), force),
         Sub::Cpuid(a) => crate::cmd::kvm_cpuid::run(a),
     }
 }
 
 /// Prints why KVM cannot be used and returns exit status 2.
 fn no_kvm(why: &str) -> anyhow::Result<i32> {
-    eprintln!("xstate: KVM is not available: {why}");
-    eprintln!("xstate: `xstate kvm` needs /dev/kvm (Linux on x86-64, read-write access)");
+    errln!("xstate: KVM is not available: {why}");
+    errln!("xstate: `xstate kvm` needs /dev/kvm (Linux on x86-64, read-write access)");
     Ok(2)
 }
 
@@ -62,7 +67,8 @@ mod imp {
     use xstate_kvm::guest::demo;
     use xstate_kvm::{msr, perm, Kvm, KvmSetup};
 
-    use crate::common::{hex, print_json};
+    use crate::common::{hex, names, print_json};
+    use crate::output::{check_output, write_file};
 
     pub(super) fn info(json_out: bool) -> anyhow::Result<i32> {
         if let Some(why) = xstate_kvm::unavailable() {
@@ -94,7 +100,7 @@ mod imp {
                 "api_version": api,
                 "xsave2_size": xsave2,
                 "guest_xcr0": hex(guest_xcr0),
-                "guest_xcr0_components": mask_names(guest_xcr0),
+                "guest_xcr0_components": names(guest_xcr0),
                 "guest_permitted": opt_hex(perm_guest),
                 "process_permitted": opt_hex(perm_host),
                 "kernel_supported": opt_hex(kernel_supp),
@@ -107,15 +113,15 @@ mod imp {
             v.map(|m| format!("{m:#x} ({})", mask_names(m)))
                 .unwrap_or_else(|| "unknown".into())
         };
-        println!("KVM API version        {api}");
-        println!("KVM_CAP_XSAVE2         {xsave2} bytes");
-        println!(
+        outln!("KVM API version        {api}");
+        outln!("KVM_CAP_XSAVE2         {xsave2} bytes");
+        outln!(
             "guest XCR0 supported   {guest_xcr0:#x} ({})",
             mask_names(guest_xcr0)
         );
-        println!("guest permissions      {}", show(perm_guest));
-        println!("process permissions    {}", show(perm_host));
-        println!("kernel user features   {}", show(kernel_supp));
+        outln!("guest permissions      {}", show(perm_guest));
+        outln!("process permissions    {}", show(perm_host));
+        outln!("kernel user features   {}", show(kernel_supp));
         let names = |v: &[u32]| {
             if v.is_empty() {
                 "none".to_string()
@@ -126,14 +132,28 @@ mod imp {
                     .join(", ")
             }
         };
-        println!("extended-state MSRs    {}", names(&listed));
-        println!("  not listed by KVM    {}", names(&not_listed));
+        outln!("extended-state MSRs    {}", names(&listed));
+        outln!("  not listed by KVM    {}", names(&not_listed));
         Ok(0)
     }
 
-    pub(super) fn demo(json_out: bool, keep: Option<&Path>) -> anyhow::Result<i32> {
+    /// The files `kvm demo` writes in its directory.
+    const SNAPSHOT: &str = "vcpu0.xsnap";
+    const IMAGES: [&str; 3] = [
+        "vm_a_loaded.xsave",
+        "vm_a_captured.xsave",
+        "vm_b_saved.xsave",
+    ];
+
+    pub(super) fn demo(json_out: bool, keep: Option<&Path>, force: bool) -> anyhow::Result<i32> {
         if let Some(why) = xstate_kvm::unavailable() {
             return no_kvm(&why);
+        }
+        // An earlier demo's files are refused before any VM runs.
+        if let Some(d) = keep {
+            for f in std::iter::once(SNAPSHOT).chain(IMAGES) {
+                check_output(&d.join(f), &[], force)?;
+            }
         }
         // Guest permissions first (AMX where there is one), then VMs.
         let mut setup = KvmSetup::open()?;
@@ -143,6 +163,8 @@ mod imp {
             .context("requesting guest permissions for dynamic components")?;
         let kvm = setup.ready()?;
 
+        // Without --keep: a fresh private directory, removed when `_tmp` is dropped.
+        let mut _tmp = None;
         let dir = match keep {
             Some(d) => {
                 std::fs::create_dir_all(d)
@@ -150,17 +172,16 @@ mod imp {
                 d.to_path_buf()
             }
             None => {
-                let d = std::env::temp_dir().join(format!("xstate-demo-{}", std::process::id()));
-                std::fs::create_dir_all(&d)
-                    .with_context(|| format!("cannot create {}", d.display()))?;
+                let t = tempfile::Builder::new()
+                    .prefix("xstate-demo-")
+                    .tempdir()
+                    .context("cannot create a temporary directory")?;
+                let d = t.path().to_path_buf();
+                _tmp = Some(t);
                 d
             }
         };
-        let result = demo_in(&kvm, &dir, keep.is_some());
-        if keep.is_none() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        let (report, snapshot, snapshot_bytes) = result?;
+        let (report, snapshot, snapshot_bytes) = demo_in(&kvm, &dir, keep.is_some(), force)?;
         let ok = report.mismatches.is_empty();
         if json_out {
             print_json(&json!({
@@ -172,32 +193,38 @@ mod imp {
                 "components_verified": report.components_verified,
                 "snapshot": snapshot.display().to_string(),
                 "snapshot_bytes": snapshot_bytes,
+                "kept": keep.is_some(),
                 "mismatches": report.mismatches,
             }));
         } else {
-            println!(
+            outln!(
                 "KVM: KVM_CAP_XSAVE2 {} bytes, guest XCR0 {:#x} ({})",
                 report.xsave2_size,
                 report.guest_xcr0,
                 mask_names(report.guest_xcr0)
             );
-            println!(
+            outln!(
                 "VM A: guest XRSTOR loaded distinct values; host captured XCR0, MSRs, XSAVE image"
             );
-            println!(
+            outln!(
                 "snapshot: {} ({snapshot_bytes} bytes){}",
                 snapshot.display(),
                 if keep.is_some() { "" } else { ", removed" }
             );
-            println!("VM B: restored from the snapshot; guest XSAVE stored its registers");
-            println!("verified: {}", report.components_verified.join(", "));
+            outln!("VM B: restored from the snapshot; guest XSAVE stored its registers");
+            outln!("verified: {}", report.components_verified.join(", "));
             for m in &report.mismatches {
-                println!(
+                outln!(
                     "MISMATCH [{}] {} {} at offset {}: expected {}, got {}",
-                    m.stage, m.component, m.field, m.offset, m.expected, m.got
+                    m.stage,
+                    m.component,
+                    m.field,
+                    m.offset,
+                    m.expected,
+                    m.got
                 );
             }
-            println!("{}", if ok { "ok" } else { "FAILED" });
+            outln!("{}", if ok { "ok" } else { "FAILED" });
         }
         Ok(if ok { 0 } else { 1 })
     }
@@ -207,21 +234,19 @@ mod imp {
         kvm: &Kvm,
         dir: &Path,
         keep_images: bool,
+        force: bool,
     ) -> anyhow::Result<(demo::Report, PathBuf, u64)> {
         let loaded = demo::run_vm_a(kvm).context("VM A")?;
-        let path = dir.join("vcpu0.xsnap");
-        let bytes = capture::save(kvm, &path, &loaded.state)?;
+        let path = dir.join(SNAPSHOT);
+        let bytes = capture::save(kvm, &path, &loaded.state, force)?;
         let restored = capture::load(kvm, &path)?;
         let image = demo::run_vm_b(kvm, &restored, &loaded.layout).context("VM B")?;
         if keep_images {
-            for (name, img) in [
-                ("vm_a_loaded.xsave", &loaded.expected),
-                ("vm_a_captured.xsave", &loaded.state.xsave),
-                ("vm_b_saved.xsave", &image),
-            ] {
-                let p = dir.join(name);
-                std::fs::write(&p, img.as_bytes())
-                    .with_context(|| format!("cannot write {}", p.display()))?;
+            for (name, img) in IMAGES
+                .iter()
+                .zip([&loaded.expected, &loaded.state.xsave, &image])
+            {
+                write_file(&dir.join(name), img.as_bytes(), &[], force)?;
             }
         }
         Ok((demo::verdict(&loaded, &image), path, bytes))
@@ -238,19 +263,22 @@ mod imp {
         use xstate_kvm::{Kvm, VcpuXstate};
 
         /// Writes `state` to `path` as a snapshot; returns the file size.
-        pub fn save(kvm: &Kvm, path: &Path, state: &VcpuXstate) -> anyhow::Result<u64> {
+        pub fn save(
+            kvm: &Kvm,
+            path: &Path,
+            state: &VcpuXstate,
+            force: bool,
+        ) -> anyhow::Result<u64> {
             let bytes = snapshot_of(kvm, state)
                 .context("cannot take a snapshot of VM A's vCPU")?
                 .encode()?;
-            std::fs::write(path, &bytes)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            crate::output::write_file(path, &bytes, &[], force)?;
             Ok(bytes.len() as u64)
         }
 
         /// Reads a snapshot written by [`save`] and rebuilds the state for this KVM.
         pub fn load(kvm: &Kvm, path: &Path) -> anyhow::Result<VcpuXstate> {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let bytes = crate::input::read(path, "snapshot")?.bytes;
             let snap = Snapshot::decode(&bytes)
                 .with_context(|| format!("{}: not a readable snapshot", path.display()))?;
             let v = xstate::compat::check(&snap, &xstate_kvm::snapshot::destination(kvm));
@@ -275,7 +303,7 @@ mod imp {
         no_kvm(&xstate_kvm::Error::Unsupported.to_string())
     }
 
-    pub(super) fn demo(_json: bool, _keep: Option<&Path>) -> anyhow::Result<i32> {
+    pub(super) fn demo(_json: bool, _keep: Option<&Path>, _force: bool) -> anyhow::Result<i32> {
         no_kvm(&xstate_kvm::Error::Unsupported.to_string())
     }
 }

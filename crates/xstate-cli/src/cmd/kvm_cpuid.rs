@@ -11,7 +11,7 @@ use serde_json::json;
 use xstate::components::{mask_names, parse_list};
 use xstate::guest_cpuid::{guest_cpuid, guest_masks, GuestCpuid};
 
-use crate::common::{hex, layout_of, print_json, CpuSource};
+use crate::common::{hex, layout_of, names, print_json, CpuSource};
 
 /// Arguments of `xstate kvm cpuid`.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -80,6 +80,7 @@ fn load_source(src: &CpuSource) -> anyhow::Result<(xstate::cpuid::CpuidDump, Str
     }
     if !src.host {
         if let Some(d) = kvm_supported()? {
+            crate::trust::judge(&d)?;
             return Ok((d, String::from("KVM_GET_SUPPORTED_CPUID")));
         }
     }
@@ -108,24 +109,24 @@ fn kvm_supported() -> anyhow::Result<Option<xstate::cpuid::CpuidDump>> {
 
 /// The JSON form: masks and sizes, every entry with hex registers, the cleared feature bits.
 pub fn to_json(g: &GuestCpuid, source: &str) -> serde_json::Value {
-    let h32 = |v: u32| format!("{v:#010x}");
+    let h32 = |v: u32| format!("{v:#x}");
     json!({
         "source": source,
         "xcr0": hex(g.xcr0),
-        "xcr0_components": mask_names(g.xcr0),
+        "xcr0_components": names(g.xcr0),
         "xss": hex(g.xss),
-        "xss_components": mask_names(g.xss),
+        "xss_components": names(g.xss),
         "standard_size": g.standard_size,
         "compacted_size": g.compacted_size,
         "entries": g.entries.iter().map(|e| json!({
-            "function": format!("{:#x}", e.function),
-            "index": format!("{:#x}", e.index),
+            "leaf": format!("{:#x}", e.function),
+            "subleaf": format!("{:#x}", e.index),
             "eax": h32(e.eax), "ebx": h32(e.ebx), "ecx": h32(e.ecx), "edx": h32(e.edx),
         })).collect::<Vec<_>>(),
         "cleared": g.cleared.iter().map(|c| json!({
             "feature": c.feature.name,
             "leaf": format!("{:#x}", c.feature.leaf),
-            "subleaf": c.feature.subleaf,
+            "subleaf": format!("{:#x}", c.feature.subleaf),
             "reg": c.feature.reg,
             "bit": c.feature.bit,
             "because": c.because,
@@ -135,8 +136,8 @@ pub fn to_json(g: &GuestCpuid, source: &str) -> serde_json::Value {
 }
 
 fn print_human(g: &GuestCpuid, source: &str, supported: u64) {
-    println!("source: {source} (supports {})", mask_names(supported));
-    println!(
+    outln!("source: {source} (supports {})", mask_names(supported));
+    outln!(
         "guest XCR0 {:#x} ({}), IA32_XSS {:#x} ({})",
         g.xcr0,
         mask_names(g.xcr0),
@@ -147,29 +148,40 @@ fn print_human(g: &GuestCpuid, source: &str, supported: u64) {
             mask_names(g.xss)
         }
     );
-    println!(
+    outln!(
         "standard size {} bytes, compacted size {} bytes",
-        g.standard_size, g.compacted_size
+        g.standard_size,
+        g.compacted_size
     );
     for n in &g.notes {
-        println!("  {n}");
+        outln!("  {n}");
     }
-    println!();
-    println!("  leaf       sub   eax        ebx        ecx        edx");
+    outln!();
+    outln!("  leaf       sub   eax        ebx        ecx        edx");
     for e in &g.entries {
-        println!(
+        outln!(
             "  {:#010x} {:#04x}  {:#010x} {:#010x} {:#010x} {:#010x}",
-            e.function, e.index, e.eax, e.ebx, e.ecx, e.edx
+            e.function,
+            e.index,
+            e.eax,
+            e.ebx,
+            e.ecx,
+            e.edx
         );
     }
     if !g.cleared.is_empty() {
-        println!();
-        println!("cleared feature bits:");
+        outln!();
+        outln!("cleared feature bits:");
         for c in &g.cleared {
             let f = &c.feature;
-            println!(
+            outln!(
                 "  {:<20} CPUID.({:#x},{}).{:?}[{}]  needs {}",
-                f.name, f.leaf, f.subleaf, f.reg, f.bit, c.because
+                f.name,
+                f.leaf,
+                f.subleaf,
+                f.reg,
+                f.bit,
+                c.because
             );
         }
     }

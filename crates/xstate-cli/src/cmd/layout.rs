@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use serde_json::{json, Value};
 use xstate::components::{bits, mask, mask_names, Component};
 use xstate::cpuid::CpuidDump;
 use xstate::layout::{FormLayout, Layout};
 
 use crate::common::{hex, parse_hex, print_json, CpuSource};
+use crate::output::{check_output, write_file};
 use crate::svg;
 
 /// Arguments of `xstate layout`.
@@ -29,6 +29,9 @@ pub struct Args {
     /// Draw both forms side by side as an SVG byte map into FILE.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+    /// Replace the --svg FILE when it exists.
+    #[arg(long, requires = "svg")]
+    force: bool,
 }
 
 /// A computed layout report: what `layout` prints and `host` reuses.
@@ -50,9 +53,15 @@ pub struct Report {
 }
 
 impl Report {
-    /// Computes the report; an XCR0 or IA32_XSS the CPU would refuse is an error (exit 2).
+    /// Computes the report; an XCR0 or IA32_XSS given (`--xcr0`, `--xss`) that the CPU would
+    /// refuse is an error (exit 2). The defaults come from the CPUID data: when the data
+    /// cannot give valid ones (no leaf 0xD, say), that is a consistency problem of the data,
+    /// reported as such (exit 1), not blamed on an option nobody passed.
     pub fn new(dump: &CpuidDump, xcr0: Option<u64>, xss: Option<u64>) -> anyhow::Result<Report> {
         let layout = Layout::from_dump(dump);
+        // The XSETBV/WRMSR rules judge masks the user gave (exit 2); a default taken from the
+        // data that breaks them is the data's fault, reported as inconsistent below (exit 1).
+        let (given_xcr0, given_xss) = (xcr0.is_some(), xss.is_some());
         let xcr0 = xcr0.unwrap_or(if layout.has_xsave() {
             layout.xcr0_supported()
         } else {
@@ -60,16 +69,20 @@ impl Report {
         });
         let xss = xss.unwrap_or(layout.xss_supported());
         if layout.has_xsave() {
-            layout.check_xcr0(xcr0)?;
-            layout.check_xss(xss)?;
+            if given_xcr0 {
+                layout.check_xcr0(xcr0)?;
+            }
+            if given_xss {
+                layout.check_xss(xss)?;
+            }
         }
-        let inconsistencies = layout.consistency();
+        let inconsistencies = layout.consistency_with(dump.xcr0, None);
         let consistent = inconsistencies.is_empty();
         let mut warnings: Vec<String> = dump.notes.clone();
         warnings.extend(
             inconsistencies
                 .iter()
-                .map(|i| format!("inconsistent CPUID: {i}")),
+                .map(|i| format!("inconsistent CPUID: {i} [{}]", i.rule())),
         );
         for (id, size, arch) in layout.size_notes() {
             warnings.push(format!(
@@ -165,15 +178,22 @@ impl Report {
     pub fn print_table(&self) {
         let std = self.standard.as_ref().ok();
         let cmp = self.compacted.as_ref().ok();
-        println!(
+        outln!(
             "  {:>3}  {:<11} {:<10} {:>6}  {:>8}  {:>9}  {:<7} {:<3}",
-            "id", "component", "kind", "size", "standard", "compacted", "align64", "xfd"
+            "id",
+            "component",
+            "kind",
+            "size",
+            "standard",
+            "compacted",
+            "align64",
+            "xfd"
         );
         for id in bits(self.xcr0 | self.xss | mask::LEGACY) {
             let g = self.layout.geometry(id);
             let size = g.size;
             let opt = |v: Option<u32>| v.map_or_else(|| String::from("-"), |v| v.to_string());
-            println!(
+            outln!(
                 "  {:>3}  {:<11} {:<10} {:>6}  {:>8}  {:>9}  {:<7} {:<3}",
                 id,
                 Component::name_of(id),
@@ -190,61 +210,70 @@ impl Report {
     /// Prints the size lines and warnings.
     pub fn print_sizes(&self) {
         match &self.standard {
-            Ok(s) => println!("standard size   {:>6}  (XCR0 {})", s.size, hex(self.xcr0)),
-            Err(e) => println!("standard size        ?  ({e})"),
+            Ok(s) => outln!("standard size   {:>6}  (XCR0 {})", s.size, hex(self.xcr0)),
+            Err(e) => outln!("standard size        ?  ({e})"),
         }
         match &self.compacted {
-            Ok(c) => println!(
+            Ok(c) => outln!(
                 "compacted size  {:>6}  (XCR0|XSS {})",
                 c.size,
                 hex(self.xcr0 | self.xss)
             ),
-            Err(e) => println!("compacted size       ?  ({e})"),
+            Err(e) => outln!("compacted size       ?  ({e})"),
         }
-        println!(
+        outln!(
             "max standard    {:>6}  (every supported user component; CPUID.(0xD,0).ECX says {})",
             self.layout.max_standard_size(),
             self.layout.leaf().max_standard_size()
         );
         if self.consistent {
-            println!("CPUID data      consistent");
+            outln!("CPUID data      consistent");
         } else {
-            println!("CPUID data      INCONSISTENT (see warnings)");
+            outln!("CPUID data      INCONSISTENT (see warnings)");
         }
         for w in &self.warnings {
-            println!("warning: {w}");
+            outln!("warning: {w}");
         }
     }
 
-    /// Exit status: 1 when a requested form could not be laid out (inconsistent data), else 0.
+    /// Exit status: 1 when the CPUID data breaks a consistency rule or a requested form could
+    /// not be laid out, else 0.
     pub fn status(&self) -> i32 {
         let std_bad = self.standard.is_err();
         let cmp_bad = self.layout.has_xsave() && self.compacted.is_err();
-        i32::from(std_bad || cmp_bad)
+        i32::from(!self.consistent || std_bad || cmp_bad)
     }
 }
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let dump = args.src.load()?;
+    let inputs: Vec<&std::path::Path> = args.src.cpuid.as_deref().into_iter().collect();
+    if let Some(path) = &args.svg {
+        check_output(path, &inputs, args.force)?;
+    }
+    // `layout` reports inconsistent data (and exits 1) rather than refusing it.
+    let dump = args.src.load_unjudged()?;
     let report = Report::new(&dump, args.xcr0, args.xss)?;
     if let Some(path) = &args.svg {
         let doc = svg::render(&report, &dump.source);
-        std::fs::write(path, doc).with_context(|| format!("cannot write {}", path.display()))?;
+        write_file(path, doc.as_bytes(), &inputs, args.force)?;
         if !args.json {
-            eprintln!("wrote {}", path.display());
+            errln!("wrote {}", path.display());
         }
     }
     if args.json {
-        print_json(&report.to_json());
+        let mut v = report.to_json();
+        v["source"] = json!(dump.source);
+        v["svg"] = json!(args.svg.as_ref().map(|p| p.display().to_string()));
+        print_json(&v);
     } else {
-        println!("source          {} ({})", dump.source, dump.format);
-        println!(
+        outln!("source          {} ({})", dump.source, dump.format);
+        outln!(
             "XCR0            {} ({})",
             hex(report.xcr0),
             mask_names(report.xcr0)
         );
-        println!(
+        outln!(
             "IA32_XSS        {} ({})",
             hex(report.xss),
             if report.xss == 0 {
@@ -254,7 +283,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             }
         );
         report.print_sizes();
-        println!();
+        outln!();
         report.print_table();
     }
     Ok(report.status())

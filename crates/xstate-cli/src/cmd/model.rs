@@ -15,12 +15,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde_json::{json, Value};
 use xstate::components::mask;
 use xstate::model::{CpuProfile, Fault, ModelCpu, Msr};
 
 use crate::common::{hex, parse_hex, print_json, CpuSource};
+use crate::output::{check_output, write_file};
 
 /// The instruction to run.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,22 +105,36 @@ pub struct Args {
     /// Linear address of the memory operand (default 0; not a multiple of 64 → #GP).
     #[arg(long, value_parser = parse_hex, value_name = "HEX", default_value = "0")]
     addr: u64,
+    /// Replace OUT.bin when it exists (never when it is STATE.bin or MEM.bin).
+    #[arg(long)]
+    force: bool,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
 }
 
-fn fault_exit(f: &Fault, json_out: bool) -> i32 {
-    if json_out {
+fn fault_exit(f: &Fault, a: &Args) -> i32 {
+    if a.json {
         print_json(&json!({
+            "insn": a.insn.name(),
             "fault": f.exception.mnemonic(),
             "rule": f.rule,
             "detail": f.detail,
+            "state": a.state.as_ref().map(|p| p.display().to_string()),
+            "mem": a.mem.display().to_string(),
+            "cpuid": a.src.cpuid.as_ref().map(|p| p.display().to_string()),
+            "out": a.out.display().to_string(),
+            "written": false,
         }));
     } else {
-        println!("fault: {} {}", f.exception, f.rule);
+        outln!(
+            "fault: {} {} (nothing written to {})",
+            f.exception,
+            f.rule,
+            a.out.display()
+        );
         if !f.detail.is_empty() {
-            println!("  {}", f.detail);
+            outln!("  {}", f.detail);
         }
     }
     3
@@ -146,6 +161,10 @@ fn changed(a: &[u8], b: &[u8]) -> Vec<(usize, usize)> {
 
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    let mut inputs = vec![a.mem.as_path()];
+    inputs.extend(a.state.as_deref());
+    inputs.extend(a.src.cpuid.as_deref());
+    check_output(&a.out, &inputs, a.force)?;
     let dump = a.src.load()?;
     let mut profile = if a.src.is_host() {
         #[cfg(target_arch = "x86_64")]
@@ -186,7 +205,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     // The register state before.
     let state = match &a.state {
-        Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+        Some(p) => crate::input::read(p, "--state")?.bytes,
         None => {
             let mut s = vec![0u8; 576];
             s[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
@@ -210,7 +229,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     cpu.cpl = a.cpl;
     let xinuse_before = cpu.xinuse();
     let rfbm = a.rfbm.unwrap_or(u64::MAX);
-    let mem = std::fs::read(&a.mem).with_context(|| format!("cannot read {}", a.mem.display()))?;
+    let mem = crate::input::read(&a.mem, "--mem")?.bytes;
 
     let (result, out): (Result<(), Fault>, Vec<u8>) = if a.insn.is_save() {
         let mut m = mem.clone();
@@ -234,9 +253,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if f.exception == xstate::model::Exception::Refused {
             bail!("the model cannot run this: {f}");
         }
-        return Ok(fault_exit(&f, a.json));
+        return Ok(fault_exit(&f, &a));
     }
-    std::fs::write(&a.out, &out).with_context(|| format!("cannot write {}", a.out.display()))?;
+    write_file(&a.out, &out, &inputs, a.force)?;
 
     let xgetbv1 = cpu.xgetbv(1).ok();
     let written: Vec<Value> = if a.insn.is_save() {
@@ -275,11 +294,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "xrstor_info": info,
             "changed_ranges": written,
             "supervisor_components": supervisor,
+            "state": a.state.as_ref().map(|p| p.display().to_string()),
+            "mem": a.mem.display().to_string(),
+            "cpuid": a.src.cpuid.as_ref().map(|p| p.display().to_string()),
             "out": a.out.display().to_string(),
             "out_size": out.len(),
         }));
     } else {
-        println!(
+        outln!(
             "{} with EDX:EAX {:#x}: XCR0 {:#x}, IA32_XSS {:#x}, IA32_XFD {:#x}, CPL {}",
             a.insn.name().to_uppercase(),
             rfbm,
@@ -288,7 +310,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             cpu.xfd,
             cpu.cpl
         );
-        println!(
+        outln!(
             "XINUSE {:#x} -> {:#x}; MXCSR {:#x}",
             xinuse_before,
             cpu.xinuse(),
@@ -299,7 +321,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 .into_iter()
                 .map(|(s, e)| format!("{s}..{e}"))
                 .collect();
-            println!(
+            outln!(
                 "bytes changed: {}",
                 if ranges.is_empty() {
                     "none".into()
@@ -308,7 +330,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 }
             );
         }
-        println!("wrote {} ({} bytes)", a.out.display(), out.len());
+        outln!(
+            "wrote {} ({} bytes) from --mem {}{}",
+            a.out.display(),
+            out.len(),
+            a.mem.display(),
+            match &a.state {
+                Some(p) => format!(", --state {}", p.display()),
+                None => String::new(),
+            }
+        );
     }
     Ok(0)
 }

@@ -6,14 +6,14 @@
 //! `--host` takes XCR0 (XGETBV), IA32_XSS support (CPUID.(0xD,1):EDX:ECX) and the MXCSR mask
 //! (FXSAVE) from this machine. For `kvm` the supported guest XCR0 is `--xcr0`, else what
 //! /dev/kvm reports (KVM_X86_XCOMP_GUEST_SUPP) when it can be opened, else this machine's XCR0
-//! (KVM offers guests at most the host's XCR0, DESIGN.md §6); the vCPU buffer's user features
+//! (KVM offers guests at most the host's XCR0: docs/images.md); the vCPU buffer's user features
 //! are `--user-features`, else the supported XCR0 without dynamic features (a vCPU whose
 //! buffer has not grown for AMX tile data).
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use serde_json::json;
+use xstate::filekind::FileKind;
 use xstate::validate::{self, KvmConfig, Profile, RestoreConfig};
 
 use super::inspect::{hex_arg, machine};
@@ -22,13 +22,13 @@ use crate::common::{hex, print_json, CpuSource};
 /// The rule sets `--profile` selects.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProfileArg {
-    /// XRSTOR of a standard-form image (DESIGN.md §5).
+    /// XRSTOR of a standard-form image (SDM Vol. 1 §13.8, docs/images.md).
     Xrstor,
     /// XRSTOR of a compacted-form image.
     XrstorCompacted,
     /// XRSTORS (compacted form, supervisor components, CPL 0).
     Xrstors,
-    /// KVM_SET_XSAVE (DESIGN.md §6).
+    /// KVM_SET_XSAVE (the kernel's checks, as measured: docs/images.md).
     Kvm,
     /// Structural checks of a portable `.xsnap` snapshot (docs/xsnap.md §5).
     Snapshot,
@@ -80,8 +80,21 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         return super::xsnap::validate_file(&args.file, args.json);
     }
     let m = machine(&args.cpu, args.xcr0, args.xss, args.mxcsr_mask)?;
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read image {}", args.file.display()))?;
+    let input = crate::input::read(&args.file, "image")?;
+    crate::input::expect(
+        &args.file,
+        &input,
+        |k| matches!(k, FileKind::XsaveStandard | FileKind::XsaveCompacted),
+        if matches!(
+            input.kind,
+            FileKind::Snapshot | FileKind::DamagedSnapshot { .. }
+        ) {
+            "an XSAVE image for this profile (a snapshot is checked with --profile snapshot)"
+        } else {
+            "an XSAVE image (standard or compacted form, at least 576 bytes)"
+        },
+    )?;
+    let bytes = input.bytes;
     let rc = RestoreConfig::for_layout(&m.layout, m.xcr0, m.xss, m.mxcsr_mask);
     let kvm_cfg = {
         let supported = match args.xcr0 {
@@ -97,23 +110,27 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             .unwrap_or(supported & !xstate::components::mask::DYNAMIC);
         k
     };
-    let violations = match args.profile {
-        ProfileArg::Xrstor => validate::validate(&bytes, &Profile::Xrstor(rc)),
-        ProfileArg::XrstorCompacted => validate::validate(&bytes, &Profile::XrstorCompacted(rc)),
-        ProfileArg::Xrstors => validate::xrstors_with_layout(&bytes, &rc, Some(&m.layout)),
-        ProfileArg::Snapshot => Vec::new(), // handled above
-        ProfileArg::Kvm => validate::validate(&bytes, &Profile::Kvm(kvm_cfg)),
+    // Every profile includes the size rule: the image must hold every byte the restore reads
+    // for its header (validate::required_size).
+    let profile = match args.profile {
+        ProfileArg::Xrstor => Profile::Xrstor(rc),
+        ProfileArg::XrstorCompacted => Profile::XrstorCompacted(rc),
+        ProfileArg::Xrstors => Profile::Xrstors(rc),
+        ProfileArg::Kvm => Profile::Kvm(kvm_cfg),
+        ProfileArg::Snapshot => return super::xsnap::validate_file(&args.file, args.json),
     };
+    let violations = validate::validate_with_layout(&bytes, &profile, &m.layout);
     let valid = violations.is_empty();
     if args.json {
         print_json(&json!({
             "file": args.file.display().to_string(),
+            "cpuid": args.cpu.cpuid.as_ref().map(|p| p.display().to_string()),
             "profile": args.profile.name(),
             "valid": valid,
             "xcr0": hex(if args.profile == ProfileArg::Kvm { kvm_cfg.supported_xcr0 } else { m.xcr0 }),
             "xss": hex(m.xss),
             "mxcsr_mask": hex(u64::from(m.mxcsr_mask)),
-            "violations": violations,
+            "violations": violations.iter().map(violation_json).collect::<Vec<_>>(),
         }));
     } else {
         let ctx = match args.profile {
@@ -128,13 +145,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             _ => format!("XCR0 {:#x}, MXCSR mask {:#x}", m.xcr0, m.mxcsr_mask),
         };
         if valid {
-            println!(
+            outln!(
                 "valid: {} accepts {} ({ctx})",
                 args.profile.name(),
                 args.file.display()
             );
         } else {
-            println!(
+            outln!(
                 "invalid: {} refuses {} ({ctx}): {} violation{}",
                 args.profile.name(),
                 args.file.display(),
@@ -142,11 +159,21 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 if violations.len() == 1 { "" } else { "s" }
             );
             for v in &violations {
-                println!("  {v}");
+                outln!("  {v}");
             }
         }
     }
     Ok(if valid { 0 } else { 1 })
+}
+
+/// A violation as JSON: the value (up to 64 bits) as a lower-case hex string.
+fn violation_json(v: &validate::Violation) -> serde_json::Value {
+    json!({
+        "rule": v.rule,
+        "offset": v.offset,
+        "value": hex(v.value),
+        "message": v.message,
+    })
 }
 
 /// The guest XCR0 /dev/kvm supports (KVM_X86_XCOMP_GUEST_SUPP), when /dev/kvm opens.

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use xstate::components::{mask, mask_names, Component};
+use xstate::filekind::FileKind;
 use xstate::image::XsaveImage;
 use xstate::layout::{Form, Layout};
 use xstate::snapshot::{ControlRegs, Snapshot, SourceCpu};
@@ -15,25 +16,20 @@ use crate::common::hex;
 
 /// Reads and decodes a snapshot file.
 pub fn load_snapshot(path: &Path) -> anyhow::Result<Snapshot> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read snapshot {}", path.display()))?;
-    decode(path, &bytes)
+    let input = crate::input::read(path, "snapshot")?;
+    crate::input::expect(
+        path,
+        &input,
+        |k| matches!(k, FileKind::Snapshot),
+        "an .xsnap snapshot",
+    )?;
+    decode(path, &input.bytes)
 }
 
 /// Decodes snapshot bytes read from `path`.
 pub fn decode(path: &Path, bytes: &[u8]) -> anyhow::Result<Snapshot> {
     Snapshot::decode(bytes)
         .with_context(|| format!("{} is not a readable .xsnap file", path.display()))
-}
-
-/// True when the file starts with the `.xsnap` magic (unreadable files are not snapshots).
-pub fn is_snapshot_file(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 8];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map(|_| xstate::snapshot::is_snapshot(&head))
-        .unwrap_or(false)
 }
 
 /// The image a snapshot stands for, on its source CPU's layout (standard form of its XCR0, or
@@ -94,15 +90,14 @@ pub fn meta_text(s: &Snapshot) -> String {
     t
 }
 
-/// `convert IMAGE --to snapshot -o OUT`: the image laid out by `layout`/`dump` (the source
+/// `convert IMAGE --to snapshot`: the snapshot's bytes and a summary, of the image laid out by `layout`/`dump` (the source
 /// CPU) with XCR0 `xcr0` and IA32_XSS `xss`.
 pub fn image_to_snapshot(
     image: &[u8],
     dump: &xstate::cpuid::CpuidDump,
     xcr0: u64,
     xss: u64,
-    out: &Path,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(Vec<u8>, String)> {
     let regs = ControlRegs {
         xcr0,
         xss,
@@ -112,25 +107,24 @@ pub fn image_to_snapshot(
     let s = Snapshot::from_image_with(image, &layout, SourceCpu::from_dump(dump), &regs)
         .context("cannot take a snapshot of the image")?;
     let bytes = s.encode()?;
-    std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(format!(
+    let what = format!(
         "snapshot v{}, {} bytes, XCR0 {:#x}, components {}",
         xstate::snapshot::VERSION,
         bytes.len(),
         xcr0,
         s.component_names()
-    ))
+    );
+    Ok((bytes, what))
 }
 
-/// `convert SNAP --to standard|compacted -o IMG`: rebuilt with the destination's offsets.
+/// `convert SNAP --to standard|compacted`: the image's bytes and a summary, rebuilt with the destination's offsets.
 /// `mask_` defaults to the snapshot's XCR0 (standard) or XCR0 | IA32_XSS (compacted).
 pub fn snapshot_to_image(
     s: &Snapshot,
     dest: &Layout,
     form: Form,
     xcr0: Option<u64>,
-    out: &Path,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(Vec<u8>, String)> {
     let m = match form {
         Form::Standard => xcr0.unwrap_or(s.xcr0),
         Form::Compacted => xcr0.unwrap_or(s.xcr0) | s.xss,
@@ -138,22 +132,32 @@ pub fn snapshot_to_image(
     if m & mask::COMPACTED != 0 {
         bail!("--xcr0 {m:#x}: bit 63 is not a component");
     }
-    let img = s.to_image(dest, form, m)?;
-    std::fs::write(out, &img).with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(format!(
+    let img = s.to_image(dest, form, m).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; `xstate check SNAP --cpuid DEST` lists every reason the destination cannot take the snapshot"
+        )
+    })?;
+    let what = format!(
         "{form}, {} bytes, components {} ({}) rebuilt with the destination's layout",
         img.len(),
         hex(m),
         mask_names(s.xstate_bv())
-    ))
+    );
+    Ok((img, what))
 }
 
 /// `validate FILE --profile snapshot`: a file that does not decode is one violation (rule
 /// `decode`, with the decoder's message naming the offset); a decoded snapshot gets every
 /// violation of the `snapshot` profile. Exit 0 valid, 1 invalid; unreadable file: error (2).
 pub fn validate_file(path: &Path, json_out: bool) -> anyhow::Result<i32> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read snapshot {}", path.display()))?;
+    let input = crate::input::read(path, "snapshot")?;
+    crate::input::expect(
+        path,
+        &input,
+        |k| matches!(k, FileKind::Snapshot | FileKind::DamagedSnapshot { .. }),
+        "an .xsnap snapshot (the snapshot profile checks snapshots; images have the xrstor, xrstor-compacted, xrstors and kvm profiles)",
+    )?;
+    let bytes = input.bytes;
     let violations = match Snapshot::decode(&bytes) {
         Ok(s) => xstate::snapshot::validate(&s),
         Err(e) => vec![xstate::snapshot::Violation {
@@ -172,16 +176,16 @@ pub fn validate_file(path: &Path, json_out: bool) -> anyhow::Result<i32> {
             "violations": violations,
         }));
     } else if valid {
-        println!("valid: {} is a well-formed snapshot", path.display());
+        outln!("valid: {} is a well-formed snapshot", path.display());
     } else {
-        println!(
+        outln!(
             "invalid: {}: {} violation{}",
             path.display(),
             violations.len(),
             if violations.len() == 1 { "" } else { "s" }
         );
         for v in &violations {
-            println!("  {v}");
+            outln!("  {v}");
         }
     }
     Ok(if valid { 0 } else { 1 })

@@ -11,13 +11,14 @@ use xstate::layout::FormLayout;
 
 use super::{code, pattern, GuestVm, DST_ADDR, EXIT_PORT, SRC_ADDR};
 use crate::error::{Error, Result};
-use crate::kvm::Kvm;
+use crate::kvm::{Kvm, KvmFacts};
 use crate::state::VcpuXstate;
 use crate::xsave::XsaveBuffer;
 
 /// The XCR0 the demo gives its guests: every user component KVM supports for guests and this
 /// process may use, without AMX (TILECFG needs a valid configuration and guest AMX set-up).
-pub fn demo_xcr0(kvm: &Kvm) -> u64 {
+pub fn demo_xcr0(kvm: &impl AsRef<KvmFacts>) -> u64 {
+    let kvm = kvm.as_ref();
     let supported = kvm.guest_supported_xcr0() & kvm.layout().xcr0_supported();
     let not_permitted = mask::DYNAMIC & !kvm.guest_permitted();
     supported & !not_permitted & !mask::AMX

@@ -52,9 +52,17 @@ impl GuestMemory {
         self.size
     }
 
-    /// Host address of guest physical address 0 (for KVM_SET_USER_MEMORY_REGION).
-    pub(crate) fn host_addr(&self) -> u64 {
-        self.ptr as u64
+    /// The KVM_SET_USER_MEMORY_REGION argument that maps this memory at guest physical
+    /// address 0 in `slot`. Passing it to `VmFd::set_user_memory_region` is `unsafe` for the
+    /// caller: the memory must outlive the VM's use of the slot.
+    pub fn region(&self, slot: u32) -> kvm_bindings::kvm_userspace_memory_region {
+        kvm_bindings::kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: self.size as u64,
+            userspace_addr: self.ptr as u64,
+        }
     }
 
     fn check(&self, gpa: u64, len: usize) -> Result<usize> {

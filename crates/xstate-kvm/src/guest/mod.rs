@@ -12,8 +12,8 @@ pub mod demo;
 pub mod memory;
 pub mod pattern;
 
-use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region};
-use kvm_ioctls::VcpuExit;
+use kvm_bindings::{kvm_regs, kvm_segment};
+use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::error::{Error, Result};
 use crate::kvm::Kvm;
@@ -106,6 +106,125 @@ fn descriptor(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
         | ((u64::from(base >> 24) & 0xFF) << 56)
 }
 
+/// Writes the page tables (PML4 → PDPT → two user 2 MiB pages identity-mapping 0..4 MiB) and
+/// the GDT (null, kernel code64/data, user data/code64, 64-bit TSS) into guest memory.
+pub fn write_tables(mem: &mut GuestMemory) -> Result<()> {
+    // Page tables: PML4[0] → PDPT[0] → PD[0..2] = two user 2 MiB pages at 0 and 2 MiB.
+    mem.write(PML4, &(PDPT | PTE_P | PTE_RW | PTE_US).to_le_bytes())?;
+    mem.write(PDPT, &(PD | PTE_P | PTE_RW | PTE_US).to_le_bytes())?;
+    for i in 0..2u64 {
+        let pde = (i << 21) | PTE_P | PTE_RW | PTE_US | PTE_PS;
+        mem.write(PD + 8 * i, &pde.to_le_bytes())?;
+    }
+    for (i, d) in gdt().iter().enumerate() {
+        mem.write(GDT + 8 * i as u64, &d.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+fn gdt() -> [u64; 7] {
+    let tss_low = descriptor(TSS as u32, 0x67, 0x8B, 0x0); // present, busy 64-bit TSS
+    [
+        0,
+        descriptor(0, 0xFFFFF, 0x9A, 0xA), // P, DPL 0, code exec/read; G, L
+        descriptor(0, 0xFFFFF, 0x92, 0xC), // P, DPL 0, data read/write; G, D/B
+        descriptor(0, 0xFFFFF, 0xF2, 0xC), // P, DPL 3, data read/write; G, D/B
+        descriptor(0, 0xFFFFF, 0xFA, 0xA), // P, DPL 3, code exec/read; G, L
+        tss_low,
+        0, // TSS base bits 63..32
+    ]
+}
+
+/// Puts a vCPU (of a VM whose memory holds [`write_tables`]) in 64-bit mode at CPL 3: guest
+/// CPUID `cpuid` (KVM_SET_CPUID2), segments, CR0/CR3/CR4 with OSFXSR/OSXMMEXCPT/OSXSAVE and
+/// EFER (KVM_SET_SREGS), then XCR0 = `xcr0` (KVM_SET_XCRS, after the CPUID it is checked
+/// against). Works on any kvm-ioctls vCPU, whoever created it.
+pub fn enter_long_mode(vcpu: &VcpuFd, cpuid: &kvm_bindings::CpuId, xcr0: u64) -> Result<()> {
+    vcpu.set_cpuid2(cpuid)
+        .map_err(|e| Error::ioctl("KVM_SET_CPUID2", e))?;
+    let mut s = vcpu
+        .get_sregs()
+        .map_err(|e| Error::ioctl("KVM_GET_SREGS", e))?;
+    s.cs = kvm_segment {
+        selector: SEL_USER_CODE,
+        type_: 0xB, // execute/read, accessed
+        db: 0,
+        l: 1,
+        ..seg_user_data()
+    };
+    s.ds = seg_user_data();
+    s.es = seg_user_data();
+    s.fs = seg_user_data();
+    s.gs = seg_user_data();
+    s.ss = seg_user_data();
+    s.tr = kvm_segment {
+        base: TSS,
+        limit: 0x67,
+        selector: SEL_TSS,
+        type_: 0xB, // busy 64-bit TSS
+        present: 1,
+        ..Default::default()
+    };
+    s.ldt = kvm_segment {
+        type_: 0x2,
+        present: 1,
+        limit: 0xFFFF,
+        ..Default::default()
+    };
+    s.gdt.base = GDT;
+    s.gdt.limit = (gdt().len() * 8 - 1) as u16;
+    s.idt.base = 0;
+    s.idt.limit = 0; // no IDT: any exception ends in a shutdown exit
+    s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    s.cr3 = PML4;
+    s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_OSXSAVE;
+    s.efer = EFER_LME | EFER_LMA;
+    vcpu.set_sregs(&s)
+        .map_err(|e| Error::ioctl("KVM_SET_SREGS (64-bit mode, CPL 3)", e))?;
+    let mut x = kvm_bindings::kvm_xcrs {
+        nr_xcrs: 1,
+        ..Default::default()
+    };
+    x.xcrs[0].xcr = 0;
+    x.xcrs[0].value = xcr0;
+    vcpu.set_xcrs(&x)
+        .map_err(|e| Error::ioctl(format!("KVM_SET_XCRS(XCR0 = {xcr0:#x})"), e))
+}
+
+/// Copies a program to [`CODE_ADDR`] and points the vCPU's RIP at it (RFLAGS with IOPL 3, a
+/// stack).
+pub fn load_program(mem: &mut GuestMemory, vcpu: &VcpuFd, code: &[u8]) -> Result<()> {
+    mem.write(CODE_ADDR, code)?;
+    let regs = kvm_regs {
+        rip: CODE_ADDR,
+        rsp: STACK_TOP,
+        rflags: RFLAGS,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs)
+        .map_err(|e| Error::ioctl("KVM_SET_REGS", e))
+}
+
+/// Runs a vCPU until its guest writes to [`EXIT_PORT`]; any other exit is an error that names
+/// it and the guest RIP.
+pub fn run_to_exit_port(vcpu: &mut VcpuFd) -> Result<()> {
+    for _ in 0..16 {
+        let exit = vcpu.run().map_err(|e| Error::ioctl("KVM_RUN", e))?;
+        let what = match exit {
+            VcpuExit::IoOut(port, _) if port == u16::from(EXIT_PORT) => return Ok(()),
+            VcpuExit::Intr => continue,
+            other => format!("{other:?}"),
+        };
+        let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+        return Err(Error::Guest(format!(
+            "unexpected VM exit {what} at guest RIP {rip:#x} (code at {CODE_ADDR:#x})"
+        )));
+    }
+    Err(Error::Guest(
+        "the guest did not reach its OUT after 16 runs".into(),
+    ))
+}
+
 impl GuestVm {
     /// Creates a VM with guest memory, page tables, a GDT and one vCPU whose guest CPUID is
     /// KVM_GET_SUPPORTED_CPUID, in 64-bit mode at CPL 3 with CR4.OSFXSR/OSXMMEXCPT/OSXSAVE,
@@ -126,103 +245,14 @@ impl GuestVm {
     pub fn with_cpuid(kvm: &Kvm, cpuid: &kvm_bindings::CpuId, xcr0: u64) -> Result<Self> {
         let vm = kvm.create_vm()?;
         let mut mem = GuestMemory::new(MEM_SIZE)?;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: MEM_SIZE as u64,
-            userspace_addr: mem.host_addr(),
-        };
         // SAFETY: the region is `mem`, a live mapping of MEM_SIZE bytes owned by the returned
         // GuestVm, whose field order drops the VM before the memory.
-        unsafe { vm.fd().set_user_memory_region(region) }
+        unsafe { vm.fd().set_user_memory_region(mem.region(0)) }
             .map_err(|e| Error::ioctl("KVM_SET_USER_MEMORY_REGION", e))?;
-
-        // Page tables: PML4[0] → PDPT[0] → PD[0..2] = two user 2 MiB pages at 0 and 2 MiB.
-        mem.write(PML4, &(PDPT | PTE_P | PTE_RW | PTE_US).to_le_bytes())?;
-        mem.write(PDPT, &(PD | PTE_P | PTE_RW | PTE_US).to_le_bytes())?;
-        for i in 0..2u64 {
-            let pde = (i << 21) | PTE_P | PTE_RW | PTE_US | PTE_PS;
-            mem.write(PD + 8 * i, &pde.to_le_bytes())?;
-        }
-        // GDT: null, kernel code64, kernel data, user data, user code64, 64-bit TSS (2 slots).
-        let tss_low = descriptor(TSS as u32, 0x67, 0x8B, 0x0); // present, busy 64-bit TSS
-        let gdt: [u64; 7] = [
-            0,
-            descriptor(0, 0xFFFFF, 0x9A, 0xA), // P, DPL 0, code exec/read; G, L
-            descriptor(0, 0xFFFFF, 0x92, 0xC), // P, DPL 0, data read/write; G, D/B
-            descriptor(0, 0xFFFFF, 0xF2, 0xC), // P, DPL 3, data read/write; G, D/B
-            descriptor(0, 0xFFFFF, 0xFA, 0xA), // P, DPL 3, code exec/read; G, L
-            tss_low,
-            0, // TSS base bits 63..32
-        ];
-        for (i, d) in gdt.iter().enumerate() {
-            mem.write(GDT + 8 * i as u64, &d.to_le_bytes())?;
-        }
-
+        write_tables(&mut mem)?;
         let vcpu = vm.create_vcpu(0)?;
-        vcpu.fd()
-            .set_cpuid2(cpuid)
-            .map_err(|e| Error::ioctl("KVM_SET_CPUID2", e))?;
-
-        let mut s = vcpu
-            .fd()
-            .get_sregs()
-            .map_err(|e| Error::ioctl("KVM_GET_SREGS", e))?;
-        s.cs = kvm_segment {
-            selector: SEL_USER_CODE,
-            type_: 0xB, // execute/read, accessed
-            db: 0,
-            l: 1,
-            ..seg_user_data()
-        };
-        s.ds = seg_user_data();
-        s.es = seg_user_data();
-        s.fs = seg_user_data();
-        s.gs = seg_user_data();
-        s.ss = seg_user_data();
-        s.tr = kvm_segment {
-            base: TSS,
-            limit: 0x67,
-            selector: SEL_TSS,
-            type_: 0xB, // busy 64-bit TSS
-            present: 1,
-            ..Default::default()
-        };
-        s.ldt = kvm_segment {
-            type_: 0x2,
-            present: 1,
-            limit: 0xFFFF,
-            ..Default::default()
-        };
-        s.gdt.base = GDT;
-        s.gdt.limit = (gdt.len() * 8 - 1) as u16;
-        s.idt.base = 0;
-        s.idt.limit = 0; // no IDT: any exception ends in a shutdown exit
-        s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
-        s.cr3 = PML4;
-        s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_OSXSAVE;
-        s.efer = EFER_LME | EFER_LMA;
-        vcpu.fd()
-            .set_sregs(&s)
-            .map_err(|e| Error::ioctl("KVM_SET_SREGS (64-bit mode, CPL 3)", e))?;
-
-        let g = GuestVm { vcpu, vm, mem };
-        g.set_xcr0(xcr0)?;
-        Ok(g)
-    }
-
-    fn set_xcr0(&self, xcr0: u64) -> Result<()> {
-        let mut x = kvm_bindings::kvm_xcrs {
-            nr_xcrs: 1,
-            ..Default::default()
-        };
-        x.xcrs[0].xcr = 0;
-        x.xcrs[0].value = xcr0;
-        self.vcpu
-            .fd()
-            .set_xcrs(&x)
-            .map_err(|e| Error::ioctl(format!("KVM_SET_XCRS(XCR0 = {xcr0:#x})"), e))
+        enter_long_mode(vcpu.fd(), cpuid, xcr0)?;
+        Ok(GuestVm { vcpu, vm, mem })
     }
 
     /// The VM.
@@ -247,40 +277,12 @@ impl GuestVm {
 
     /// Copies a program to [`CODE_ADDR`] and points RIP at it (RFLAGS with IOPL 3, a stack).
     pub fn load_program(&mut self, code: &[u8]) -> Result<()> {
-        self.mem.write(CODE_ADDR, code)?;
-        let regs = kvm_regs {
-            rip: CODE_ADDR,
-            rsp: STACK_TOP,
-            rflags: RFLAGS,
-            ..Default::default()
-        };
-        self.vcpu
-            .fd()
-            .set_regs(&regs)
-            .map_err(|e| Error::ioctl("KVM_SET_REGS", e))
+        load_program(&mut self.mem, self.vcpu.fd(), code)
     }
 
     /// Runs the vCPU until the guest writes to [`EXIT_PORT`]; any other exit is an error that
     /// names it and the guest RIP.
     pub fn run_to_exit_port(&mut self) -> Result<()> {
-        for _ in 0..16 {
-            let exit = self
-                .vcpu
-                .fd_mut()
-                .run()
-                .map_err(|e| Error::ioctl("KVM_RUN", e))?;
-            let what = match exit {
-                VcpuExit::IoOut(port, _) if port == u16::from(EXIT_PORT) => return Ok(()),
-                VcpuExit::Intr => continue,
-                other => format!("{other:?}"),
-            };
-            let rip = self.vcpu.fd().get_regs().map(|r| r.rip).unwrap_or(0);
-            return Err(Error::Guest(format!(
-                "unexpected VM exit {what} at guest RIP {rip:#x} (code at {CODE_ADDR:#x})"
-            )));
-        }
-        Err(Error::Guest(
-            "the guest did not reach its OUT after 16 runs".into(),
-        ))
+        run_to_exit_port(self.vcpu.fd_mut())
     }
 }

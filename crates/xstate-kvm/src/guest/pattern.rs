@@ -135,6 +135,54 @@ pub fn image(layout: &FormLayout, size: usize, mxcsr_mask: u32) -> XsaveBuffer {
     XsaveBuffer::from_bytes(b)
 }
 
+/// A valid AMX tile configuration (the 64-byte TILECFG component, SDM Vol. 1 §18.2 "TILECFG"
+/// and LDTILECFG in Vol. 2A): palette 1, start_row 0, all eight tiles at the palette's maximum
+/// of 16 rows × 64 bytes, reserved bytes zero. XRSTOR of a TILECFG that is not valid does not
+/// fault on this project's Xeon: it leaves TILECFG in its init state (measured by
+/// `tests/amx_kvm.rs`), so a pattern needs a valid one to mean anything.
+pub fn tilecfg() -> [u8; 64] {
+    let mut c = [0u8; 64];
+    c[0] = 1; // palette_id
+    for t in 0..8 {
+        c[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes()); // colsb[t]
+        c[48 + t] = 16; // rows[t]
+    }
+    c
+}
+
+/// Adds AMX to a standard-form image: TILECFG = [`tilecfg`], TILEDATA (TMM0–TMM7, 1024 bytes
+/// each) filled with distinct non-zero bytes, XSTATE_BV bits 17 and 18 set. Errors when
+/// `layout` does not place both components inside the image.
+pub fn add_amx(img: &mut XsaveBuffer, layout: &FormLayout) -> crate::Result<()> {
+    let place = |id: u8| {
+        layout
+            .placement(id)
+            .map(|p| (p.offset as usize, p.size as usize))
+            .ok_or_else(|| crate::Error::Guest(format!("the layout does not place component {id}")))
+    };
+    let (cfg_at, _) = place(17)?;
+    let (data_at, data_len) = place(18)?;
+    let b = img.as_mut_bytes();
+    let too_short = |end: usize, len: usize| {
+        crate::Error::Guest(format!("the image has {len} bytes, AMX needs {end}"))
+    };
+    let len = b.len();
+    b.get_mut(cfg_at..cfg_at + 64)
+        .ok_or_else(|| too_short(cfg_at + 64, len))?
+        .copy_from_slice(&tilecfg());
+    for (i, x) in b
+        .get_mut(data_at..data_at + data_len)
+        .ok_or_else(|| too_short(data_at + data_len, len))?
+        .iter_mut()
+        .enumerate()
+    {
+        *x = byte(18, i);
+    }
+    let bv = img.xstate_bv() | mask::AMX;
+    img.set_xstate_bv(bv)
+        .map_err(|e| crate::Error::Guest(e.to_string()))
+}
+
 /// One register that differs between two images.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Mismatch {

@@ -357,3 +357,16 @@ fn supervisor_state_moves_between_compacted_layouts() {
     assert_eq!(s.k(1).unwrap(), 1);
     assert_eq!(s.xstate_bv(), 1 << 5);
 }
+
+/// A target laid out from absurd CPUID data (beyond 1 MiB) is refused before allocating.
+#[test]
+fn absurd_target_is_refused() {
+    let l = crate::testutil::zen5();
+    let src = XsaveImage::new(&l.standard(0x7).unwrap());
+    let mut t = l.standard(0x7).unwrap();
+    t.size = (1 << 20) + 64;
+    assert!(matches!(
+        convert(&src, &t),
+        Err(ConvertError::TargetTooLarge(n)) if n == (1 << 20) + 64
+    ));
+}

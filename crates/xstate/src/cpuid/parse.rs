@@ -35,7 +35,7 @@ pub mod json;
 
 /// Why a dump could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{source_name}: line {line}: {message}")]
+#[error("{source_name}: {}{message}", line_prefix(*line))]
 pub struct ParseError {
     /// The file or source name.
     pub source_name: String,
@@ -43,6 +43,15 @@ pub struct ParseError {
     pub line: usize,
     /// What is wrong.
     pub message: String,
+}
+
+/// `line N: `, or nothing when the error is about the whole file (line 0).
+fn line_prefix(line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!("line {line}: ")
+    }
 }
 
 /// The dump formats this module reads.

@@ -2,9 +2,12 @@
 //! (the UABI) and guest — each with a maximum and a default feature set and the sizes of the
 //! buffers in the form they are stored in.
 //!
-//! * **host**: every feature the host enabled (XCR0 | IA32_XSS) minus the guest-only features
-//!   (CET_S, seed 000: "guest-only features cost nothing in host state") and the independent
-//!   ones (arch LBR, saved by hand outside the buffers). Stored in the form of the save
+//! * **host**: every feature the host enabled (XCR0 | IA32_XSS) minus the independent ones
+//!   (arch LBR, saved by hand outside the buffers). Its maximum *includes* the guest-only
+//!   features (CET_S): Linux keeps them in `fpu_kernel_cfg.max_features`, from which IA32_XSS
+//!   is programmed (0x18e7 / 2472 bytes on the Zen machines, DESIGN.md §9), and only clears
+//!   them from the default (seed 000: `default_features &= ~XFEATURE_MASK_KERNEL_DYNAMIC`, the
+//!   later guest-only mask): a host thread's buffer never pays for them. Stored in the form of the save
 //!   instruction: compacted for XSAVES/XSAVEC, standard for XSAVE/XSAVEOPT, the legacy area
 //!   for FXSAVE. Supervisor features are only stored when the instruction is XSAVES (SDM Vol. 1
 //!   §13.11: no other save instruction writes them).
@@ -14,7 +17,8 @@
 //!   (PASID never reaches a guest).
 //!
 //! Every default set is its maximum minus the dynamic features (AMX tile data): those need a
-//! permission and are allocated when first used.
+//! permission and are allocated when first used; the host default also lacks the guest-only
+//! features.
 //!
 //! ```
 //! use xstate::cpuid::{CpuidDump, Regs};
@@ -30,8 +34,10 @@
 //! d.insert(0xd, 11, Regs { eax: 16, ebx: 0, ecx: 1, edx: 0 });
 //! d.insert(0xd, 12, Regs { eax: 24, ebx: 0, ecx: 1, edx: 0 });
 //! let c = Configs::new(&Layout::from_dump(&d), 0x207, 0x1800, SaveInsn::Xsaves).unwrap();
-//! assert_eq!(c.host.max_features, 0xa07);       // CET_S is guest-only
-//! assert_eq!(c.host.max_size, 856);
+//! assert_eq!(c.host.max_features, 0x1a07);      // Linux: guest-only CET_S in the max …
+//! assert_eq!(c.host.max_size, 880);
+//! assert_eq!(c.host.default_features, 0xa07);   // … and out of the default
+//! assert_eq!(c.host.default_size, 856);
 //! assert_eq!(c.guest.max_features, 0x1a07);
 //! assert_eq!(c.guest.max_size, 880);            // the 880 bytes of DESIGN.md §4
 //! assert_eq!(c.user.max_size, 0x988);           // standard form
@@ -94,7 +100,8 @@ pub const MAX_BUFFER: u32 = 1 << 20;
 pub struct FeatureConfig {
     /// Every feature a buffer of this configuration may ever hold.
     pub max_features: u64,
-    /// The features a fresh buffer holds (max minus the dynamic features).
+    /// The features a fresh buffer holds (max minus the dynamic features; for the host, also
+    /// minus the guest-only features).
     pub default_features: u64,
     /// Size of a buffer holding `max_features`.
     pub max_size: u32,
@@ -110,8 +117,9 @@ impl FeatureConfig {
         insn: SaveInsn,
         form: Option<Form>,
         max: u64,
+        not_default: u64,
     ) -> Result<Self, EngineError> {
-        let default = max & !mask::DYNAMIC;
+        let default = max & !mask::DYNAMIC & !not_default;
         let size = |m: u64| -> Result<u32, EngineError> {
             match form {
                 Some(Form::Standard) => size_of(SaveInsn::Xsave, layout, m),
@@ -161,21 +169,22 @@ impl Configs {
             return err(ErrorKind::Einval, format!("host IA32_XSS: {e}"));
         }
         let enabled = storable(insn, xcr0 | xss, layout);
-        let host_max = enabled & !mask::GUEST_ONLY & !mask::INDEPENDENT;
-        let guest_max = (host_max | (enabled & mask::GUEST_ONLY)) & !mask::HOST_ONLY;
+        let host_max = enabled & !mask::INDEPENDENT;
+        let guest_max = host_max & !mask::HOST_ONLY;
         let form = insn.form();
         Ok(Configs {
             xcr0,
             xss,
             insn,
-            host: FeatureConfig::new(layout, insn, form, host_max)?,
+            host: FeatureConfig::new(layout, insn, form, host_max, mask::GUEST_ONLY)?,
             user: FeatureConfig::new(
                 layout,
                 insn,
                 Some(Form::Standard),
                 storable(insn, xcr0, layout),
+                0,
             )?,
-            guest: FeatureConfig::new(layout, insn, form, guest_max)?,
+            guest: FeatureConfig::new(layout, insn, form, guest_max, 0)?,
             independent: (xcr0 | xss) & mask::INDEPENDENT,
             layout: layout.clone(),
         })
@@ -252,7 +261,7 @@ pub(crate) mod tests {
     #[test]
     fn spr_xsaves_configs() {
         let c = Configs::new(&spr_like(), 0x602e7, 0x1800, SaveInsn::Xsaves).unwrap();
-        assert_eq!(c.host.max_features, 0x60ae7);
+        assert_eq!(c.host.max_features, 0x61ae7);
         assert_eq!(c.host.default_features, 0x20ae7);
         assert_eq!(c.guest.max_features, 0x61ae7);
         assert_eq!(c.guest.default_features, 0x21ae7);
@@ -262,6 +271,7 @@ pub(crate) mod tests {
         assert_eq!(c.guest.default_size, 2560);
         assert_eq!(c.host.max_size, 10752);
         assert_eq!(c.guest.max_size, 2560 + 8192);
+        assert_eq!(c.host.max_features, c.guest.max_features);
         assert_eq!(c.user.max_size, 0x2b00);
         assert_eq!(c.user.default_features, 0x202e7);
     }

@@ -6,7 +6,13 @@
 //! (seed 002).
 //!
 //! The buffer is exactly the size of its features in the engine's storage form (compacted
-//! for XSAVES/XSAVEC): a container without AMX tile data never pays for its 8 KiB.
+//! for XSAVES/XSAVEC): a container without AMX tile data never pays for its 8 KiB. It is one
+//! heap allocation of 64-byte lines, aligned by the allocator (no alignment slack), rounded up
+//! to a whole line; the geometry (where each component lives) is shared by every container of
+//! the same features instead of being copied into each. A
+//! confidential guest's container has no buffer at all: the engine never saves into it or
+//! restores from it (its registers belong to the firmware, seed 002), so nothing is allocated
+//! for them — its size is 0 and only the features and XFD are tracked.
 //!
 //! ```
 //! use xstate::cpuid::{CpuidDump, Regs};
@@ -30,13 +36,16 @@
 //! ```
 
 use alloc::format;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::Range;
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::config::Configs;
 use super::error::{err, EngineError, ErrorKind};
 use crate::components::{bits, mask, mask_names};
-use crate::image::XsaveImage;
+use crate::image::{XsaveImage, XsaveRef};
 use crate::layout::{FormLayout, Placement};
 use crate::strategy::SaveInsn;
 
@@ -53,10 +62,24 @@ pub const FCW_INIT: u16 = 0x037f;
 /// MXCSR's init value.
 pub const MXCSR_INIT: u32 = 0x1f80;
 
+/// Smallest image the image types accept (legacy area and header, SDM Vol. 1 §13.4).
+const MIN_IMAGE: usize = 576;
+
+/// One 64-byte line of a buffer: the allocator aligns a `Vec` of them to 64 bytes, as the
+/// XSAVE family requires (SDM Vol. 1 §13.4), without over-allocating.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C, align(64))]
+pub(crate) struct Line([u8; 64]);
+
 /// One state container.
 #[derive(Clone, Debug)]
 pub struct FpState {
-    image: XsaveImage,
+    /// The register buffer; `None` for a confidential guest (nothing is ever saved).
+    buf: Option<Vec<Line>>,
+    /// Bytes of `buf` in use: the image length (at least the legacy area and header).
+    len: usize,
+    /// Where each component lives (shared between containers of the same features).
+    geometry: Arc<FormLayout>,
     insn: SaveInsn,
     size: u32,
     user_size: u32,
@@ -210,17 +233,48 @@ impl FpState {
         is_guest: bool,
         is_confidential: bool,
     ) -> Result<FpState, EngineError> {
-        let insn = cfg.insn;
-        let xfeatures = super::config::storable(insn, features | mask::LEGACY, &cfg.layout);
-        let geometry = geometry(cfg, insn, xfeatures)?;
+        let xfeatures = Self::features_for(cfg, features);
+        let g = Arc::new(geometry(cfg, cfg.insn, xfeatures)?);
+        Self::with_geometry(cfg, g, xfd, is_guest, is_confidential)
+    }
+
+    /// The features a container for `features` holds (clipped to what the storage can hold;
+    /// x87 and SSE always).
+    pub(crate) fn features_for(cfg: &Configs, features: u64) -> u64 {
+        super::config::storable(cfg.insn, features | mask::LEGACY, &cfg.layout)
+    }
+
+    /// [`new`](Self::new) with the geometry of [`features_for`](Self::features_for) already
+    /// computed (the engine shares one per feature set).
+    pub(crate) fn with_geometry(
+        cfg: &Configs,
+        g: Arc<FormLayout>,
+        xfd: u64,
+        is_guest: bool,
+        is_confidential: bool,
+    ) -> Result<FpState, EngineError> {
+        let xfeatures = g.mask & !mask::COMPACTED;
         let user_xfeatures = xfeatures & cfg.user.max_features;
         let user_size = cfg.user_size_of(user_xfeatures)?;
-        let size = geometry.size;
-        // XsaveImage::new: XSTATE_BV 0, XCOMP_BV of the geometry, FCW 0x037F, MXCSR 0x1F80.
-        let image = XsaveImage::new(&geometry);
+        let len = (g.size as usize).max(MIN_IMAGE);
+        let (buf, size) = if is_confidential {
+            (None, 0)
+        } else {
+            let mut v = alloc::vec![Line([0; 64]); len.div_ceil(64)];
+            // Every component in init state: XSTATE_BV 0, XCOMP_BV of the geometry, and the
+            // legacy area's FCW 0x037F and MXCSR 0x1F80 (a standard-form XRSTOR loads MXCSR
+            // even for an init SSE component, SDM Vol. 1 §13.8.1).
+            let b = v.as_mut_slice().as_mut_bytes();
+            wr(b, 0, &FCW_INIT.to_le_bytes());
+            wr(b, MXCSR, &MXCSR_INIT.to_le_bytes());
+            wr(b, XCOMP_BV, &g.xcomp_bv().to_le_bytes());
+            (Some(v), g.size)
+        };
         Ok(FpState {
-            image,
-            insn,
+            buf,
+            len,
+            geometry: g,
+            insn: cfg.insn,
             size,
             user_size,
             xfeatures,
@@ -236,24 +290,37 @@ impl FpState {
     /// (seed 004: a resize never loses the state of a component that is still allowed); the
     /// other components are in init state. Flags and XFD are kept.
     pub fn resized(&self, cfg: &Configs, features: u64) -> Result<FpState, EngineError> {
-        let mut n = FpState::new(cfg, features, self.xfd, self.is_guest, self.is_confidential)?;
+        let xfeatures = Self::features_for(cfg, features);
+        self.resized_with(cfg, Arc::new(geometry(cfg, cfg.insn, xfeatures)?))
+    }
+
+    /// [`resized`](Self::resized) to a given geometry.
+    pub(crate) fn resized_with(
+        &self,
+        cfg: &Configs,
+        g: Arc<FormLayout>,
+    ) -> Result<FpState, EngineError> {
+        let mut n = FpState::with_geometry(cfg, g, self.xfd, self.is_guest, self.is_confidential)?;
+        n.in_use = self.in_use;
+        let (Some(old), true) = (self.image(), n.buf.is_some()) else {
+            return Ok(n);
+        };
         // Components the new container cannot hold are dropped on purpose (the policy no
         // longer allows them): put them in init state first so the conversion, which refuses
         // to drop live state silently, moves only what is kept.
-        let mut src = self.image.to_owned_image();
+        let mut src = old.to_owned_image();
         for id in bits(self.xstate_bv() & !n.xfeatures) {
             src.clear_component(id)
                 .or_else(|e| err(ErrorKind::Einval, format!("{e}")))?;
         }
         if self.insn == SaveInsn::Fxsave {
-            if let (Some(to), Some(from)) = (
-                n.image.as_mut_bytes().get_mut(..512),
-                src.as_bytes().get(..512),
-            ) {
+            if let (Some(to), Some(from)) =
+                (n.as_mut_bytes().get_mut(..512), src.as_bytes().get(..512))
+            {
                 to.copy_from_slice(from);
             }
         } else {
-            let mut img = crate::convert::convert(&src, n.image.geometry()).or_else(|e| {
+            let img = crate::convert::convert(&src, &n.geometry).or_else(|e| {
                 err(
                     ErrorKind::Einval,
                     format!(
@@ -262,32 +329,51 @@ impl FpState {
                     ),
                 )
             })?;
-            // convert() writes the target geometry's XCOMP_BV; keep the buffer's length.
-            if img.len() == n.image.len() {
-                core::mem::swap(&mut n.image, &mut img);
+            // convert() writes the target geometry's XCOMP_BV and has the buffer's length.
+            if let Some(to) = n.as_mut_bytes().get_mut(..img.len()) {
+                to.copy_from_slice(img.as_bytes());
             }
         }
-        n.in_use = self.in_use;
         Ok(n)
     }
 
-    /// The buffer (64-byte aligned).
+    /// The buffer (64-byte aligned); empty for a confidential guest's container.
     pub fn as_bytes(&self) -> &[u8] {
-        self.image.as_bytes()
+        match &self.buf {
+            Some(v) => v.as_slice().as_bytes().get(..self.len).unwrap_or(&[]),
+            None => &[],
+        }
     }
 
     pub(crate) fn as_mut_bytes(&mut self) -> &mut [u8] {
-        self.image.as_mut_bytes()
+        let len = self.len;
+        match &mut self.buf {
+            Some(v) => v
+                .as_mut_slice()
+                .as_mut_bytes()
+                .get_mut(..len)
+                .unwrap_or(&mut []),
+            None => &mut [],
+        }
     }
 
-    /// The buffer as a typed image.
-    pub fn image(&self) -> &XsaveImage {
-        &self.image
+    /// Bytes allocated for the buffer (its size rounded up to whole 64-byte lines; 0 for a
+    /// confidential guest's container).
+    pub fn allocated(&self) -> usize {
+        self.buf.as_ref().map(|v| v.capacity() * 64).unwrap_or(0)
     }
 
-    /// Replaces the buffer with an image of the same geometry (`einval` otherwise).
+    /// The buffer as a typed image view (`None` for a confidential guest's container).
+    pub fn image(&self) -> Option<XsaveRef<'_>> {
+        self.buf.as_ref()?;
+        XsaveRef::with_geometry(self.as_bytes(), (*self.geometry).clone()).ok()
+    }
+
+    /// Replaces the buffer's contents with an image of the same geometry (`einval`
+    /// otherwise).
     pub(crate) fn replace_image(&mut self, img: XsaveImage) -> Result<(), EngineError> {
-        if img.geometry() != self.image.geometry() || img.len() != self.image.len() {
+        let fits = self.buf.is_some() && *img.geometry() == *self.geometry && img.len() == self.len;
+        if !fits {
             return err(
                 ErrorKind::Einval,
                 format!(
@@ -298,13 +384,13 @@ impl FpState {
                 ),
             );
         }
-        self.image = img;
+        self.as_mut_bytes().copy_from_slice(img.as_bytes());
         Ok(())
     }
 
-    /// Where each component lives in the buffer.
-    pub fn geometry(&self) -> &FormLayout {
-        self.image.geometry()
+    /// Where each component lives in the buffer (`None` without a buffer).
+    pub fn geometry(&self) -> Option<&FormLayout> {
+        self.buf.as_ref().map(|_| &*self.geometry)
     }
 
     /// The save instruction the buffer is written by.
@@ -341,6 +427,23 @@ impl FpState {
         self.xfd = xfd;
     }
 
+    /// Linux 6.19 (DESIGN.md §8, "x86/fpu: Clear XSTATE_BV[i] in guest XSAVE state whenever
+    /// XFD[i]=1"): a component XFD arms must not be marked present in the buffer, or the
+    /// restore before the next guest entry raises #NM. Clears the XSTATE_BV bits of `armed`
+    /// (the component goes to init state, which is what the guest sees after re-enabling it
+    /// anyway) and returns those that were set.
+    pub(crate) fn clear_armed(&mut self, armed: u64) -> u64 {
+        if self.buf.is_none() || self.insn == SaveInsn::Fxsave {
+            return 0;
+        }
+        let bv = self.xstate_bv();
+        let hit = bv & armed & !mask::LEGACY;
+        if hit != 0 {
+            wr(self.as_mut_bytes(), XSTATE_BV, &(bv & !hit).to_le_bytes());
+        }
+        hit
+    }
+
     /// A guest's container.
     pub fn is_guest(&self) -> bool {
         self.is_guest
@@ -363,16 +466,17 @@ impl FpState {
     /// XSTATE_BV of the buffer (bits of components not in init state); for the FXSAVE area,
     /// x87 and SSE.
     pub fn xstate_bv(&self) -> u64 {
-        if self.insn == SaveInsn::Fxsave {
-            return mask::LEGACY;
+        match &self.buf {
+            None => 0,
+            Some(_) if self.insn == SaveInsn::Fxsave => mask::LEGACY,
+            Some(_) => rd_u64(self.as_bytes(), XSTATE_BV),
         }
-        self.image.xstate_bv()
     }
 
     /// The register bytes of component `id` as a restore of this buffer would load them (init
     /// values when its XSTATE_BV bit is clear); `None` when the container does not hold it.
     pub fn component(&self, id: u8) -> Option<Vec<u8>> {
-        component_of(self.as_bytes(), self.geometry(), self.xstate_bv(), id)
+        component_of(self.as_bytes(), self.geometry()?, self.xstate_bv(), id)
     }
 
     /// MXCSR as stored in the buffer.

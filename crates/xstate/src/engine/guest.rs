@@ -55,6 +55,16 @@ impl GuestMsr {
     }
 }
 
+/// What a VMM-side setter of the restore path did ([`Engine::set_xcr0`], [`Engine::set_msr`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Restored {
+    /// The container grew to hold what the new value enables (with permission).
+    pub realloc: bool,
+    /// XSTATE_BV bits of the container that the new IA32_XFD arms were cleared (Linux 6.19,
+    /// DESIGN.md §8): those components are now in init state.
+    pub cleared_by_xfd: u64,
+}
+
 /// What a guest action did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Outcome {
@@ -86,6 +96,12 @@ impl<B: Backend> Engine<B> {
                 format!("vCPU {id} is not running: attach it first"),
             );
         }
+        if !self.guest_live {
+            return err(
+                ErrorKind::Ebusy,
+                format!("vCPU {id} is scheduled out: schedule_in first"),
+            );
+        }
         if v.run_ended {
             return err(
                 ErrorKind::Ebusy,
@@ -105,6 +121,19 @@ impl<B: Backend> Engine<B> {
         let v = self.vcpu_mut(id)?;
         let need = v.xcr0 & !v.fpstate.xfd() & !v.fpstate.xfeatures();
         if need == 0 {
+            return Ok(false);
+        }
+        if v.fpstate.is_confidential() {
+            // Nothing of a confidential guest is ever saved by the engine: track the features
+            // (no buffer, no allocation) and keep the guest running.
+            let (features, xfd, in_use) = (
+                v.fpstate.xfeatures() | need,
+                v.fpstate.xfd(),
+                v.fpstate.in_use(),
+            );
+            let mut n = self.alloc(features, xfd, true, true, None)?;
+            n.set_in_use(in_use);
+            self.vcpu_mut(id)?.fpstate = n;
             return Ok(false);
         }
         v.realloc_request |= need;
@@ -183,8 +212,9 @@ impl<B: Backend> Engine<B> {
                     self.vcpu_mut(id)?.xfd_err = value;
                     return Ok(Outcome::default());
                 }
-                self.vcpu_mut(id)?.fpstate.set_xfd(value);
+                // The WRMSR first: if it faults, the guest's XFD is unchanged.
                 self.switch_xfd(value)?;
+                self.vcpu_mut(id)?.fpstate.set_xfd(value);
                 let realloc = self.check_expand(id)?;
                 Ok(Outcome {
                     realloc,
@@ -275,12 +305,150 @@ impl<B: Backend> Engine<B> {
         }
     }
 
+    fn detached_for_restore(&self, id: u32, what: &str) -> Result<(), EngineError> {
+        self.vcpu(id)?;
+        if self.attached == Some(id) {
+            return err(
+                ErrorKind::Ebusy,
+                format!("vCPU {id} is attached: {what} is set between runs (KVM_SET_* on a stopped vCPU)"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Grows a detached vCPU's container (by conversion) so it holds `need` too: the restore
+    /// path of seed 001 ("XCR0 and XFD have to be restored before XSTATE"; `kvm_fpu_realloc`:
+    /// `expand = (xcr0 & ~xfd) & ~xfeatures`, then the permission checks). Dynamic features
+    /// need the guest permission (`eperm`); nothing changes on failure.
+    fn grow_for(&mut self, id: u32, need: u64, what: &str) -> Result<bool, EngineError> {
+        if need == 0 {
+            return Ok(false);
+        }
+        let unpermitted = need & mask::DYNAMIC & !self.perms.get(Scope::Guest);
+        if unpermitted != 0 {
+            return err(
+                ErrorKind::Eperm,
+                format!(
+                    "{what} enables {} without the guest permission (ARCH_REQ_XCOMP_GUEST_PERM)",
+                    mask_names(unpermitted)
+                ),
+            );
+        }
+        let old = self.vcpu(id)?.fpstate.clone();
+        let features = old.xfeatures() | need;
+        let n = self.alloc(features, old.xfd(), true, old.is_confidential(), Some(&old))?;
+        let v = self.vcpu_mut(id)?;
+        v.fpstate = n;
+        v.realloc_request &= !need;
+        // A confidential container has no buffer: nothing was allocated.
+        Ok(!old.is_confidential())
+    }
+
+    /// The VMM restores vCPU `id`'s XCR0 (`KVM_SET_XCRS`), detached: the XSETBV rules against
+    /// the guest's CPUID policy (`einval` naming the rule — KVM's answer, where the running
+    /// guest gets #GP). A value that enables (with XFD clear) a feature the container lacks
+    /// grows it now, permission checked, so the XSAVE image that follows can carry that
+    /// feature's state (seed 001: "XCR0 and XFD have to be restored before XSTATE"). With
+    /// [`Growth::Lazy`](super::Growth::Lazy) this is the only way a VMM gets a tile-sized
+    /// container for a fresh vCPU. On any error nothing changed.
+    ///
+    /// ```
+    /// # use xstate::cpuid::CpuidDump;
+    /// # use xstate::engine::{Engine, GuestPolicy, Options, Scope};
+    /// # use xstate::model::{CpuProfile, ModelCpu};
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"),
+    /// #     "/tests/fixtures/cpuid/hwloc/Intel-SapphireRapids-2xXeonMax9460.txt");
+    /// # let d = CpuidDump::parse(&std::fs::read_to_string(path).unwrap(), "spr").unwrap();
+    /// let cpu = ModelCpu::new(CpuProfile::from_dump(&d));
+    /// let opts = Options { xcr0: Some(0x602e7), xss: Some(0x1800), ..Options::default() };
+    /// let mut e = Engine::new(cpu, opts).unwrap();
+    /// e.request_perm(Scope::Guest, 18).unwrap();
+    /// e.create_vcpu(0, GuestPolicy { xcr0_max: 0x602e7, xss: 0x1800 }, false).unwrap();
+    /// assert_eq!(e.vcpu(0).unwrap().fpstate().size(), 2560);
+    /// assert!(e.set_xcr0(0, 0x602e7).unwrap().realloc);          // restore XCR0 first …
+    /// assert_eq!(e.vcpu(0).unwrap().fpstate().size(), 10752);    // … then the image fits
+    /// ```
+    pub fn set_xcr0(&mut self, id: u32, value: u64) -> Result<Restored, EngineError> {
+        self.detached_for_restore(id, "XCR0")?;
+        let (policy, xfd, held) = {
+            let v = self.vcpu(id)?;
+            (v.policy, v.fpstate.xfd(), v.fpstate.xfeatures())
+        };
+        if let Err(e) = check_xcr0_rules(value, policy.xcr0_max, self.cfg.layout.xss_supported()) {
+            return err(
+                ErrorKind::Einval,
+                format!(
+                    "KVM_SET_XCRS XCR0 {value:#x} against the guest CPUID {:#x}: {e}",
+                    policy.xcr0_max
+                ),
+            );
+        }
+        let realloc = self.grow_for(id, value & !xfd & !held, &format!("XCR0 {value:#x}"))?;
+        let v = self.vcpu_mut(id)?;
+        v.xcr0 = value;
+        v.xcr0_accum |= value;
+        Ok(Restored {
+            realloc,
+            cleared_by_xfd: 0,
+        })
+    }
+
+    /// The VMM restores one of vCPU `id`'s XSAVE MSRs (`KVM_SET_MSRS`), detached: IA32_XFD
+    /// and IA32_XFD_ERR take only XFD-capable features of the guest's CPUID, IA32_XSS only
+    /// its supervisor features (`einval` otherwise: KVM_SET_MSRS stops at that MSR). Writing
+    /// IA32_XFD clears the XSTATE_BV bits of the container that it arms (Linux 6.19, see
+    /// [`Restored::cleared_by_xfd`]), and a value that disarms a feature the guest's XCR0
+    /// enables grows the container like [`set_xcr0`](Self::set_xcr0). On any error nothing
+    /// changed.
+    pub fn set_msr(&mut self, id: u32, msr: GuestMsr, value: u64) -> Result<Restored, EngineError> {
+        self.detached_for_restore(id, "an XSAVE MSR")?;
+        let (policy, xcr0, held) = {
+            let v = self.vcpu(id)?;
+            (v.policy, v.xcr0, v.fpstate.xfeatures())
+        };
+        let (name, allowed) = match msr {
+            GuestMsr::Xfd => ("IA32_XFD", policy.xcr0_max & self.xfd_capable),
+            GuestMsr::XfdErr => ("IA32_XFD_ERR", policy.xcr0_max & self.xfd_capable),
+            GuestMsr::Xss => ("IA32_XSS", policy.xss),
+        };
+        if msr != GuestMsr::Xss && !self.has_xfd {
+            return err(
+                ErrorKind::Einval,
+                format!("{name} does not exist here: CPUID.(0xD,1):EAX[4] (XFD) is clear"),
+            );
+        }
+        let bad = value & !allowed;
+        if bad != 0 {
+            return err(
+                ErrorKind::Einval,
+                format!(
+                    "KVM_SET_MSRS {name} = {value:#x}: bits {bad:#x} ({}) are not allowed by the guest CPUID ({allowed:#x})",
+                    mask_names(bad)
+                ),
+            );
+        }
+        let mut out = Restored::default();
+        match msr {
+            GuestMsr::Xfd => {
+                out.realloc =
+                    self.grow_for(id, xcr0 & !value & !held, &format!("{name} {value:#x}"))?;
+                let v = self.vcpu_mut(id)?;
+                v.fpstate.set_xfd(value);
+                out.cleared_by_xfd = v.fpstate.clear_armed(value);
+            }
+            GuestMsr::XfdErr => self.vcpu_mut(id)?.xfd_err = value,
+            GuestMsr::Xss => self.vcpu_mut(id)?.xss = value,
+        }
+        Ok(out)
+    }
+
     /// A new CPUID policy for vCPU `id` (seed 004: "re-size save area when CPUID policy
     /// changes"). Allowed while the vCPU is detached (`ebusy` otherwise). The container is
     /// resized to the new policy's default features plus the dynamic features it holds and
     /// the policy still allows; every component kept keeps its state. The guest's XCR0, XFD,
-    /// XFD_ERR and XSS lose the bits the policy no longer allows. Returns true when the
-    /// container was resized; on `enomem` nothing changed.
+    /// XFD_ERR and XSS lose the bits the policy no longer allows. Returns true when a resized
+    /// buffer was allocated (never for a confidential vCPU, which has none); on `enomem`
+    /// nothing changed.
     ///
     /// ```
     /// # use xstate::cpuid::CpuidDump;
@@ -342,12 +510,14 @@ impl<B: Backend> Engine<B> {
             v.fpstate = n;
         }
         v.fpstate.set_xfd(xfd);
+        v.fpstate.clear_armed(xfd);
         v.policy = policy;
         v.xcr0 = xcr0;
         v.xcr0_accum &= policy.xcr0_max | mask::X87;
         v.xfd_err &= policy.xcr0_max;
         v.xss &= policy.xss;
         v.realloc_request = xcr0 & !xfd & !v.fpstate.xfeatures();
-        Ok(resized)
+        // A confidential container has no buffer: nothing was allocated.
+        Ok(resized && !v.fpstate.is_confidential())
     }
 }

@@ -19,15 +19,21 @@
 //! The design, the rules and what was measured are written up in `docs/engine.md`.
 //!
 //! One [`Engine`] models one host thread (the VMM's vCPU thread) on one CPU: the thread's own
-//! container, the process's permissions, the vCPUs it created; at most one vCPU is attached
-//! at a time. The save instruction is chosen by [`crate::strategy`] (Linux or Xen order) or
-//! forced; the buffers follow its form.
+//! container and the vCPUs it holds; at most one vCPU is attached at a time. The permissions
+//! belong to the process and are shared by every thread's engine
+//! ([`Engine::with_permissions`]); a vCPU ([`Vcpu`] is `Send`) moves between threads with
+//! [`Engine::take_vcpu`] and [`Engine::put_vcpu`]. The save instruction is chosen by
+//! [`crate::strategy`] (Linux or Xen order) or forced; the buffers follow its form.
 //!
 //! Invariants the tests check:
 //! * a vCPU container holds exactly the features its guest can use without an exit, in the
 //!   compacted form when the instruction has one — 8 KiB of tiles only once AMX is enabled;
 //! * attach saves the host only if its registers are live, switches XFD *before* the restore
-//!   and restores the guest; detach saves the guest and restores the host; no copy;
+//!   and restores the guest; detach saves the guest (unless preemption already saved it) and
+//!   restores the host; no copy, no allocation, one vCPU lookup each;
+//! * attach, detach, reallocation and policy changes are atomic: a vCPU is attached only once
+//!   its state is loaded, and any failing instruction leaves every container and register as
+//!   it was (rolled back where it had started), the error reaching the caller;
 //! * restores in the compacted form use every enabled feature as RFBM, so any component a
 //!   container does not hold is put in init state (SDM Vol. 1 §13.8: XCOMP_BV bit i = 0 ⇒ init):
 //!   registers never carry another context's values (XSA-62, DESIGN.md §7); and when a
@@ -68,21 +74,23 @@ pub mod vcpu;
 
 use alloc::collections::BTreeMap;
 use alloc::format;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 pub use error::{EngineError, ErrorKind};
-pub use guest::{GuestMsr, Outcome};
-pub use perm::{Grant, Scope};
-pub use vcpu::{Detached, GuestPolicy, Vcpu};
+pub use guest::{GuestMsr, Outcome, Restored};
+pub use perm::{Grant, Permissions, Scope};
+pub use uabi::CopyIn;
+pub use vcpu::{Detached, GuestPolicy, RejectedVcpu, Vcpu};
 
 use crate::components::{mask, mask_names, Component};
 use crate::image::XsaveImage;
+use crate::layout::FormLayout;
 use crate::model::{Backend, Fault, Msr, RestoreInsn};
 use crate::strategy::{choose, Caps, Policy, SaveInsn};
 use config::Configs;
 use error::err;
 use fpstate::FpState;
-use perm::Permissions;
 
 /// How to set up an [`Engine`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,6 +107,24 @@ pub struct Options {
     /// Whether the engine runs at CPL 0 (XSAVES, XSETBV, WRMSR). `None`: probe the backend
     /// (RDMSR of IA32_XSS succeeds only at CPL 0 on a CPU with XSAVES).
     pub ring0: Option<bool>,
+    /// When a vCPU's container grows for dynamic features (see [`Growth`]).
+    pub growth: Growth,
+}
+
+/// When a vCPU container grows for a dynamic feature (AMX tile data) its guest may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Growth {
+    /// The seeds' design (seed 001, seed 002, DESIGN.md §6): only when the guest's XCR0 and
+    /// XFD enable the feature (`xcr0 & !xfd & !xfeatures`): a guest XSETBV/WRMSR sets a realloc
+    /// request served at the next exit; a VMM restoring XCR0/XFD grows it then. A guest that
+    /// never uses AMX never pays for its 8 KiB.
+    #[default]
+    Lazy,
+    /// Linux as merged (`kvm_check_cpuid()` → `fpu_enable_guest_xfd_features()`, DESIGN.md §6):
+    /// as soon as the CPUID policy exposes a dynamic feature the guest is permitted to use —
+    /// at vCPU creation and on a policy change.
+    Eager,
 }
 
 /// Instructions and allocations the engine issued (for tests and the benchmark).
@@ -131,18 +157,107 @@ pub struct Engine<B: Backend> {
     cpu: B,
     cfg: Configs,
     reason: &'static str,
-    perms: Permissions,
+    perms: Arc<Permissions>,
+    growth: Growth,
     host: FpState,
     host_live: bool,
+    /// The attached vCPU's registers are in the CPU (false after `schedule_out`: they are in
+    /// its container, "already saved").
+    guest_live: bool,
     hw_xfd: u64,
     has_xfd: bool,
+    /// The engine programs IA32_XFD: only at CPL 0. In user mode the OS owns it (Linux arms
+    /// it for TILEDATA until the process holds the permission and first uses AMX, DESIGN.md
+    /// §6): the values are tracked per container, never written.
+    writes_xfd: bool,
     xfd_capable: u64,
     mxcsr_mask: u32,
     attached: Option<u32>,
     vcpus: BTreeMap<u32, Vcpu>,
-    fail_next_alloc: bool,
+    allocs: Allocs,
     stats: Stats,
 }
+
+/// What a container allocation is for.
+#[derive(Clone, Copy)]
+pub(crate) struct AllocReq {
+    pub(crate) features: u64,
+    pub(crate) xfd: u64,
+    pub(crate) is_guest: bool,
+    pub(crate) confidential: bool,
+}
+
+/// The engine's container allocator: the injected failure and the geometries shared between
+/// containers of the same features. Apart from the rest of the engine so that the hot paths
+/// can allocate while holding their one borrow of a vCPU.
+#[derive(Default)]
+pub(crate) struct Allocs {
+    fail_next: bool,
+    geometries: Vec<Arc<FormLayout>>,
+}
+
+impl Allocs {
+    /// A container for `req`, filled from `from` by conversion when given; confidential
+    /// containers have no buffer (and count as no allocation).
+    pub(crate) fn alloc(
+        &mut self,
+        cfg: &Configs,
+        stats: &mut Stats,
+        req: AllocReq,
+        from: Option<&FpState>,
+    ) -> Result<FpState, EngineError> {
+        let features = req.features;
+        if core::mem::take(&mut self.fail_next) {
+            return err(
+                ErrorKind::Enomem,
+                format!(
+                    "allocation of a {} byte container for {features:#x} ({}) failed (injected)",
+                    cfg.size_of(features).unwrap_or(0),
+                    mask_names(features)
+                ),
+            );
+        }
+        let g = self.geometry_for(cfg, features)?;
+        let n = match from {
+            Some(old) => {
+                let mut n = old.resized_with(cfg, g)?;
+                n.set_xfd(req.xfd);
+                stats.copied_bytes += u64::from(old.size());
+                n
+            }
+            None => FpState::with_geometry(cfg, g, req.xfd, req.is_guest, req.confidential)?,
+        };
+        if !req.confidential {
+            stats.allocations += 1;
+        }
+        Ok(n)
+    }
+
+    /// The geometry of a container for `features`, shared by every container of the same
+    /// features (a small cache: a vCPU never pays for its own copy).
+    fn geometry_for(
+        &mut self,
+        cfg: &Configs,
+        features: u64,
+    ) -> Result<Arc<FormLayout>, EngineError> {
+        let xf = FpState::features_for(cfg, features);
+        if let Some(g) = self
+            .geometries
+            .iter()
+            .find(|g| g.mask & !mask::COMPACTED == xf)
+        {
+            return Ok(Arc::clone(g));
+        }
+        let g = Arc::new(fpstate::geometry(cfg, cfg.insn, xf)?);
+        if self.geometries.len() < GEOMETRY_CACHE {
+            self.geometries.push(Arc::clone(&g));
+        }
+        Ok(g)
+    }
+}
+
+/// Feature sets whose geometry the engine keeps (one per distinct guest policy in practice).
+const GEOMETRY_CACHE: usize = 16;
 
 /// The backend fault as an engine error (the engine only issues instructions it expects to
 /// succeed; a fault is a broken invariant or a backend that cannot do the operation).
@@ -166,7 +281,28 @@ impl<B: Backend> Engine<B> {
     /// Sets up the engine on `cpu`: chooses the save instruction, programs XCR0 and IA32_XSS
     /// when they differ (CPL 0 only), computes the configurations, allocates the host thread's
     /// container (default features) and arms XFD for the dynamic features it lacks.
-    pub fn new(mut cpu: B, opts: Options) -> Result<Self, EngineError> {
+    pub fn new(cpu: B, opts: Options) -> Result<Self, EngineError> {
+        Self::build(cpu, opts, None)
+    }
+
+    /// An engine for another host thread of the same process: it shares `perms` (take them
+    /// from [`process_permissions`](Self::process_permissions) of the first thread's engine),
+    /// so a grant on any thread holds on all, and the guest lock set by any thread's first
+    /// vCPU holds on all (Linux keeps permissions per process, DESIGN.md §6). `einval` when
+    /// `perms` belongs to a host with other supported features.
+    pub fn with_permissions(
+        cpu: B,
+        opts: Options,
+        perms: Arc<Permissions>,
+    ) -> Result<Self, EngineError> {
+        Self::build(cpu, opts, Some(perms))
+    }
+
+    fn build(
+        mut cpu: B,
+        opts: Options,
+        perms: Option<Arc<Permissions>>,
+    ) -> Result<Self, EngineError> {
         let profile = cpu.profile().clone();
         let layout = profile.layout.clone();
         if !profile.xsave && !profile.fxsr {
@@ -222,7 +358,22 @@ impl<B: Backend> Engine<B> {
                 .map_err(|f| fault_err(&format!("setting the host IA32_XSS to {xss:#x}"), &f))?;
         }
         let cfg = Configs::new(&layout, xcr0, xss, insn)?;
-        let perms = Permissions::new(&cfg);
+        let perms = match perms {
+            None => Arc::new(Permissions::new(&cfg)),
+            Some(p) if p.supported() == cfg.user.max_features => p,
+            Some(p) => {
+                return err(
+                    ErrorKind::Einval,
+                    format!(
+                        "the shared permissions are for a host supporting {:#x} ({}), this engine's host supports {:#x} ({})",
+                        p.supported(),
+                        mask_names(p.supported()),
+                        cfg.user.max_features,
+                        mask_names(cfg.user.max_features)
+                    ),
+                )
+            }
+        };
         let xfd_capable = if profile.xfd {
             profile.xfd_capable() & xcr0
         } else {
@@ -238,18 +389,21 @@ impl<B: Backend> Engine<B> {
             cfg,
             reason,
             perms,
+            growth: opts.growth,
             host,
             host_live: true,
+            guest_live: false,
             hw_xfd: 0,
             has_xfd: profile.xfd,
+            writes_xfd: profile.xfd && ring0,
             xfd_capable,
             mxcsr_mask: profile.mxcsr_mask,
             attached: None,
             vcpus: BTreeMap::new(),
-            fail_next_alloc: false,
+            allocs: Allocs::default(),
             stats: Stats::default(),
         };
-        if e.has_xfd {
+        if e.writes_xfd {
             e.hw_xfd = e.cpu.rdmsr(Msr::Xfd).unwrap_or(0);
             e.switch_xfd(host_xfd)?;
         }
@@ -271,14 +425,25 @@ impl<B: Backend> Engine<B> {
         &self.perms
     }
 
+    /// The process's permissions, to share with another host thread's engine
+    /// ([`with_permissions`](Self::with_permissions)).
+    pub fn process_permissions(&self) -> Arc<Permissions> {
+        Arc::clone(&self.perms)
+    }
+
+    /// When vCPU containers grow for dynamic features.
+    pub fn growth(&self) -> Growth {
+        self.growth
+    }
+
     /// `ARCH_REQ_XCOMP_PERM` / `ARCH_REQ_XCOMP_GUEST_PERM` (rules in [`perm`]).
-    pub fn request_perm(&mut self, scope: Scope, idx: u32) -> Result<Grant, EngineError> {
+    pub fn request_perm(&self, scope: Scope, idx: u32) -> Result<Grant, EngineError> {
         self.perms.request(scope, idx)
     }
 
     /// The installed sigaltstack size of the process's threads (see
     /// [`Permissions::set_sigaltstack_size`]).
-    pub fn set_sigaltstack_size(&mut self, size: Option<u32>) {
+    pub fn set_sigaltstack_size(&self, size: Option<u32>) {
         self.perms.set_sigaltstack_size(size);
     }
 
@@ -312,7 +477,8 @@ impl<B: Backend> Engine<B> {
         self.attached
     }
 
-    /// The value of IA32_XFD the engine last wrote (0 without XFD).
+    /// The value of IA32_XFD the engine last wrote (0 without XFD, and in user mode, where the
+    /// OS owns the MSR).
     pub fn hw_xfd(&self) -> u64 {
         self.hw_xfd
     }
@@ -326,7 +492,7 @@ impl<B: Backend> Engine<B> {
     /// 002 ("If that fails, it does a save and restore with the existing fpstates and return
     /// an error code").
     pub fn fail_next_alloc(&mut self) {
-        self.fail_next_alloc = true;
+        self.allocs.fail_next = true;
     }
 
     /// Allocates a container (honours [`fail_next_alloc`](Self::fail_next_alloc)).
@@ -338,51 +504,52 @@ impl<B: Backend> Engine<B> {
         confidential: bool,
         from: Option<&FpState>,
     ) -> Result<FpState, EngineError> {
-        if core::mem::take(&mut self.fail_next_alloc) {
-            return err(
-                ErrorKind::Enomem,
-                format!(
-                    "allocation of a {} byte container for {features:#x} ({}) failed (injected)",
-                    self.cfg.size_of(features).unwrap_or(0),
-                    mask_names(features)
-                ),
-            );
-        }
-        self.stats.allocations += 1;
-        match from {
-            Some(old) => {
-                self.stats.copied_bytes += u64::from(old.size());
-                let mut n = old.resized(&self.cfg, features)?;
-                n.set_xfd(xfd);
-                Ok(n)
-            }
-            None => FpState::new(&self.cfg, features, xfd, is_guest, confidential),
-        }
+        let req = AllocReq {
+            features,
+            xfd,
+            is_guest,
+            confidential,
+        };
+        self.allocs.alloc(&self.cfg, &mut self.stats, req, from)
     }
 
     /// Writes IA32_XFD when the value really changes ("when the XFD value really changes then
     /// a wrmsrl", seed 002).
     pub(crate) fn switch_xfd(&mut self, xfd: u64) -> Result<(), EngineError> {
-        if !self.has_xfd || xfd == self.hw_xfd {
+        Self::xfd_to(
+            &mut self.cpu,
+            self.writes_xfd,
+            &mut self.hw_xfd,
+            &mut self.stats,
+            xfd,
+        )
+    }
+
+    /// [`switch_xfd`](Self::switch_xfd) on borrowed fields (the hot path holds a vCPU borrow).
+    pub(crate) fn xfd_to(
+        cpu: &mut B,
+        writes_xfd: bool,
+        hw_xfd: &mut u64,
+        stats: &mut Stats,
+        xfd: u64,
+    ) -> Result<(), EngineError> {
+        if !writes_xfd || xfd == *hw_xfd {
             return Ok(());
         }
-        self.cpu
-            .wrmsr(Msr::Xfd, xfd)
+        cpu.wrmsr(Msr::Xfd, xfd)
             .map_err(|f| fault_err(&format!("WRMSR IA32_XFD {xfd:#x}"), &f))?;
-        self.stats.xfd_writes += 1;
-        self.hw_xfd = xfd;
+        stats.xfd_writes += 1;
+        *hw_xfd = xfd;
         Ok(())
     }
 
-    /// The RFBM of restores: in the compacted form every enabled feature (components the
+    /// The RFBM of restores of `fp`: in the compacted form every enabled feature (components the
     /// container lacks are put in init state, SDM Vol. 1 §13.8.2), in the standard form the
     /// container's features (a standard buffer has no room beyond them).
-    fn restore_rfbm(&self, fp: &FpState) -> u64 {
+    pub(crate) fn rfbm_of(cfg: &Configs, fp: &FpState) -> u64 {
         match fp.insn() {
-            SaveInsn::Xsaves => {
-                (self.cfg.xcr0 | self.cfg.xss) & !self.cfg.independent & !mask::COMPACTED
-            }
-            SaveInsn::Xsavec => self.cfg.xcr0,
+            SaveInsn::Xsaves => (cfg.xcr0 | cfg.xss) & !cfg.independent & !mask::COMPACTED,
+            SaveInsn::Xsavec => cfg.xcr0,
             _ => fp.xfeatures(),
         }
     }
@@ -412,32 +579,6 @@ impl<B: Backend> Engine<B> {
         cpu.restore(r, fp.as_bytes(), rfbm)
             .map_err(|f| fault_err(&format!("{} from the container", r.name()), &f))?;
         stats.restores += 1;
-        Ok(())
-    }
-
-    /// Saves the host thread's registers into its container and marks them not live (the
-    /// thread is scheduled out, or the kernel is about to use the FPU). A later attach then
-    /// skips the host save (seed 002: "if (!test_thread_flag(TIF_NEED_FPU_LOAD))
-    /// save_fpregs_to_fpstate").
-    pub fn schedule_out(&mut self) -> Result<(), EngineError> {
-        if self.attached.is_some() {
-            return err(ErrorKind::Ebusy, "a vCPU is attached: detach it first");
-        }
-        if self.host_live {
-            Self::save_into(&mut self.cpu, &mut self.stats, &mut self.host)?;
-            self.host_live = false;
-        }
-        Ok(())
-    }
-
-    /// Brings the host thread's state back into the registers if it is not live.
-    pub fn schedule_in(&mut self) -> Result<(), EngineError> {
-        if self.attached.is_none() && !self.host_live {
-            self.switch_xfd(self.host.xfd())?;
-            let rfbm = self.restore_rfbm(&self.host);
-            Self::restore_from(&mut self.cpu, &mut self.stats, &self.host, rfbm)?;
-            self.host_live = true;
-        }
         Ok(())
     }
 
@@ -597,11 +738,12 @@ impl<B: Backend> Engine<B> {
             // The registers are live: put the new component in init state (it may hold a
             // guest's values: restores in the standard form do not cover it), save them into
             // the new container, then disarm XFD.
+            // Any failure drops the new container: the old one and XFD stay as they were.
             Self::restore_from(&mut self.cpu, &mut self.stats, &n, bit)?;
             Self::save_into(&mut self.cpu, &mut self.stats, &mut n)?;
+            self.switch_xfd(xfd)?;
             n.set_in_use(true);
             self.host = n;
-            self.switch_xfd(xfd)?;
             realloc = true;
         }
         match self.live_write(id, data)? {
@@ -648,7 +790,7 @@ impl<B: Backend> Engine<B> {
                 if vc.fpstate().xfeatures() & fpstate::bit(id) == 0 {
                     return Err(not_held(vc.fpstate()));
                 }
-                if self.attached == Some(v) {
+                if self.attached == Some(v) && self.guest_live {
                     self.live_read(id)
                 } else {
                     let fp = vc.fpstate();

@@ -4,14 +4,24 @@
 //! `ARCH_GET_XCOMP_GUEST_PERM` ([`Permissions::get`]), `ARCH_REQ_XCOMP_PERM` /
 //! `ARCH_REQ_XCOMP_GUEST_PERM` ([`Permissions::request`]).
 //!
-//! Request rules, in the order they are applied:
-//! 1. an index that is not a component (≥ 63) → `einval`;
-//! 2. a feature already permitted (every supported non-dynamic user feature is permitted from
-//!    the start) → `Ok(Grant::AlreadyGranted)`;
-//! 3. a feature the host does not support, or that is not dynamic → `eopnotsupp`;
-//! 4. guest permissions after the first vCPU's state was allocated → `ebusy` (they size every
-//!    vCPU container; seed 001, DESIGN.md §6);
+//! Request rules, exactly Linux's (`xstate_request_perm()` in arch/x86/kernel/fpu/xstate.c,
+//! DESIGN.md §6), in the order Linux applies them:
+//! 1. an index ≥ `XFEATURE_MAX` ([`XFEATURE_MAX`] = 20 in Linux 6.18: the last xfeature is
+//!    APX, 19) → `einval`;
+//! 2. a feature that is not a dynamic user feature (only TILEDATA, `XFEATURE_MASK_USER_DYNAMIC`)
+//!    or that the host does not support (not in the user configuration's max features) →
+//!    `eopnotsupp` — also for features that are always permitted (AVX, TILECFG): Linux never
+//!    answers 0 for them;
+//! 3. a feature already permitted → `Ok(Grant::AlreadyGranted)` (Linux: 0), even for the guest
+//!    scope after the lock;
+//! 4. a new guest grant after the first vCPU's state was allocated → `ebusy`
+//!    (`FPU_GUEST_PERM_LOCKED`: the permissions size every vCPU container; seed 001);
 //! 5. a host request whose grown signal frame no longer fits a thread's sigaltstack → `enospc`.
+//!
+//! Permissions belong to the process, not to a thread: one [`Permissions`] is shared (in an
+//! `Arc`) by every [`Engine`](super::Engine) of the process (each host thread's), and its
+//! state is atomic, so a grant made on one thread is seen by all (Linux keeps them in the
+//! group leader's `fpu`).
 //!
 //! ```
 //! use xstate::cpuid::{CpuidDump, Regs};
@@ -26,18 +36,20 @@
 //! d.insert(0xd, 17, Regs { eax: 64, ebx: 2752, ecx: 2, edx: 0 });
 //! d.insert(0xd, 18, Regs { eax: 8192, ebx: 2816, ecx: 6, edx: 0 });
 //! let cfg = Configs::new(&Layout::from_dump(&d), 0x60007, 0, SaveInsn::Xsave).unwrap();
-//! let mut p = Permissions::new(&cfg);
+//! let p = Permissions::new(&cfg);
 //! assert_eq!(p.get(Scope::Guest), 0x20007);
 //! assert_eq!(p.request(Scope::Guest, 18).unwrap(), Grant::Granted);
 //! assert_eq!(p.request(Scope::Guest, 18).unwrap(), Grant::AlreadyGranted);
 //! assert_eq!(p.sizes(Scope::Guest, &cfg).unwrap().uabi_size, 11008);
-//! assert_eq!(p.request(Scope::Host, 64).unwrap_err().kind, ErrorKind::Einval);
+//! assert_eq!(p.request(Scope::Host, 20).unwrap_err().kind, ErrorKind::Einval);
 //! assert_eq!(p.request(Scope::Host, 19).unwrap_err().kind, ErrorKind::Eopnotsupp);
+//! assert_eq!(p.request(Scope::Host, 2).unwrap_err().kind, ErrorKind::Eopnotsupp);
 //! p.lock_guest();
 //! assert_eq!(p.request(Scope::Host, 18).unwrap(), Grant::Granted); // host is never locked
 //! ```
 
 use alloc::format;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::config::Configs;
 use super::error::{err, EngineError, ErrorKind};
@@ -76,14 +88,22 @@ pub struct PermSizes {
     pub uabi_size: u32,
 }
 
-/// The permissions of one process.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `XFEATURE_MAX` of Linux 6.18 (`enum xfeature`: the last feature is XFEATURE_APX = 19): a
+/// request for an index at or above it is `EINVAL`.
+pub const XFEATURE_MAX: u32 = 20;
+
+/// The lock bit of the guest permissions (Linux's `FPU_GUEST_PERM_LOCKED`).
+const GUEST_PERM_LOCKED: u64 = 1 << 63;
+
+/// The permissions of one process, shared by its host threads' engines (atomic state; see
+/// the module documentation).
+#[derive(Debug)]
 pub struct Permissions {
     supported: u64,
-    host: u64,
-    guest: u64,
-    guest_locked: bool,
-    sigaltstack: Option<u32>,
+    host: AtomicU64,
+    guest: AtomicU64,
+    /// Smallest sigaltstack of the process's threads; 0 = none installed.
+    sigaltstack: AtomicU32,
 }
 
 impl Permissions {
@@ -91,10 +111,9 @@ impl Permissions {
     pub fn new(cfg: &Configs) -> Self {
         Permissions {
             supported: cfg.user.max_features,
-            host: cfg.user.default_features,
-            guest: cfg.user.default_features,
-            guest_locked: false,
-            sigaltstack: None,
+            host: AtomicU64::new(cfg.user.default_features),
+            guest: AtomicU64::new(cfg.user.default_features),
+            sigaltstack: AtomicU32::new(0),
         }
     }
 
@@ -106,40 +125,50 @@ impl Permissions {
     /// `ARCH_GET_XCOMP_PERM` / `ARCH_GET_XCOMP_GUEST_PERM`: the permitted user features.
     pub fn get(&self, scope: Scope) -> u64 {
         match scope {
-            Scope::Host => self.host,
-            Scope::Guest => self.guest,
+            Scope::Host => self.host.load(Ordering::Acquire),
+            Scope::Guest => self.guest.load(Ordering::Acquire) & !GUEST_PERM_LOCKED,
         }
     }
 
     /// True once the first vCPU's state was allocated.
     pub fn is_guest_locked(&self) -> bool {
-        self.guest_locked
+        self.guest.load(Ordering::Acquire) & GUEST_PERM_LOCKED != 0
     }
 
     /// Locks the guest permissions (done when the first vCPU's container is allocated).
-    pub fn lock_guest(&mut self) {
-        self.guest_locked = true;
+    pub fn lock_guest(&self) {
+        self.guest.fetch_or(GUEST_PERM_LOCKED, Ordering::AcqRel);
     }
 
     /// The smallest sigaltstack of the process's threads, when one is installed: host
     /// requests that would grow the signal frame's XSAVE area beyond it fail with `enospc`.
-    pub fn set_sigaltstack_size(&mut self, size: Option<u32>) {
-        self.sigaltstack = size;
+    pub fn set_sigaltstack_size(&self, size: Option<u32>) {
+        self.sigaltstack.store(size.unwrap_or(0), Ordering::Release);
     }
 
     /// `ARCH_REQ_XCOMP_PERM` / `ARCH_REQ_XCOMP_GUEST_PERM` for component `idx` (rules in the
     /// module documentation).
-    pub fn request(&mut self, scope: Scope, idx: u32) -> Result<Grant, EngineError> {
+    pub fn request(&self, scope: Scope, idx: u32) -> Result<Grant, EngineError> {
         let name = |i: u32| Component::name_of(i as u8);
-        if idx >= 63 {
+        // Rule 1: EINVAL for an index beyond Linux's xfeatures.
+        if idx >= XFEATURE_MAX {
             return err(
                 ErrorKind::Einval,
-                format!("feature index {idx} is not a component (valid: 0..=62; bit 63 is XCOMP_BV's compacted flag)"),
+                format!("feature index {idx} is not below XFEATURE_MAX ({XFEATURE_MAX})"),
             );
         }
         let bit = 1u64 << idx;
-        if self.get(scope) & bit != 0 {
-            return Ok(Grant::AlreadyGranted);
+        // Rule 2: only a supported dynamic user feature can be requested.
+        if bit & mask::DYNAMIC == 0 {
+            return err(
+                ErrorKind::Eopnotsupp,
+                format!(
+                    "component {idx} ({}) is not a dynamic user feature (only {:#x}, {}, can be requested)",
+                    name(idx),
+                    mask::DYNAMIC,
+                    mask_names(mask::DYNAMIC)
+                ),
+            );
         }
         if self.supported & bit == 0 {
             return err(
@@ -152,27 +181,43 @@ impl Permissions {
                 ),
             );
         }
-        if bit & mask::DYNAMIC == 0 {
-            return err(
-                ErrorKind::Eopnotsupp,
-                format!("component {idx} ({}) is not a dynamic feature", name(idx)),
-            );
+        // Rule 3: already granted answers 0.
+        if self.get(scope) & bit != 0 {
+            return Ok(Grant::AlreadyGranted);
         }
         match scope {
-            Scope::Guest if self.guest_locked => {
-                return err(
-                    ErrorKind::Ebusy,
-                    format!(
-                        "guest permissions are locked: a vCPU's state was already allocated with {:#x} ({}); request component {idx} ({}) before creating the first vCPU",
-                        self.guest,
-                        mask_names(self.guest),
-                        name(idx)
-                    ),
-                );
+            Scope::Guest => {
+                // Rule 4: the lock bit lives in the same word as the grants (Linux's
+                // FPU_GUEST_PERM_LOCKED, bit 63), so checking it and granting is one step.
+                let mut cur = self.guest.load(Ordering::Acquire);
+                loop {
+                    if cur & GUEST_PERM_LOCKED != 0 {
+                        let held = cur & !GUEST_PERM_LOCKED;
+                        return err(
+                            ErrorKind::Ebusy,
+                            format!(
+                                "guest permissions are locked: a vCPU's state was already allocated with {held:#x} ({}); request component {idx} ({}) before creating the first vCPU",
+                                mask_names(held),
+                                name(idx)
+                            ),
+                        );
+                    }
+                    match self.guest.compare_exchange(
+                        cur,
+                        cur | bit,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => break,
+                        Err(now) => cur = now,
+                    }
+                }
             }
             Scope::Host => {
-                if let Some(stack) = self.sigaltstack {
-                    let needed = self.frame_bytes(self.host | bit);
+                // Rule 5: the grown signal frame must fit every sigaltstack.
+                let stack = self.sigaltstack.load(Ordering::Acquire);
+                if stack != 0 {
+                    let needed = self.frame_bytes(self.get(Scope::Host) | bit);
                     if needed > stack {
                         return err(
                             ErrorKind::Enospc,
@@ -180,9 +225,8 @@ impl Permissions {
                         );
                     }
                 }
-                self.host |= bit;
+                self.host.fetch_or(bit, Ordering::AcqRel);
             }
-            Scope::Guest => self.guest |= bit,
         }
         Ok(Grant::Granted)
     }
@@ -233,14 +277,23 @@ mod tests {
     #[test]
     fn request_rules_in_order() {
         let c = cfg();
-        let mut p = Permissions::new(&c);
+        let p = Permissions::new(&c);
         assert_eq!(p.supported(), 0x602e7);
         assert_eq!(p.get(Scope::Host), 0x202e7);
-        assert_eq!(
-            p.request(Scope::Host, 63).unwrap_err().kind,
-            ErrorKind::Einval
-        );
-        assert_eq!(p.request(Scope::Host, 2).unwrap(), Grant::AlreadyGranted);
+        for idx in [20, 63, 64, u32::MAX] {
+            assert_eq!(
+                p.request(Scope::Host, idx).unwrap_err().kind,
+                ErrorKind::Einval
+            );
+        }
+        // Not dynamic: EOPNOTSUPP even when the feature is permitted from the start.
+        for idx in [0, 2, 17, 19] {
+            assert_eq!(
+                p.request(Scope::Guest, idx).unwrap_err().kind,
+                ErrorKind::Eopnotsupp,
+                "{idx}"
+            );
+        }
         // CET_S is supervisor: never an arch_prctl feature.
         assert_eq!(
             p.request(Scope::Guest, 12).unwrap_err().kind,
@@ -259,7 +312,7 @@ mod tests {
         assert_eq!(p.get(Scope::Host) & mask::XTILEDATA, 0);
         p.lock_guest();
         assert_eq!(p.request(Scope::Guest, 18).unwrap(), Grant::AlreadyGranted);
-        let mut q = Permissions::new(&c);
+        let q = Permissions::new(&c);
         q.lock_guest();
         let e = q.request(Scope::Guest, 18).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Ebusy);
@@ -269,7 +322,7 @@ mod tests {
     #[test]
     fn sigaltstack_too_small_is_enospc() {
         let c = cfg();
-        let mut p = Permissions::new(&c);
+        let p = Permissions::new(&c);
         p.set_sigaltstack_size(Some(8192));
         let e = p.request(Scope::Host, 18).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Enospc);

@@ -15,6 +15,17 @@
 //!   container's image with supervisor state (CET_S …), for snapshots; copy-in is checked with
 //!   the XRSTORS (or compacted XRSTOR) rules and must fit the container.
 //!
+//! * **XFD on copy-in**: XSTATE_BV bits of components the vCPU's IA32_XFD arms are *cleared*
+//!   (the component is loaded as init) and reported in [`CopyIn::cleared_by_xfd`] — Linux
+//!   6.19's behaviour ("x86/fpu: Clear XSTATE_BV\[i\] in guest XSAVE state whenever
+//!   XFD\[i\]=1", the fix of DESIGN.md §8's regression: with the bit kept, the restore before
+//!   the next guest entry raised #NM in the host). Refusing would break Linux's own
+//!   `amx_test`, which loads XSAVE state while XFD is armed (DESIGN.md §10). So no later
+//!   attach can fault because of what was copied in.
+//! * **Order** (seed 001): XCR0 and XFD are restored before the image
+//!   ([`Engine::set_xcr0`], [`Engine::set_msr`]); an image carrying a feature the container
+//!   does not hold yet (AMX tile data into a fresh vCPU) is refused with that reason.
+//!
 //! Both are refused while the vCPU is attached (`ebusy`: its state is in the registers) and
 //! for confidential vCPUs (`einval`).
 
@@ -40,6 +51,14 @@ fn violations_text(v: &[Violation]) -> String {
         s.push_str(&format!("{x}"));
     }
     s
+}
+
+/// What a successful copy-in did besides loading the image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CopyIn {
+    /// XSTATE_BV bits that were set in the image for components the vCPU's IA32_XFD arms,
+    /// cleared (those components are in init state): Linux 6.19, see the module docs.
+    pub cleared_by_xfd: u64,
 }
 
 fn einval(e: impl core::fmt::Display) -> EngineError {
@@ -79,7 +98,9 @@ impl<B: Backend> Engine<B> {
             let g = self.cfg.layout.standard(mask::LEGACY).map_err(einval)?;
             from_fxsave(fp.as_bytes().get(..512).unwrap_or(&[]), &g).map_err(einval)?
         } else {
-            fp.image().to_owned_image()
+            fp.image()
+                .ok_or_else(|| einval(format!("vCPU {id} has no buffer")))?
+                .to_owned_image()
         };
         for c in bits(img.xstate_bv() & !keep) {
             img.clear_component(c).map_err(einval)?;
@@ -149,9 +170,21 @@ impl<B: Backend> Engine<B> {
     /// the `kvm` rules; the container's supervisor state is kept.
     ///
     /// Errors: `enoent`, `ebusy`, `einval` naming every broken rule with its offset.
-    pub fn set_xsave2(&mut self, id: u32, buf: &[u8]) -> Result<(), EngineError> {
+    pub fn set_xsave2(&mut self, id: u32, buf: &[u8]) -> Result<CopyIn, EngineError> {
         self.detached_accessible(id)?;
         let fp = &self.vcpu(id)?.fpstate;
+        let bv = crate::image::raw_xstate_bv(buf);
+        let beyond = bv & self.cfg.user.max_features & !fp.user_xfeatures();
+        if buf.len() >= 576 && beyond != 0 {
+            return err(
+                ErrorKind::Einval,
+                format!(
+                    "KVM_SET_XSAVE2: XSTATE_BV (offset 512) = {bv:#x} carries {} that vCPU {id}'s container ({}) does not hold yet: restore XCR0 (set_xcr0, KVM_SET_XCRS) and IA32_XFD (set_msr) before the XSAVE image (seed 001: \"XCR0 and XFD have to be restored before XSTATE\")",
+                    crate::components::mask_names(beyond),
+                    fp.describe()
+                ),
+            );
+        }
         let kcfg = KvmConfig {
             supported_xcr0: self.cfg.user.max_features,
             user_features: fp.user_xfeatures(),
@@ -169,6 +202,12 @@ impl<B: Backend> Engine<B> {
             .layout
             .standard(fp.user_xfeatures())
             .map_err(einval)?;
+        let geometry = fp
+            .geometry()
+            .ok_or_else(|| einval(format!("vCPU {id} has no buffer")))?;
+        let own_image = fp
+            .image()
+            .ok_or_else(|| einval(format!("vCPU {id} has no buffer")))?;
         // KVM copies MXCSR only when x87, SSE or AVX is in XSTATE_BV (the same condition
         // under which it checks it): otherwise MXCSR keeps its init value.
         let mut own;
@@ -184,20 +223,25 @@ impl<B: Backend> Engine<B> {
         let supervisor = fp.xstate_bv() & !fp.user_xfeatures() & !mask::COMPACTED;
         let mut img = if fp.insn() == SaveInsn::Fxsave {
             let fx = to_fxsave(&src).map_err(einval)?;
-            let mut i = fp.image().to_owned_image();
+            let mut i = own_image.to_owned_image();
             if let Some(d) = i.as_mut_bytes().get_mut(..512) {
                 d.copy_from_slice(&fx);
             }
             i
         } else {
-            convert(&src, fp.geometry()).map_err(einval)?
+            convert(&src, geometry).map_err(einval)?
         };
         for c in bits(supervisor) {
-            let data = fp.image().component_bytes(c).map_err(einval)?.to_vec();
+            let data = own_image.component_bytes(c).map_err(einval)?.to_vec();
             img.set_component_bytes(c, &data).map_err(einval)?;
         }
         self.stats.copied_bytes += buf.len() as u64;
-        self.vcpu_mut(id)?.fpstate.replace_image(img)
+        let fp = &mut self.vcpu_mut(id)?.fpstate;
+        let xfd = fp.xfd();
+        fp.replace_image(img)?;
+        Ok(CopyIn {
+            cleared_by_xfd: fp.clear_armed(xfd),
+        })
     }
 
     /// The container's image in the compacted form, supervisor state included (for
@@ -216,7 +260,7 @@ impl<B: Backend> Engine<B> {
     /// Loads a compacted image (as [`get_compacted`](Self::get_compacted) returns) into vCPU
     /// `id`'s container. Checked with the XRSTORS rules (compacted XRSTOR without XSAVES
     /// storage) of the host, and XCOMP_BV must be within the container's features.
-    pub fn set_compacted(&mut self, id: u32, bytes: &[u8]) -> Result<(), EngineError> {
+    pub fn set_compacted(&mut self, id: u32, bytes: &[u8]) -> Result<CopyIn, EngineError> {
         self.detached_accessible(id)?;
         let fp = &self.vcpu(id)?.fpstate;
         let rc = RestoreConfig::for_layout(
@@ -249,18 +293,26 @@ impl<B: Backend> Engine<B> {
                 ),
             );
         }
+        let (Some(own_image), Some(geometry)) = (fp.image(), fp.geometry()) else {
+            return Err(einval(format!("vCPU {id} has no buffer")));
+        };
         let img = if fp.insn() == SaveInsn::Fxsave {
             let fx = to_fxsave(&src).map_err(einval)?;
-            let mut i = fp.image().to_owned_image();
+            let mut i = own_image.to_owned_image();
             if let Some(d) = i.as_mut_bytes().get_mut(..512) {
                 d.copy_from_slice(&fx);
             }
             i
         } else {
-            convert(&src, fp.geometry()).map_err(einval)?
+            convert(&src, geometry).map_err(einval)?
         };
         self.stats.copied_bytes += bytes.len() as u64;
-        self.vcpu_mut(id)?.fpstate.replace_image(img)
+        let fp = &mut self.vcpu_mut(id)?.fpstate;
+        let xfd = fp.xfd();
+        fp.replace_image(img)?;
+        Ok(CopyIn {
+            cleared_by_xfd: fp.clear_armed(xfd),
+        })
     }
 
     /// The standard-form bytes of the user features of any context (host thread or vCPU) as

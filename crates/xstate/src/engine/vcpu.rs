@@ -9,13 +9,20 @@
 //!   space during the run: the realloc request of seed 002); switch XFD to the host's;
 //!   restore the host.
 //! * **confidential guests**: their registers belong to the firmware (TDX, SEV-ES); the engine
-//!   neither saves nor restores them, only the host's, and switches XFD (seed 002).
+//!   neither saves nor restores them, only the host's, and switches XFD (seed 002); their
+//!   containers have no buffer.
+//! * **atomicity**: attach and detach commit (mark attached/detached, replace a container)
+//!   only after every instruction succeeded; a fault rolls XFD and the registers back.
+//! * **preemption** ([`Engine::schedule_out`] / [`Engine::schedule_in`]): the current context
+//!   is saved once; the detach of a scheduled-out vCPU saves nothing (seed 002).
+//! * **threads**: "the thread which creates the vCPU is not necessarily the same as the one
+//!   which runs it" (seed 002): [`Engine::take_vcpu`] / [`Engine::put_vcpu`].
 
 use alloc::format;
 
 use super::error::{err, EngineError, ErrorKind};
 use super::fpstate::FpState;
-use super::Engine;
+use super::{AllocReq, Engine};
 use crate::components::{mask, mask_names};
 use crate::layout::check_xcr0_rules;
 use crate::model::Backend;
@@ -41,6 +48,17 @@ pub struct Vcpu {
     pub(crate) xcr0_accum: u64,
     pub(crate) realloc_request: u64,
     pub(crate) run_ended: bool,
+    /// The host configuration the container is stored for: XCR0, IA32_XSS, save instruction.
+    pub(crate) host: (u64, u64, crate::strategy::SaveInsn),
+}
+
+/// A vCPU [`Engine::put_vcpu`] refused, handed back with the reason.
+#[derive(Debug)]
+pub struct RejectedVcpu {
+    /// Why.
+    pub error: EngineError,
+    /// The vCPU, unchanged.
+    pub vcpu: alloc::boxed::Box<Vcpu>,
 }
 
 impl Vcpu {
@@ -89,6 +107,13 @@ impl Vcpu {
         self.realloc_request
     }
 }
+
+// vCPU state moves between host threads (seed 002: "the thread which creates the vCPU is not
+// necessarily the same as the one which runs it").
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Vcpu>();
+};
 
 /// What a successful detach did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -166,10 +191,18 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    /// The features a container for `policy` holds without any dynamic feature enabled:
-    /// the guest default features the policy exposes (x87 and SSE always).
+    /// The features a container for `policy` holds before the guest enables anything: the
+    /// guest default features the policy exposes (x87 and SSE always), plus, with
+    /// [`Growth::Eager`](super::Growth::Eager), the permitted dynamic features it exposes.
     pub(crate) fn base_features(&self, p: &GuestPolicy) -> u64 {
-        self.cfg.guest.default_features & (p.xcr0_max | p.xss | mask::LEGACY)
+        let eager = match self.growth {
+            super::Growth::Lazy => 0,
+            super::Growth::Eager => {
+                p.xcr0_max & mask::DYNAMIC & self.perms.get(super::Scope::Guest)
+            }
+        };
+        self.cfg.guest.max_features
+            & ((self.cfg.guest.default_features & (p.xcr0_max | p.xss | mask::LEGACY)) | eager)
     }
 
     /// `vcpu_create() -> alloc()`: allocates the vCPU's container for `policy` (default
@@ -200,36 +233,20 @@ impl<B: Backend> Engine<B> {
             xcr0_accum: mask::X87,
             realloc_request: 0,
             run_ended: false,
+            host: (self.cfg.xcr0, self.cfg.xss, self.cfg.insn),
         };
         Ok(self.vcpus.entry(id).or_insert(v))
-    }
-
-    /// Serves a pending realloc request of a detached vCPU: its state is in its container, so
-    /// the larger container is filled by conversion. Returns true when it reallocated.
-    fn grow_detached(&mut self, id: u32) -> Result<bool, EngineError> {
-        let (req, features, xfd) = {
-            let v = self.vcpu(id)?;
-            (
-                v.realloc_request,
-                v.fpstate.xfeatures() | v.realloc_request,
-                v.fpstate.xfd(),
-            )
-        };
-        if req == 0 {
-            return Ok(false);
-        }
-        let old = self.vcpu(id)?.fpstate.clone();
-        let n = self.alloc(features, xfd, true, old.is_confidential(), Some(&old))?;
-        let v = self.vcpu_mut(id)?;
-        v.fpstate = n;
-        v.realloc_request = 0;
-        Ok(true)
     }
 
     /// `vcpu_run() -> attach()`: makes vCPU `id` current. A realloc request left pending by a
     /// failed detach is served first (the guest never runs with a container smaller than what
     /// its XCR0 and XFD enable); its failure is returned and the vCPU stays detached.
     /// Returns true when that reallocation happened.
+    ///
+    /// Atomic: the vCPU is marked attached only once its state is loaded. If saving the host,
+    /// switching XFD or restoring the guest fails, XFD and the host's registers are put back
+    /// (restored from the container the host was just saved into), the guest's container is
+    /// untouched, and the error is returned.
     ///
     /// Errors: `enoent`, `ebusy` (a vCPU is attached), `enomem`, `fault` (backend).
     pub fn attach(&mut self, id: u32) -> Result<bool, EngineError> {
@@ -239,43 +256,98 @@ impl<B: Backend> Engine<B> {
                 format!("vCPU {cur} is attached to this CPU: detach it before attaching vCPU {id}"),
             );
         }
-        let realloc = self.grow_detached(id)?;
-        // 1. Save the host's registers if they are live.
-        if self.host_live {
-            Self::save_into(&mut self.cpu, &mut self.stats, &mut self.host)?;
-            self.host_live = false;
+        // The hot path: one lookup, then disjoint borrows of the engine's fields.
+        let Some(v) = self.vcpus.get_mut(&id) else {
+            return err(ErrorKind::Enoent, format!("no vCPU {id}"));
+        };
+        // A request left pending by a failed detach is served first: its state is in its
+        // container, grow by conversion (committed only with the attach).
+        let grown = if v.realloc_request != 0 {
+            let req = AllocReq {
+                features: v.fpstate.xfeatures() | v.realloc_request,
+                xfd: v.fpstate.xfd(),
+                is_guest: true,
+                confidential: v.fpstate.is_confidential(),
+            };
+            Some(
+                self.allocs
+                    .alloc(&self.cfg, &mut self.stats, req, Some(&v.fpstate))?,
+            )
+        } else {
+            None
+        };
+        let cur = grown.as_ref().unwrap_or(&v.fpstate);
+        let cpu = &mut self.cpu;
+        let stats = &mut self.stats;
+        // 1. Save the host's registers if they are live (they stay in the registers too).
+        let host_was_live = self.host_live;
+        if host_was_live {
+            Self::save_into(cpu, stats, &mut self.host)?;
         }
-        // 2. Switch XFD before the restore.
-        let (xfd, confidential) = {
-            let v = self.vcpu(id)?;
-            (v.fpstate.xfd(), v.fpstate.is_confidential())
-        };
-        self.switch_xfd(xfd)?;
-        // 3. Swap the current container: a flag and an index, no copy.
+        // 2. Switch XFD before the restore; 3. restore the guest, unless the firmware does.
+        let host_xfd = self.hw_xfd;
+        let step =
+            Self::xfd_to(cpu, self.writes_xfd, &mut self.hw_xfd, stats, cur.xfd()).and_then(|()| {
+                if cur.is_confidential() {
+                    Ok(())
+                } else {
+                    let rfbm = Self::rfbm_of(&self.cfg, cur);
+                    Self::restore_from(cpu, stats, cur, rfbm)
+                }
+            });
+        if let Err(e) = step {
+            // Roll back: the host's XFD, then its registers from the container (a restore
+            // that faulted may have loaded part of the guest's state).
+            let back = Self::xfd_to(cpu, self.writes_xfd, &mut self.hw_xfd, stats, host_xfd)
+                .and_then(|()| {
+                    if host_was_live {
+                        let rfbm = Self::rfbm_of(&self.cfg, &self.host);
+                        Self::restore_from(cpu, stats, &self.host, rfbm)
+                    } else {
+                        Ok(())
+                    }
+                });
+            if let Err(b) = back {
+                // The host's state is safe in its container: it is no longer live, the next
+                // schedule_in restores it.
+                self.host_live = false;
+                return Err(EngineError::new(
+                    e.kind,
+                    format!(
+                        "{}; rolling back also failed ({b}): the host's state is in its container",
+                        e.message
+                    ),
+                ));
+            }
+            return Err(e);
+        }
+        // 4. Commit: the current container is the guest's (a flag and an id, no copy).
+        // Only a real buffer counts as a reallocation (a confidential container has none).
+        let realloc = grown.is_some() && !v.fpstate.is_confidential();
+        if let Some(n) = grown {
+            v.fpstate = n; // the old container is freed here
+            v.realloc_request = 0;
+        }
+        self.host_live = false;
         self.host.set_in_use(false);
-        self.attached = Some(id);
-        // 4. Restore the guest, unless the firmware does (confidential guests).
-        let rfbm = {
-            let v = self.vcpu(id)?;
-            self.restore_rfbm(&v.fpstate)
-        };
-        let v = self
-            .vcpus
-            .get_mut(&id)
-            .ok_or_else(|| EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}")))?;
         v.fpstate.set_in_use(true);
         v.run_ended = false;
-        if !confidential {
-            Self::restore_from(&mut self.cpu, &mut self.stats, &v.fpstate, rfbm)?;
-        }
+        self.attached = Some(id);
+        self.guest_live = true;
         Ok(realloc)
     }
 
-    /// `detach()` at the end of `vcpu_run()`: saves the guest and restores the host. With a
-    /// realloc request pending (seed 002): allocates the larger container, saves the guest
-    /// into it, frees the old one. If that allocation fails, the guest is saved into its old
-    /// container, the host is restored as usual, and `enomem` is returned: the vCPU is
-    /// detached, its state intact, the request still pending (the next attach retries).
+    /// `detach()` at the end of `vcpu_run()`: saves the guest (unless it was already saved by
+    /// [`schedule_out`](Self::schedule_out): "no save at exit", seed 002) and restores the
+    /// host. With a realloc request pending (seed 002): allocates the larger container, saves
+    /// the guest into it, frees the old one. If that allocation fails, the guest is saved into
+    /// its old container, the host is restored as usual, and `enomem` is returned: the vCPU is
+    /// detached, its state intact, the request still pending (the next attach serves it).
+    ///
+    /// Atomic for backend failures: if a save, the XFD switch or the host's restore faults,
+    /// the vCPU stays attached with its registers live (re-restored from the container it was
+    /// saved into when the host's restore had started), no container is replaced, the request
+    /// stays pending, and the error is returned.
     ///
     /// ```
     /// # use xstate::cpuid::CpuidDump;
@@ -314,60 +386,250 @@ impl<B: Backend> Engine<B> {
                 ),
             );
         }
-        let (req, features, xfd, confidential) = {
-            let v = self.vcpu(id)?;
-            (
-                v.realloc_request,
-                v.fpstate.xfeatures() | v.realloc_request,
-                v.fpstate.xfd(),
-                v.fpstate.is_confidential(),
-            )
+        // One lookup; the allocator, the CPU and the host container are borrowed apart.
+        let Some(v) = self.vcpus.get_mut(&id) else {
+            return err(ErrorKind::Enoent, format!("no vCPU {id}"));
         };
+        let req = v.realloc_request;
+        let confidential = v.fpstate.is_confidential();
+        // A pending realloc request gets its new container (seed 002).
+        let mut grown: Option<FpState> = None;
         let mut failure = None;
-        let mut realloc = false;
         if req != 0 {
-            match self.alloc(features, xfd, true, confidential, None) {
-                Ok(mut n) => {
-                    if !confidential {
-                        // The added components are in init state for this guest (seed 002:
-                        // "the XFD controlled component is in init state at that point"), but
-                        // the registers may still hold another context's values for them
-                        // (a standard-form restore only covers the old container's features):
-                        // put them in init state from the fresh container, then save.
-                        let added = n.xfeatures() & req;
-                        Self::restore_from(&mut self.cpu, &mut self.stats, &n, added)?;
-                        Self::save_into(&mut self.cpu, &mut self.stats, &mut n)?;
-                    }
-                    let v = self.vcpu_mut(id)?;
-                    n.set_in_use(true);
-                    v.fpstate = n; // the old container is freed here
-                    v.realloc_request = 0;
-                    realloc = true;
-                }
+            let r = AllocReq {
+                features: v.fpstate.xfeatures() | req,
+                xfd: v.fpstate.xfd(),
+                is_guest: true,
+                confidential,
+            };
+            // Scheduled out: the state is in the old container; grow by conversion.
+            let from = (!self.guest_live && !confidential).then_some(&v.fpstate);
+            match self.allocs.alloc(&self.cfg, &mut self.stats, r, from) {
+                Ok(n) => grown = Some(n),
                 Err(e) => failure = Some(e),
             }
         }
-        if !realloc && !confidential {
-            let v = self
-                .vcpus
-                .get_mut(&id)
-                .ok_or_else(|| EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}")))?;
-            Self::save_into(&mut self.cpu, &mut self.stats, &mut v.fpstate)?;
+        let cpu = &mut self.cpu;
+        let stats = &mut self.stats;
+        let saves_guest = self.guest_live && !confidential;
+        // 1. Save the guest (into the new container when there is one).
+        if saves_guest {
+            let saved = match grown.as_mut() {
+                Some(n) => {
+                    // The added components are in init state for this guest (seed 002: "the
+                    // XFD controlled component is in init state at that point"), but the
+                    // registers may still hold another context's values for them (a
+                    // standard-form restore only covers the old container's features): put
+                    // them in init state from the fresh container, then save.
+                    let added = n.xfeatures() & req;
+                    Self::restore_from(cpu, stats, n, added)
+                        .and_then(|()| Self::save_into(cpu, stats, n))
+                }
+                None => Self::save_into(cpu, stats, &mut v.fpstate),
+            };
+            saved?;
         }
-        if let Ok(v) = self.vcpu_mut(id) {
-            v.fpstate.set_in_use(false);
-            v.run_ended = false;
+        // 2. XFD to the host's, 3. restore the host.
+        let guest_xfd = v.fpstate.xfd();
+        let host_xfd = self.host.xfd();
+        let step =
+            Self::xfd_to(cpu, self.writes_xfd, &mut self.hw_xfd, stats, host_xfd).and_then(|()| {
+                let rfbm = Self::rfbm_of(&self.cfg, &self.host);
+                Self::restore_from(cpu, stats, &self.host, rfbm)
+            });
+        if let Err(e) = step {
+            // Roll back: the guest's XFD and registers, from where they were just saved.
+            let back = Self::xfd_to(cpu, self.writes_xfd, &mut self.hw_xfd, stats, guest_xfd)
+                .and_then(|()| {
+                    if !saves_guest {
+                        return Ok(());
+                    }
+                    let from = grown.as_ref().unwrap_or(&v.fpstate);
+                    let rfbm = Self::rfbm_of(&self.cfg, from);
+                    Self::restore_from(cpu, stats, from, rfbm)
+                });
+            if let Err(b) = back {
+                // The guest's state is in a container: keep it, not live (scheduled out).
+                if let Some(n) = grown.take() {
+                    let mut n = n;
+                    n.set_in_use(true);
+                    v.fpstate = n;
+                    v.realloc_request = 0;
+                }
+                self.guest_live = false;
+                return Err(EngineError::new(
+                    e.kind,
+                    format!("{}; rolling back also failed ({b}): vCPU {id} stays attached, its state in its container", e.message),
+                ));
+            }
+            return Err(e);
         }
+        // 4. Commit. Only a real buffer counts as a reallocation.
+        let realloc = grown.is_some() && !confidential;
+        if let Some(n) = grown {
+            v.fpstate = n; // the old container is freed here
+            v.realloc_request = 0;
+        }
+        v.fpstate.set_in_use(false);
+        v.run_ended = false;
         self.attached = None;
+        self.guest_live = false;
         self.host.set_in_use(true);
-        self.switch_xfd(self.host.xfd())?;
-        let rfbm = self.restore_rfbm(&self.host);
-        Self::restore_from(&mut self.cpu, &mut self.stats, &self.host, rfbm)?;
         self.host_live = true;
         match failure {
             Some(e) => Err(e),
             None => Ok(Detached { realloc }),
         }
+    }
+
+    /// The host thread is scheduled out (preempted, or the kernel is about to use the FPU):
+    /// the registers are saved into the current container — the attached vCPU's if any, the
+    /// host's otherwise — and are no longer live. State already saved is not saved again:
+    /// a second `schedule_out`, and the `detach` that follows, issue no save (seed 002:
+    /// "if (!test_thread_flag(TIF_NEED_FPU_LOAD)) save_fpregs_to_fpstate").
+    pub fn schedule_out(&mut self) -> Result<(), EngineError> {
+        match self.attached {
+            Some(id) => {
+                if !self.guest_live {
+                    return Ok(());
+                }
+                let Some(v) = self.vcpus.get_mut(&id) else {
+                    return err(ErrorKind::Enoent, format!("no vCPU {id}"));
+                };
+                if !v.fpstate.is_confidential() {
+                    Self::save_into(&mut self.cpu, &mut self.stats, &mut v.fpstate)?;
+                }
+                self.guest_live = false;
+            }
+            None => {
+                if self.host_live {
+                    Self::save_into(&mut self.cpu, &mut self.stats, &mut self.host)?;
+                    self.host_live = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The host thread runs again: the current container's state goes back into the
+    /// registers if it is not live (XFD switched first). On failure the state stays in the
+    /// container (not live) and XFD as it was.
+    pub fn schedule_in(&mut self) -> Result<(), EngineError> {
+        let cur_xfd = self.hw_xfd;
+        let r = match self.attached {
+            Some(id) => {
+                if self.guest_live {
+                    return Ok(());
+                }
+                let Some(v) = self.vcpus.get(&id) else {
+                    return err(ErrorKind::Enoent, format!("no vCPU {id}"));
+                };
+                let cpu = &mut self.cpu;
+                let stats = &mut self.stats;
+                Self::xfd_to(
+                    cpu,
+                    self.writes_xfd,
+                    &mut self.hw_xfd,
+                    stats,
+                    v.fpstate.xfd(),
+                )
+                .and_then(|()| {
+                    if v.fpstate.is_confidential() {
+                        return Ok(());
+                    }
+                    let rfbm = Self::rfbm_of(&self.cfg, &v.fpstate);
+                    Self::restore_from(cpu, stats, &v.fpstate, rfbm)
+                })
+                .map(|()| self.guest_live = true)
+            }
+            None => {
+                if self.host_live {
+                    return Ok(());
+                }
+                let cpu = &mut self.cpu;
+                let stats = &mut self.stats;
+                Self::xfd_to(
+                    cpu,
+                    self.writes_xfd,
+                    &mut self.hw_xfd,
+                    stats,
+                    self.host.xfd(),
+                )
+                .and_then(|()| {
+                    let rfbm = Self::rfbm_of(&self.cfg, &self.host);
+                    Self::restore_from(cpu, stats, &self.host, rfbm)
+                })
+                .map(|()| self.host_live = true)
+            }
+        };
+        if r.is_err() {
+            let _ = self.switch_xfd(cur_xfd);
+        }
+        r
+    }
+
+    /// True while the attached vCPU's registers are in the CPU (false when none is attached
+    /// or it was scheduled out).
+    pub fn guest_live(&self) -> bool {
+        self.guest_live
+    }
+
+    /// Takes vCPU `id` out of this engine, to be put into another host thread's engine with
+    /// [`put_vcpu`](Self::put_vcpu) (the creating thread need not be the running one, seed
+    /// 002). Refused (`ebusy`) while it is attached.
+    pub fn take_vcpu(&mut self, id: u32) -> Result<Vcpu, EngineError> {
+        if self.attached == Some(id) {
+            return err(
+                ErrorKind::Ebusy,
+                format!("vCPU {id} is attached to this thread: detach it before moving it"),
+            );
+        }
+        self.vcpus
+            .remove(&id)
+            .ok_or_else(|| EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}")))
+    }
+
+    /// Puts a vCPU taken from another engine into this one. Refused — the vCPU is handed
+    /// back inside the error, nothing lost — when the id exists here (`einval`), when this
+    /// engine stores containers differently (another save instruction, XCR0 or IA32_XSS:
+    /// `einval`), or when its policy is not allowed here (the permissions are per process:
+    /// share them with [`with_permissions`](Self::with_permissions)).
+    pub fn put_vcpu(&mut self, v: Vcpu) -> Result<u32, RejectedVcpu> {
+        let reject = |error: EngineError, vcpu: Vcpu| RejectedVcpu {
+            error,
+            vcpu: alloc::boxed::Box::new(vcpu),
+        };
+        if self.vcpus.contains_key(&v.id) {
+            let id = v.id;
+            return Err(reject(
+                EngineError::new(ErrorKind::Einval, format!("vCPU {id} already exists here")),
+                v,
+            ));
+        }
+        if v.host != (self.cfg.xcr0, self.cfg.xss, self.cfg.insn) {
+            let e = EngineError::new(
+                ErrorKind::Einval,
+                format!(
+                    "vCPU {} was created for host XCR0 {:#x}, IA32_XSS {:#x}, {}; this engine has {:#x}, {:#x}, {}",
+                    v.id,
+                    v.host.0,
+                    v.host.1,
+                    v.host.2.name(),
+                    self.cfg.xcr0,
+                    self.cfg.xss,
+                    self.cfg.insn.name()
+                ),
+            );
+            return Err(reject(e, v));
+        }
+        if let Err(e) = self.check_policy(&v.policy) {
+            return Err(reject(e, v));
+        }
+        let id = v.id;
+        // A vCPU's state exists: the guest permissions are locked (they sized it).
+        self.perms.lock_guest();
+        self.vcpus.insert(id, v);
+        Ok(id)
     }
 
     /// `vcpu_destroy() -> free()`: frees the vCPU's container. Refused (`ebusy`) while it is

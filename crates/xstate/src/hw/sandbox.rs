@@ -152,6 +152,31 @@ pub fn xrstor(
     xrstor_after(host, None, image, rfbm, offset)
 }
 
+/// Runs XRSTOR64 of `image` with EDX:EAX = `rfbm` in a forked child, with the image placed so
+/// that the readable memory ends right after it: the image (rounded up to 64 bytes, the
+/// alignment XRSTOR requires; the slack reads as zero) ends at a page boundary and the next
+/// page is inaccessible (PROT_NONE). A restore that reads byte `image.len()` or beyond (past
+/// the rounding) dies of SIGSEGV: this measures how many bytes the instruction reads for a
+/// given header. The child first asks Linux for permission to use dynamic components
+/// (ARCH_REQ_XCOMP_PERM 0x1023 for AMX TILEDATA, component 18) so that restoring tile data
+/// raises no XFD #NM; where that fails (no AMX), restoring TILEDATA gives SIGILL.
+pub fn xrstor_fenced(host: &Host, image: &[u8], rfbm: u64) -> Result<Outcome, SandboxError> {
+    if !host.xsave_usable() {
+        return Err(SandboxError::NoXsave);
+    }
+    let span = (image.len().max(64) + 63) & !63;
+    let pages = span.div_ceil(4096);
+    let mut src = Shared::new((pages + 1) * 4096)?;
+    let start = pages * 4096 - span;
+    src.slice_mut()[start..start + image.len()].copy_from_slice(image);
+    // SAFETY: changes the protection of the last page of the mapping `src` owns; nothing in
+    // this process reads it (the slices used below end before it).
+    if unsafe { libc::mprotect(src.ptr.add(pages * 4096).cast(), 4096, libc::PROT_NONE) } != 0 {
+        return Err(sys("mprotect"));
+    }
+    run_child(host, None, src.ptr.wrapping_add(start), rfbm, true)
+}
+
 /// Like [`xrstor`], but the child first restores `pre` (a standard-form image, RFBM = all
 /// ones, from a different address) so that the state before the restore under test is known
 /// exactly, and the modified-optimization record points elsewhere. `pre` must pass
@@ -169,11 +194,23 @@ pub fn xrstor_after(
     if offset >= 4096 {
         return Err(SandboxError::Offset(offset));
     }
-    let std_size = host.standard_size() as usize;
     let big = host.layout().max_standard_size().max(16384) as usize;
     let src_len = (offset + image.len().max(big) + 4095) & !4095;
     let mut src = Shared::new(src_len)?;
     src.slice_mut()[offset..offset + image.len()].copy_from_slice(image);
+    run_child(host, pre, src.ptr.wrapping_add(offset), rfbm, false)
+}
+
+/// Forks a child that restores from `src` (and first from `pre`), then reports XINUSE and a
+/// standard-form XSAVE. `src` stays mapped (and owned by the caller) until this returns.
+fn run_child(
+    host: &Host,
+    pre: Option<&[u8]>,
+    src: *mut u8,
+    rfbm: u64,
+    request_dynamic: bool,
+) -> Result<Outcome, SandboxError> {
+    let std_size = host.standard_size() as usize;
     // Results: [0..8) XINUSE, [64..64+std) the XSAVE image.
     let out_len = (64 + std_size + 4095) & !4095;
     let out = Shared::new(out_len)?;
@@ -189,7 +226,7 @@ pub fn xrstor_after(
     };
     let mut p = SeqParams {
         ctx: ctx.as_mut_ptr(),
-        src: src.ptr.wrapping_add(offset),
+        src,
         rrfbm: rfbm,
         do_restore: 1,
         mid: 0,
@@ -222,6 +259,10 @@ pub fn xrstor_after(
         // when supported. The child exits without returning to Rust code.
         unsafe {
             libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+            if request_dynamic {
+                // ARCH_REQ_XCOMP_PERM for XTILEDATA (Linux arch/x86 prctl ABI; DESIGN.md §6).
+                libc::syscall(libc::SYS_arch_prctl, 0x1023, 18);
+            }
             run_sequence(&mut p);
             core::ptr::write_volatile(out.ptr.cast::<u64>(), p.xinuse);
             libc::_exit(0);

@@ -641,8 +641,8 @@ impl ModelCpu {
             fsw: rd_u16(m, 2),
             ftw: m[4],
             fop: rd_u16(m, 6) & 0x7ff,
-            fip: self.canonical_pointer(rd_u64(m, 8)),
-            fdp: self.canonical_pointer(rd_u64(m, 16)),
+            fip: canonical_pointer(rd_u64(m, 8), self.profile.fip_bits),
+            fdp: canonical_pointer(rd_u64(m, 16), self.profile.fdp_bits),
             r,
         };
         // ES (bit 7) and B (bit 15) reflect whether an unmasked exception is pending
@@ -657,16 +657,6 @@ impl ModelCpu {
             x.fdp = 0;
         }
         x
-    }
-
-    fn canonical_pointer(&self, v: u64) -> u64 {
-        match self.profile.x87_pointer_bits {
-            Some(b) if (1..64).contains(&b) => {
-                let sh = 64 - u32::from(b);
-                (((v << sh) as i64) >> sh) as u64
-            }
-            _ => v,
-        }
     }
 
     fn mxcsr_check(&self, v: u32, at: usize) -> Result<(), Fault> {
@@ -1216,12 +1206,14 @@ impl ModelCpu {
                 zero_ext(self, 2, 0..256);
                 zero_ext(self, 6, 0..512);
                 let upper = mask::AVX | mask::ZMM_HI256;
-                // Measured on Zen 5: both mark SSE modified too.
                 if insn == SimpleInsn::Vzeroall {
                     self.xmm = [0; 256];
                     self.touch(mask::SSE | upper, 0, mask::SSE | upper);
-                } else {
+                } else if self.profile.vzeroupper_modifies_sse {
+                    // Measured on Zen 5: VZEROUPPER marks SSE modified too.
                     self.touch(mask::SSE | upper, 0, upper);
+                } else {
+                    self.touch(upper, 0, upper);
                 }
             }
             SimpleInsn::Fninit => {
@@ -1256,6 +1248,10 @@ impl ModelCpu {
             SimpleInsn::Ldmxcsr(v) => {
                 self.mxcsr_check(v, 0)?;
                 self.mxcsr = v;
+                if self.profile.ldmxcsr_writes_sse {
+                    self.xinuse |= mask::SSE;
+                    self.xmodified |= mask::SSE;
+                }
             }
             SimpleInsn::Tilerelease => {
                 need(mask::AMX, "TILERELEASE")?;
@@ -1395,5 +1391,17 @@ impl Backend for ModelCpu {
 
     fn read_state(&mut self) -> Result<Vec<u8>, Fault> {
         Ok(self.state_image())
+    }
+}
+
+/// An x87 pointer register as a CPU holding `bits` of it reads it back: sign-extended from
+/// bit `bits - 1` (None: all 64 bits kept).
+fn canonical_pointer(v: u64, bits: Option<u8>) -> u64 {
+    match bits {
+        Some(b) if (1..64).contains(&b) => {
+            let sh = 64 - u32::from(b);
+            (((v << sh) as i64) >> sh) as u64
+        }
+        _ => v,
     }
 }

@@ -62,14 +62,17 @@
 //!    zero — for FXSAVE and XSAVE alike, even though CPUID.8000_0008:EBX\[2\] (XSaveErPtr) is
 //!    set; a masked exception does not make them saved ([`X87Pointers`]).
 //! 5. **FIP and FDP hold 57 bits**: loaded values read back sign-extended from bit 56
-//!    ([`CpuProfile::x87_pointer_bits`]); FOP keeps 11 bits.
+//!    ([`CpuProfile::fip_bits`], [`CpuProfile::fdp_bits`]); FOP keeps 11 bits. (The Intel
+//!    Xeon measured keeps 57 bits of FIP but all 64 of FDP.)
 //! 6. **FSW.ES and FSW.B are recomputed** from the exception flags and FCW masks on load;
 //!    **FCW reserved bits** read back fixed: bits 7 and 13-15 as 0, bit 6 as 1
-//!    ([`CpuProfile::fcw_fixed`]; measured on an Intel Xeon too, so Intel profiles have it).
+//!    ([`CpuProfile::fcw_fixed`]; the Intel Xeon measured does the same).
 //! 7. **The modified optimization is real and per component**: XRSTOR from A, a memory write
 //!    into A, XSAVEOPT to A leaves the written bytes of unmodified components in place; an
 //!    instruction writing a component (PXOR → SSE, FNCLEX/FNINIT → x87, KXORW → opmask,
-//!    VPXOR ymm → SSE, AVX, ZMM_Hi256; VZEROUPPER → also SSE; LDMXCSR → none) makes it
+//!    VPXOR ymm → SSE, AVX, ZMM_Hi256; VZEROUPPER → also SSE on Zen 5, not on the Intel Xeon
+//!    measured ([`CpuProfile::vzeroupper_modifies_sse`]); LDMXCSR → none on Zen 5, SSE on the
+//!    Intel Xeon ([`CpuProfile::ldmxcsr_writes_sse`])) makes it
 //!    written. Components **outside the RFBM of that XRSTOR** are always written (the model
 //!    sets XMODIFIED for them).
 //! 8. MXCSR_MASK is 0x2FFFF (bit 17, AMD's misaligned-exception mask, is writable).
@@ -119,6 +122,7 @@ pub mod aligned;
 pub mod backend;
 pub mod cpu;
 pub mod fault;
+pub mod inject;
 pub mod profile;
 
 #[cfg(all(feature = "ring0", target_arch = "x86_64"))]

@@ -58,18 +58,31 @@ pub struct CpuProfile {
     pub mxcsr_mask: u32,
     /// How FIP/FDP/FOP are saved.
     pub x87_pointers: X87Pointers,
-    /// Width of the FIP/FDP registers: loaded values are sign-extended from this bit count
-    /// (57 measured on AMD Zen 5: bits 63:57 read back as copies of bit 56); None keeps all 64.
-    pub x87_pointer_bits: Option<u8>,
+    /// Width of the FIP register: loaded values are sign-extended from this bit count (57
+    /// measured on AMD Zen 5 and on an Intel Xeon with AMX, family 6 model 0xA7: bits 63:57
+    /// read back as copies of bit 56); None keeps all 64.
+    pub fip_bits: Option<u8>,
+    /// Width of the FDP register, as [`CpuProfile::fip_bits`] (57 on Zen 5; all 64 kept on the
+    /// Intel Xeon measured).
+    pub fdp_bits: Option<u8>,
     /// How XINUSE is tracked.
     pub xinuse_tracking: XinuseTracking,
-    /// FCW bits as stored: `(and, or)` applied to a loaded FCW (AMD Zen 5 and Intel Xeon
-    /// measured: `(0x1f3f, 0x0040)`: reserved bits 7 and 13-15 read 0, bit 6 reads 1). None:
-    /// as loaded.
+    /// FCW bits as stored: `(and, or)` applied to a loaded FCW (measured on AMD Zen 5 and on
+    /// the Intel Xeon, family 6 model 0xA7: `(0x1f3f, 0x0040)`: reserved bits 7 and 13-15 read
+    /// 0, bit 6 reads 1). None: as loaded.
     pub fcw_fixed: Option<(u16, u16)>,
     /// A legacy-SSE instruction writing an XMM register while ZMM_Hi256 is in use marks AVX
     /// in use (XINUSE\[2\] = 1) even though the YMM upper halves stay zero (measured on Zen 5).
     pub sse_write_marks_avx: bool,
+    /// LDMXCSR puts SSE in use and marks it modified, whatever the value and whether the XMM
+    /// registers are zero (measured on the Intel Xeon, family 6 model 0xA7: XSAVEOPT after
+    /// XRSTOR, LDMXCSR writes the XMM registers and XSTATE_BV\[1\] = 1; on Zen 5 LDMXCSR
+    /// changes neither).
+    pub ldmxcsr_writes_sse: bool,
+    /// VZEROUPPER marks SSE modified for XSAVEOPT's modified optimization although it leaves
+    /// the XMM registers as they are (measured on Zen 5; the Intel Xeon, family 6 model 0xA7,
+    /// does not: XSAVEOPT to the XRSTOR address after VZEROUPPER skips the XMM registers).
+    pub vzeroupper_modifies_sse: bool,
 }
 
 impl CpuProfile {
@@ -99,15 +112,14 @@ impl CpuProfile {
             } else {
                 X87Pointers::Always
             },
-            x87_pointer_bits: if amd_like { Some(57) } else { None },
-            // Measured on AMD Zen 5 and on an Intel Xeon (family 6, model 0xa7): FXRSTOR of
-            // FCW 0 reads back 0x0040, of 0xFFFF 0x1F7F (reserved bits 6 = 1, 7 and 13-15 = 0).
-            fcw_fixed: if amd_like || matches!(vendor, Vendor::Intel) {
-                Some((0x1f3f, 0x0040))
-            } else {
-                None
-            },
+            // Measured on Zen 5 and on an Intel Xeon (family 6, model 0xA7) with the FXSAVE64
+            // probe of tests/model_hw.rs: FIP keeps 57 bits on both, FDP only on AMD.
+            fip_bits: Some(57),
+            fdp_bits: if amd_like { Some(57) } else { None },
+            fcw_fixed: Some((0x1f3f, 0x0040)),
             sse_write_marks_avx: amd_like,
+            ldmxcsr_writes_sse: !amd_like,
+            vzeroupper_modifies_sse: amd_like,
             xinuse_tracking: if amd_like {
                 XinuseTracking::ByValue
             } else {

@@ -103,10 +103,6 @@ fn to_map<K: Ord + Copy + Into<u64>, V>(
     Ok(m)
 }
 
-fn from_map<K: Copy, V: Clone, W>(m: &BTreeMap<K, V>, f: impl Fn(&V) -> W) -> Pairs<K, W> {
-    Pairs(m.iter().map(|(k, v)| (*k, f(v))).collect())
-}
-
 /// Version 1 of the wire schema. Frozen: a later version gets its own module.
 mod v1 {
     use super::{Bytes, Pairs};
@@ -165,55 +161,127 @@ mod v1 {
     }
 }
 
-fn to_v1(s: &Snapshot) -> v1::Body {
-    let src = &s.source;
-    let l = &s.legacy;
-    v1::Body {
-        producer: s.producer.clone(),
-        source: v1::Source {
-            vendor: src.vendor.clone(),
-            family: src.family,
-            model: src.model,
-            stepping: src.stepping,
-            xcr0_supported: src.xcr0_supported,
-            xss_supported: src.xss_supported,
-            xsave_features: src.xsave_features,
-            max_standard_size: src.max_standard_size,
-            components: from_map(&src.components, |c| v1::Geometry {
-                size: c.size,
-                offset: c.offset,
-                flags: c.flags,
-            }),
-        },
-        xcr0: s.xcr0,
-        xss: s.xss,
-        xfd: s.xfd,
-        xfd_err: s.xfd_err,
-        legacy: v1::Legacy {
-            fcw: l.fcw,
-            fsw: l.fsw,
-            ftw: l.ftw,
-            fop: l.fop,
-            fip: l.fip,
-            fdp: l.fdp,
-            mxcsr: l.mxcsr,
-            mxcsr_mask: l.mxcsr_mask,
-        },
-        components: Pairs(
-            s.components
-                .iter()
-                .map(|(&id, d)| {
-                    (
-                        id,
-                        v1::Component {
-                            name: crate::components::Component::name_of(id),
-                            data: Bytes(d.clone()),
-                        },
-                    )
-                })
-                .collect(),
-        ),
-        msrs: from_map(&s.msrs, |v| *v),
+/// The v1 body written straight from a [`Snapshot`] by reference: the same CBOR as
+/// [`v1::Body`] (same keys in the same order, same types), without cloning the snapshot.
+mod v1_out {
+    use alloc::collections::BTreeMap;
+    use alloc::vec::Vec;
+    use serde::ser::{SerializeMap, SerializeStruct, Serializer};
+    use serde::Serialize;
+
+    use crate::snapshot::{Legacy, Snapshot, SourceComponent, SourceCpu};
+
+    pub struct Body<'a>(pub &'a Snapshot);
+    struct Source<'a>(&'a SourceCpu);
+    struct LegacyOut<'a>(&'a Legacy);
+    struct Geometries<'a>(&'a BTreeMap<u8, SourceComponent>);
+    struct Components<'a>(&'a BTreeMap<u8, Vec<u8>>);
+    struct ComponentOut<'a>(u8, &'a [u8]);
+    struct Bytes<'a>(&'a [u8]);
+    struct Msrs<'a>(&'a BTreeMap<u32, u64>);
+
+    impl Serialize for Bytes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    impl Serialize for Body<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let b = self.0;
+            let mut st = s.serialize_struct("Body", 9)?;
+            st.serialize_field("producer", b.producer.as_str())?;
+            st.serialize_field("source", &Source(&b.source))?;
+            st.serialize_field("xcr0", &b.xcr0)?;
+            st.serialize_field("xss", &b.xss)?;
+            st.serialize_field("xfd", &b.xfd)?;
+            st.serialize_field("xfd_err", &b.xfd_err)?;
+            st.serialize_field("legacy", &LegacyOut(&b.legacy))?;
+            st.serialize_field("components", &Components(&b.components))?;
+            st.serialize_field("msrs", &Msrs(&b.msrs))?;
+            st.end()
+        }
+    }
+
+    impl Serialize for Source<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let c = self.0;
+            let mut st = s.serialize_struct("Source", 9)?;
+            st.serialize_field("vendor", c.vendor.as_str())?;
+            st.serialize_field("family", &c.family)?;
+            st.serialize_field("model", &c.model)?;
+            st.serialize_field("stepping", &c.stepping)?;
+            st.serialize_field("xcr0_supported", &c.xcr0_supported)?;
+            st.serialize_field("xss_supported", &c.xss_supported)?;
+            st.serialize_field("xsave_features", &c.xsave_features)?;
+            st.serialize_field("max_standard_size", &c.max_standard_size)?;
+            st.serialize_field("components", &Geometries(&c.components))?;
+            st.end()
+        }
+    }
+
+    impl Serialize for Geometries<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(self.0.len()))?;
+            for (id, g) in self.0 {
+                m.serialize_entry(
+                    id,
+                    &super::v1::Geometry {
+                        size: g.size,
+                        offset: g.offset,
+                        flags: g.flags,
+                    },
+                )?;
+            }
+            m.end()
+        }
+    }
+
+    impl Serialize for LegacyOut<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let l = self.0;
+            super::v1::Legacy {
+                fcw: l.fcw,
+                fsw: l.fsw,
+                ftw: l.ftw,
+                fop: l.fop,
+                fip: l.fip,
+                fdp: l.fdp,
+                mxcsr: l.mxcsr,
+                mxcsr_mask: l.mxcsr_mask,
+            }
+            .serialize(s)
+        }
+    }
+
+    impl Serialize for Components<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(self.0.len()))?;
+            for (&id, d) in self.0 {
+                m.serialize_entry(&id, &ComponentOut(id, d))?;
+            }
+            m.end()
+        }
+    }
+
+    impl Serialize for ComponentOut<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut st = s.serialize_struct("Component", 2)?;
+            match crate::components::Component::get(self.0) {
+                Some(c) => st.serialize_field("name", c.name)?,
+                None => {
+                    st.serialize_field("name", &crate::components::Component::name_of(self.0))?
+                }
+            }
+            st.serialize_field("data", &Bytes(self.1))?;
+            st.end()
+        }
+    }
+
+    impl Serialize for Msrs<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter())
+        }
     }
 }
 
@@ -284,24 +352,26 @@ impl Snapshot {
     /// Fails only if the CBOR writer reports an error (it has none to report for this schema
     /// written to memory) or the body exceeds 4 GiB.
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
-        let mut body = Vec::new();
-        ciborium::into_writer(&to_v1(self), &mut body).map_err(|e| SnapshotError::Body {
-            message: format!("cannot encode: {e:?}"),
-        })?;
-        let Ok(body_len) = u32::try_from(body.len()) else {
-            return Err(SnapshotError::Body {
-                message: format!(
-                    "body of {} bytes exceeds the 4 GiB the header can declare",
-                    body.len()
-                ),
-            });
-        };
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TRAILER_LEN);
+        // Header first (the body length patched in once known), the body written after it in
+        // place, the CRC last: one buffer, sized for the component contents up front.
+        let content: usize = self.components.values().map(Vec::len).sum();
+        let mut out = Vec::with_capacity(HEADER_LEN + content + 1024 + TRAILER_LEN);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(&body_len.to_le_bytes());
-        out.extend_from_slice(&body);
+        out.extend_from_slice(&0u32.to_le_bytes());
+        // Writing to a Vec cannot fail; the CBOR writer's only other error is a value it
+        // cannot represent, which this schema has none of.
+        ciborium::into_writer(&v1_out::Body(self), &mut out).map_err(|_| SnapshotError::Body {
+            message: String::from("the CBOR writer refused the body"),
+        })?;
+        let body = out.len() - HEADER_LEN;
+        let Ok(body_len) = u32::try_from(body) else {
+            return Err(SnapshotError::Body {
+                message: format!("body of {body} bytes exceeds the 4 GiB the header can declare"),
+            });
+        };
+        out[12..16].copy_from_slice(&body_len.to_le_bytes());
         let crc = crc32(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         Ok(out)
@@ -374,9 +444,12 @@ fn bad_magic(bytes: &[u8]) -> SnapshotError {
     SnapshotError::BadMagic { found }
 }
 
-fn body_error<E: fmt::Debug>(e: ciborium::de::Error<E>) -> SnapshotError {
+fn body_error<E>(e: ciborium::de::Error<E>) -> SnapshotError {
     let message = match e {
-        ciborium::de::Error::Io(io) => format!("truncated or unreadable: {io:?}"),
+        // Reading from a byte slice fails only at its end.
+        ciborium::de::Error::Io(_) => String::from(
+            "the body ends inside a CBOR value: the file is truncated or its length field damaged",
+        ),
         ciborium::de::Error::Syntax(off) => format!("CBOR syntax error at body byte {off}"),
         ciborium::de::Error::Semantic(off, msg) => match off {
             Some(o) => format!("at body byte {o}: {msg}"),
