@@ -562,7 +562,8 @@ impl<B: Backend> Engine<B> {
     ) -> Result<(), EngineError> {
         let (s, _) = insns(fp.insn());
         let rfbm = fp.xfeatures();
-        cpu.save(s, fp.as_mut_bytes(), rfbm)
+        let (mem, seal) = fp.save_target();
+        cpu.save_sealed(s, mem, rfbm, seal)
             .map_err(|f| fault_err(&format!("{} into the container", s.name()), &f))?;
         stats.saves += 1;
         Ok(())
@@ -576,7 +577,7 @@ impl<B: Backend> Engine<B> {
         rfbm: u64,
     ) -> Result<(), EngineError> {
         let (_, r) = insns(fp.insn());
-        cpu.restore(r, fp.as_bytes(), rfbm)
+        cpu.restore_sealed(r, fp.as_bytes(), rfbm, fp.seal())
             .map_err(|f| fault_err(&format!("{} from the container", r.name()), &f))?;
         stats.restores += 1;
         Ok(())

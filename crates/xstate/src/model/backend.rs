@@ -129,6 +129,87 @@ pub trait Backend {
     /// The user registers as a standard-form image for XCR0 (what XSAVE with RFBM = all ones
     /// into zeroed memory would write): XSTATE_BV is XINUSE & XCR0.
     fn read_state(&mut self) -> Result<Vec<u8>, Fault>;
+
+    /// [`save`](Self::save) into a buffer whose [`Seal`] travels with it. A backend may record
+    /// in the seal that the buffer now holds an image its own save instruction wrote (see
+    /// [`Seal`]); the default unseals it and saves as usual. Only this crate can hold a
+    /// `Seal` (it has no public constructor), so only the engine's containers call this.
+    fn save_sealed(
+        &mut self,
+        insn: SaveInsn,
+        mem: &mut [u8],
+        rfbm: u64,
+        seal: &mut Seal,
+    ) -> Result<(), Fault> {
+        *seal = Seal::NONE;
+        self.save(insn, mem, rfbm)
+    }
+
+    /// [`restore`](Self::restore) from a buffer with its [`Seal`]. A backend may skip checks
+    /// the seal proves hold; the default checks everything.
+    fn restore_sealed(
+        &mut self,
+        insn: RestoreInsn,
+        mem: &[u8],
+        rfbm: u64,
+        seal: &Seal,
+    ) -> Result<(), Fault> {
+        let _ = seal;
+        self.restore(insn, mem, rfbm)
+    }
+}
+
+/// The proof, kept next to a buffer, that its bytes are an image a backend's own save
+/// instruction wrote and that nothing else has written since: the "trusted container" of the
+/// engine (docs/performance.md, P1).
+///
+/// Who may set it and when:
+/// * only a backend, in [`Backend::save_sealed`], after its save instruction succeeded and the
+///   image it wrote passed every restore check once;
+/// * it names that backend instance, the save instruction, the RFBM, the buffer's address and
+///   length: a seal presented with any other buffer, instruction or backend proves nothing;
+/// * whoever keeps the buffer resets it to [`Seal::NONE`] before any other write into the
+///   buffer (the engine's `FpState` hands out its bytes mutably only that way), and a clone
+///   of a seal is [`Seal::NONE`];
+/// * it cannot be made or obtained outside this crate (no public constructor, no public
+///   field, no public API returns one), so images from outside are always checked.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Seal {
+    /// The backend instance that sealed the buffer (0: not sealed).
+    pub(crate) owner: u64,
+    pub(crate) insn: SaveInsn,
+    pub(crate) rfbm: u64,
+    pub(crate) ptr: usize,
+    pub(crate) len: usize,
+}
+
+impl Seal {
+    /// Not sealed: proves nothing.
+    pub(crate) const NONE: Seal = Seal {
+        owner: 0,
+        insn: SaveInsn::Fxsave,
+        rfbm: 0,
+        ptr: 0,
+        len: 0,
+    };
+
+    /// True when the buffer is sealed by backend `owner` for `insn`, `rfbm` at `mem`.
+    #[inline]
+    pub(crate) fn holds(&self, owner: u64, insn: SaveInsn, rfbm: u64, mem: &[u8]) -> bool {
+        self.owner == owner
+            && owner != 0
+            && self.insn == insn
+            && self.rfbm == rfbm
+            && self.ptr == mem.as_ptr() as usize
+            && self.len == mem.len()
+    }
+}
+
+impl Clone for Seal {
+    /// A copied buffer is not the sealed one: its clone is not sealed.
+    fn clone(&self) -> Self {
+        Seal::NONE
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
