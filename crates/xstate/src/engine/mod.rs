@@ -266,6 +266,7 @@ pub(crate) fn fault_err(what: &str, f: &Fault) -> EngineError {
 }
 
 /// The model's save and restore instructions for the strategy's save instruction.
+#[inline]
 pub(crate) fn insns(insn: SaveInsn) -> (crate::model::SaveInsn, RestoreInsn) {
     use crate::model::SaveInsn as M;
     match insn {
@@ -526,6 +527,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// [`switch_xfd`](Self::switch_xfd) on borrowed fields (the hot path holds a vCPU borrow).
+    #[inline]
     pub(crate) fn xfd_to(
         cpu: &mut B,
         writes_xfd: bool,
@@ -546,6 +548,7 @@ impl<B: Backend> Engine<B> {
     /// The RFBM of restores of `fp`: in the compacted form every enabled feature (components the
     /// container lacks are put in init state, SDM Vol. 1 §13.8.2), in the standard form the
     /// container's features (a standard buffer has no room beyond them).
+    #[inline]
     pub(crate) fn rfbm_of(cfg: &Configs, fp: &FpState) -> u64 {
         match fp.insn() {
             SaveInsn::Xsaves => (cfg.xcr0 | cfg.xss) & !cfg.independent & !mask::COMPACTED,
@@ -555,6 +558,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Saves the registers into a container (RFBM = its features).
+    #[inline]
     pub(crate) fn save_into(
         cpu: &mut B,
         stats: &mut Stats,
@@ -570,6 +574,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Restores the registers from a container.
+    #[inline]
     pub(crate) fn restore_from(
         cpu: &mut B,
         stats: &mut Stats,
