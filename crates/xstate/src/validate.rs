@@ -913,6 +913,7 @@ pub fn size_rule(bytes: &[u8], profile: &Profile, layout: &Layout) -> Option<Vio
 /// on real CPUs) or, for the compacted form, a walk of its per-component geometry, without
 /// building a layout (no allocation). False means "look closer"; XRSTORS with a supervisor CET component
 /// loaded always looks closer (its values need the detailed path).
+#[inline]
 pub fn is_valid_with_layout(bytes: &[u8], profile: &Profile, layout: &Layout) -> bool {
     if !is_valid(bytes, profile) {
         return false;
@@ -979,6 +980,7 @@ fn compacted_end(layout: &Layout, xcomp_bv: u64, rfbm: u64) -> Option<u32> {
 /// [`validate`] plus the rules that need the CPU's layout: the size rule ([`size_rule`]) and,
 /// for XRSTORS, the supervisor values ([`xrstors_with_layout`]). This is what an image file
 /// is judged by: a valid header on too few bytes is not a valid image.
+#[inline]
 pub fn validate_with_layout(bytes: &[u8], profile: &Profile, layout: &Layout) -> Vec<Violation> {
     if is_valid_with_layout(bytes, profile, layout) {
         return Vec::new();

@@ -265,6 +265,21 @@ pub(crate) fn fault_err(what: &str, f: &Fault) -> EngineError {
     EngineError::new(ErrorKind::Fault, format!("{what}: {f}"))
 }
 
+/// A save or restore of a container that faulted, as an engine error (kept out of the hot
+/// paths).
+#[cold]
+#[inline(never)]
+fn insn_fault(insn: &str, dir: &str, f: &Fault) -> EngineError {
+    fault_err(&format!("{insn} {dir} the container"), f)
+}
+
+/// A WRMSR of IA32_XFD that faulted.
+#[cold]
+#[inline(never)]
+fn xfd_fault(xfd: u64, f: &Fault) -> EngineError {
+    fault_err(&format!("WRMSR IA32_XFD {xfd:#x}"), f)
+}
+
 /// The model's save and restore instructions for the strategy's save instruction.
 #[inline]
 pub(crate) fn insns(insn: SaveInsn) -> (crate::model::SaveInsn, RestoreInsn) {
@@ -527,7 +542,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// [`switch_xfd`](Self::switch_xfd) on borrowed fields (the hot path holds a vCPU borrow).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn xfd_to(
         cpu: &mut B,
         writes_xfd: bool,
@@ -538,8 +553,7 @@ impl<B: Backend> Engine<B> {
         if !writes_xfd || xfd == *hw_xfd {
             return Ok(());
         }
-        cpu.wrmsr(Msr::Xfd, xfd)
-            .map_err(|f| fault_err(&format!("WRMSR IA32_XFD {xfd:#x}"), &f))?;
+        cpu.wrmsr(Msr::Xfd, xfd).map_err(|f| xfd_fault(xfd, &f))?;
         stats.xfd_writes += 1;
         *hw_xfd = xfd;
         Ok(())
@@ -548,7 +562,7 @@ impl<B: Backend> Engine<B> {
     /// The RFBM of restores of `fp`: in the compacted form every enabled feature (components the
     /// container lacks are put in init state, SDM Vol. 1 §13.8.2), in the standard form the
     /// container's features (a standard buffer has no room beyond them).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn rfbm_of(cfg: &Configs, fp: &FpState) -> u64 {
         match fp.insn() {
             SaveInsn::Xsaves => (cfg.xcr0 | cfg.xss) & !cfg.independent & !mask::COMPACTED,
@@ -558,7 +572,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Saves the registers into a container (RFBM = its features).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn save_into(
         cpu: &mut B,
         stats: &mut Stats,
@@ -567,14 +581,17 @@ impl<B: Backend> Engine<B> {
         let (s, _) = insns(fp.insn());
         let rfbm = fp.xfeatures();
         let (mem, seal) = fp.save_target();
-        cpu.save_sealed(s, mem, rfbm, seal)
-            .map_err(|f| fault_err(&format!("{} into the container", s.name()), &f))?;
-        stats.saves += 1;
-        Ok(())
+        match cpu.save_sealed(s, mem, rfbm, seal) {
+            Ok(()) => {
+                stats.saves += 1;
+                Ok(())
+            }
+            Err(f) => Err(insn_fault(s.name(), "into", &f)),
+        }
     }
 
     /// Restores the registers from a container.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn restore_from(
         cpu: &mut B,
         stats: &mut Stats,
@@ -582,10 +599,13 @@ impl<B: Backend> Engine<B> {
         rfbm: u64,
     ) -> Result<(), EngineError> {
         let (_, r) = insns(fp.insn());
-        cpu.restore_sealed(r, fp.as_bytes(), rfbm, fp.seal())
-            .map_err(|f| fault_err(&format!("{} from the container", r.name()), &f))?;
-        stats.restores += 1;
-        Ok(())
+        match cpu.restore_sealed(r, fp.as_bytes(), rfbm, fp.seal()) {
+            Ok(()) => {
+                stats.restores += 1;
+                Ok(())
+            }
+            Err(f) => Err(insn_fault(r.name(), "from", &f)),
+        }
     }
 
     /// The number of register bytes of component `id` (see [`fpstate::register_ranges`]), on

@@ -205,6 +205,41 @@ impl HwBackend {
         &self.host
     }
 
+    /// The checked save of [`Backend::save_sealed`] and the sealing (the first save into a
+    /// container, or after it was written by other means): kept off the hot path.
+    #[cold]
+    #[inline(never)]
+    fn seal_save(
+        &mut self,
+        insn: SaveInsn,
+        mem: &mut [u8],
+        rfbm: u64,
+        seal: &mut Seal,
+    ) -> Result<(), Fault> {
+        *seal = Seal::NONE;
+        self.save(insn, mem, rfbm)?;
+        // The restores the seal will admit: any RFBM for the compacted form (XCOMP_BV fixes
+        // what is read), RFBMs within the save's for the standard form (its extent).
+        let checked = match insn {
+            SaveInsn::Xsavec => u64::MAX,
+            SaveInsn::Xsave | SaveInsn::Xsaveopt => rfbm,
+            _ => return Ok(()),
+        };
+        let forbidden = self.xfd_capable & !self.permitted;
+        if self.guard.xrstor_fast(mem, checked, forbidden)
+            || self.check_traps(RestoreInsn::Xrstor, mem, checked).is_ok()
+        {
+            *seal = Seal {
+                owner: self.id,
+                insn,
+                rfbm,
+                ptr: mem.as_ptr() as usize,
+                len: mem.len(),
+            };
+        }
+        Ok(())
+    }
+
     /// The checks of a restore that concern this thread after it (module docs), O(1).
     fn check_traps(&mut self, insn: RestoreInsn, mem: &[u8], rfbm: u64) -> Result<(), Fault> {
         let r = self.guard.check_restore(insn, mem, rfbm)?;
@@ -332,33 +367,13 @@ impl Backend for HwBackend {
         seal: &mut Seal,
     ) -> Result<(), Fault> {
         if seal.holds(self.id, insn, rfbm, mem) {
-            // SAFETY: the seal (set below, by this instance, for this buffer, instruction and
-            // RFBM) proves check_save passed for them; nothing it checked has changed.
+            // SAFETY: the seal (set by seal_save, by this instance, for this buffer,
+            // instruction and RFBM) proves check_save passed for them; nothing it checked has
+            // changed.
             unsafe { raw_save(insn, mem, rfbm) };
             return Ok(());
         }
-        *seal = Seal::NONE;
-        self.save(insn, mem, rfbm)?;
-        // The restores the seal will admit: any RFBM for the compacted form (XCOMP_BV fixes
-        // what is read), RFBMs within the save's for the standard form (its extent).
-        let checked = match insn {
-            SaveInsn::Xsavec => u64::MAX,
-            SaveInsn::Xsave | SaveInsn::Xsaveopt => rfbm,
-            _ => return Ok(()),
-        };
-        let forbidden = self.xfd_capable & !self.permitted;
-        if self.guard.xrstor_fast(mem, checked, forbidden)
-            || self.check_traps(RestoreInsn::Xrstor, mem, checked).is_ok()
-        {
-            *seal = Seal {
-                owner: self.id,
-                insn,
-                rfbm,
-                ptr: mem.as_ptr() as usize,
-                len: mem.len(),
-            };
-        }
-        Ok(())
+        self.seal_save(insn, mem, rfbm, seal)
     }
 
     /// XRSTOR of a buffer this instance sealed (see [`save_sealed`](Self::save_sealed)) runs
