@@ -47,7 +47,7 @@ use super::error::{err, EngineError, ErrorKind};
 use crate::components::{bits, mask, mask_names};
 use crate::image::{XsaveImage, XsaveRef};
 use crate::layout::{FormLayout, Placement};
-use crate::model::Seal;
+use crate::model::{Seal, SealedMut, SealedRef};
 use crate::strategy::SaveInsn;
 
 /// Offset of XSTATE_BV in every image (SDM Vol. 1 §13.4.2).
@@ -360,7 +360,7 @@ impl FpState {
 
     /// The buffer and its seal, for the backend's save instruction only
     /// (`Engine::save_into`): the one write that may keep or set the seal.
-    pub(crate) fn save_target(&mut self) -> (&mut [u8], &mut Seal) {
+    pub(crate) fn save_target(&mut self) -> SealedMut<'_> {
         let len = self.len;
         let b = match &mut self.buf {
             Some(v) => v
@@ -370,10 +370,22 @@ impl FpState {
                 .unwrap_or(&mut []),
             None => &mut [],
         };
-        (b, &mut self.seal)
+        SealedMut {
+            mem: b,
+            seal: &mut self.seal,
+        }
+    }
+
+    /// The buffer and its seal, for the backend's restore (`Engine::restore_from`).
+    pub(crate) fn restore_source(&self) -> SealedRef<'_> {
+        SealedRef {
+            mem: self.as_bytes(),
+            seal: &self.seal,
+        }
     }
 
     /// The seal of the buffer (see [`save_target`](Self::save_target)).
+    #[cfg(test)]
     pub(crate) fn seal(&self) -> &Seal {
         &self.seal
     }

@@ -580,8 +580,7 @@ impl<B: Backend> Engine<B> {
     ) -> Result<(), EngineError> {
         let (s, _) = insns(fp.insn());
         let rfbm = fp.xfeatures();
-        let (mem, seal) = fp.save_target();
-        match cpu.save_sealed(s, mem, rfbm, seal) {
+        match cpu.save_sealed(s, fp.save_target(), rfbm) {
             Ok(()) => {
                 stats.saves += 1;
                 Ok(())
@@ -599,7 +598,7 @@ impl<B: Backend> Engine<B> {
         rfbm: u64,
     ) -> Result<(), EngineError> {
         let (_, r) = insns(fp.insn());
-        match cpu.restore_sealed(r, fp.as_bytes(), rfbm, fp.seal()) {
+        match cpu.restore_sealed(r, fp.restore_source(), rfbm) {
             Ok(()) => {
                 stats.restores += 1;
                 Ok(())

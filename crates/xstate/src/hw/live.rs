@@ -28,7 +28,8 @@ use super::guard::{InsnGuard, Support};
 use super::{check_mxcsr_masked, check_x87_env, Host, HwError};
 use crate::components::mask;
 use crate::model::{
-    AlignedBuf, Backend, CpuProfile, Exception, Fault, Msr, RestoreInsn, SaveInsn, Seal,
+    AlignedBuf, Backend, CpuProfile, Exception, Fault, Msr, RestoreInsn, SaveInsn, Seal, SealedMut,
+    SealedRef,
 };
 
 /// The real CPU in user mode on the live registers (see the module docs). XSAVE, XSAVEOPT,
@@ -359,13 +360,8 @@ impl Backend for HwBackend {
     /// checked. So a restore of a sealed buffer loads either what the registers held or what
     /// was checked (SDM §13.8: such an image raises no #GP; permissions only grow).
     #[inline]
-    fn save_sealed(
-        &mut self,
-        insn: SaveInsn,
-        mem: &mut [u8],
-        rfbm: u64,
-        seal: &mut Seal,
-    ) -> Result<(), Fault> {
+    fn save_sealed(&mut self, insn: SaveInsn, buf: SealedMut<'_>, rfbm: u64) -> Result<(), Fault> {
+        let SealedMut { mem, seal } = buf;
         if seal.holds(self.id, insn, rfbm, mem) {
             // SAFETY: the seal (set by seal_save, by this instance, for this buffer,
             // instruction and RFBM) proves check_save passed for them; nothing it checked has
@@ -384,10 +380,10 @@ impl Backend for HwBackend {
     fn restore_sealed(
         &mut self,
         insn: RestoreInsn,
-        mem: &[u8],
+        buf: SealedRef<'_>,
         rfbm: u64,
-        seal: &Seal,
     ) -> Result<(), Fault> {
+        let SealedRef { mem, seal } = buf;
         let trusted = insn == RestoreInsn::Xrstor
             && seal.holds(self.id, seal.insn, seal.rfbm, mem)
             && match seal.insn {
@@ -457,14 +453,35 @@ mod tests {
             return;
         };
         let mut seal = Seal::NONE;
-        hw.save_sealed(SaveInsn::Xsavec, &mut buf, xcr0, &mut seal)
-            .unwrap();
+        hw.save_sealed(
+            SaveInsn::Xsavec,
+            SealedMut {
+                mem: &mut buf,
+                seal: &mut seal,
+            },
+            xcr0,
+        )
+        .unwrap();
         assert_eq!(seal.owner, hw.id);
         assert!(seal.holds(hw.id, SaveInsn::Xsavec, xcr0, &buf));
-        hw.restore_sealed(RestoreInsn::Xrstor, &buf, xcr0, &seal)
-            .unwrap();
-        hw.save_sealed(SaveInsn::Xsavec, &mut buf, xcr0, &mut seal)
-            .unwrap();
+        hw.restore_sealed(
+            RestoreInsn::Xrstor,
+            SealedRef {
+                mem: &buf,
+                seal: &seal,
+            },
+            xcr0,
+        )
+        .unwrap();
+        hw.save_sealed(
+            SaveInsn::Xsavec,
+            SealedMut {
+                mem: &mut buf,
+                seal: &mut seal,
+            },
+            xcr0,
+        )
+        .unwrap();
         assert_eq!(seal.owner, hw.id);
         // Another RFBM, another instruction, another buffer, a clone: not sealed for them.
         assert!(!seal.holds(hw.id, SaveInsn::Xsavec, 3, &buf));
@@ -478,7 +495,14 @@ mod tests {
         let mut bad = AlignedBuf::from_bytes(&buf);
         bad[512 + 16] = 1; // reserved header byte (SDM §13.8.2: must be 0)
         let e = hw
-            .restore_sealed(RestoreInsn::Xrstor, &bad, xcr0, &seal)
+            .restore_sealed(
+                RestoreInsn::Xrstor,
+                SealedRef {
+                    mem: &bad,
+                    seal: &seal,
+                },
+                xcr0,
+            )
             .unwrap_err();
         assert_eq!(e.exception, Exception::Gp, "{e}");
 
@@ -486,7 +510,14 @@ mod tests {
         let mut other = HwBackend::new().unwrap();
         buf[512 + 16] = 1; // kept sealed only because this test writes behind the seal
         let e = other
-            .restore_sealed(RestoreInsn::Xrstor, &buf, xcr0, &seal)
+            .restore_sealed(
+                RestoreInsn::Xrstor,
+                SealedRef {
+                    mem: &buf,
+                    seal: &seal,
+                },
+                xcr0,
+            )
             .unwrap_err();
         assert_eq!(e.exception, Exception::Gp, "{e}");
     }
@@ -501,20 +532,41 @@ mod tests {
         };
         buf[512 + 40] = 0x5a;
         let mut seal = Seal::NONE;
-        hw.save_sealed(SaveInsn::Xsavec, &mut buf, xcr0, &mut seal)
-            .unwrap();
+        hw.save_sealed(
+            SaveInsn::Xsavec,
+            SealedMut {
+                mem: &mut buf,
+                seal: &mut seal,
+            },
+            xcr0,
+        )
+        .unwrap();
         assert_eq!(buf[512 + 40], 0x5a, "XSAVEC wrote a reserved header byte");
         assert_ne!(crate::image::raw_xcomp_bv(&buf) & mask::COMPACTED, 0);
         assert_eq!(seal, Seal::NONE);
         let e = hw
-            .restore_sealed(RestoreInsn::Xrstor, &buf, xcr0, &seal)
+            .restore_sealed(
+                RestoreInsn::Xrstor,
+                SealedRef {
+                    mem: &buf,
+                    seal: &seal,
+                },
+                xcr0,
+            )
             .unwrap_err();
         assert_eq!(e.exception, Exception::Gp, "{e}");
         // Cleared by software (the seal's keeper resets it for such writes), the next save
         // seals it.
         buf[512 + 40] = 0;
-        hw.save_sealed(SaveInsn::Xsavec, &mut buf, xcr0, &mut seal)
-            .unwrap();
+        hw.save_sealed(
+            SaveInsn::Xsavec,
+            SealedMut {
+                mem: &mut buf,
+                seal: &mut seal,
+            },
+            xcr0,
+        )
+        .unwrap();
         assert_eq!(seal.owner, hw.id);
     }
 
@@ -527,21 +579,49 @@ mod tests {
         };
         let mut buf = AlignedBuf::new(hw.standard_size);
         let mut seal = Seal::NONE;
-        hw.save_sealed(SaveInsn::Xsave, &mut buf, mask::LEGACY, &mut seal)
-            .unwrap();
+        hw.save_sealed(
+            SaveInsn::Xsave,
+            SealedMut {
+                mem: &mut buf,
+                seal: &mut seal,
+            },
+            mask::LEGACY,
+        )
+        .unwrap();
         assert_eq!(seal.owner, hw.id);
-        hw.restore_sealed(RestoreInsn::Xrstor, &buf, mask::SSE, &seal)
-            .unwrap();
+        hw.restore_sealed(
+            RestoreInsn::Xrstor,
+            SealedRef {
+                mem: &buf,
+                seal: &seal,
+            },
+            mask::SSE,
+        )
+        .unwrap();
         // XSTATE_BV bits outside the save's RFBM are not written by XSAVE: a stale AVX bit,
         // written behind the seal by this test, reaches the checked path with RFBM = XCR0.
         let mut short = AlignedBuf::new(576);
         let mut s2 = Seal::NONE;
-        hw.save_sealed(SaveInsn::Xsave, &mut short, mask::LEGACY, &mut s2)
-            .unwrap();
+        hw.save_sealed(
+            SaveInsn::Xsave,
+            SealedMut {
+                mem: &mut short,
+                seal: &mut s2,
+            },
+            mask::LEGACY,
+        )
+        .unwrap();
         assert_eq!(s2.owner, hw.id);
         if xcr0 & mask::AVX != 0 {
             let e = hw
-                .restore_sealed(RestoreInsn::Xrstor, &short, xcr0, &s2)
+                .restore_sealed(
+                    RestoreInsn::Xrstor,
+                    SealedRef {
+                        mem: &short,
+                        seal: &s2,
+                    },
+                    xcr0,
+                )
                 .unwrap_err();
             assert_eq!(e.exception, Exception::Pf, "{e}"); // 576 bytes: no room for AVX
         }

@@ -130,19 +130,14 @@ pub trait Backend {
     /// into zeroed memory would write): XSTATE_BV is XINUSE & XCR0.
     fn read_state(&mut self) -> Result<Vec<u8>, Fault>;
 
-    /// [`save`](Self::save) into a buffer whose [`Seal`] travels with it. A backend may record
+    /// [`save`](Self::save) into a buffer that travels with its [`Seal`]. A backend may record
     /// in the seal that the buffer now holds an image its own save instruction wrote (see
-    /// [`Seal`]); the default unseals it and saves as usual. Only this crate can hold a
-    /// `Seal` (it has no public constructor), so only the engine's containers call this.
-    fn save_sealed(
-        &mut self,
-        insn: SaveInsn,
-        mem: &mut [u8],
-        rfbm: u64,
-        seal: &mut Seal,
-    ) -> Result<(), Fault> {
-        *seal = Seal::NONE;
-        self.save(insn, mem, rfbm)
+    /// [`Seal`]); the default unseals it and saves as usual. Only this crate can make a
+    /// [`SealedMut`], and its bytes are reachable only by this crate's code: a backend outside
+    /// the crate can forward it to another backend or ignore it, never write behind a seal.
+    fn save_sealed(&mut self, insn: SaveInsn, buf: SealedMut<'_>, rfbm: u64) -> Result<(), Fault> {
+        *buf.seal = Seal::NONE;
+        self.save(insn, buf.mem, rfbm)
     }
 
     /// [`restore`](Self::restore) from a buffer with its [`Seal`]. A backend may skip checks
@@ -150,13 +145,35 @@ pub trait Backend {
     fn restore_sealed(
         &mut self,
         insn: RestoreInsn,
-        mem: &[u8],
+        buf: SealedRef<'_>,
         rfbm: u64,
-        seal: &Seal,
     ) -> Result<(), Fault> {
-        let _ = seal;
-        self.restore(insn, mem, rfbm)
+        self.restore(insn, buf.mem, rfbm)
     }
+}
+
+/// A buffer and its [`Seal`], to save into ([`Backend::save_sealed`]). Made only by this
+/// crate (the engine's containers); its fields are private, so no code outside the crate can
+/// write into the buffer while it holds the seal:
+///
+/// ```compile_fail
+/// // A backend outside the crate cannot reach the bytes behind a seal (private field).
+/// fn write_behind_the_seal(b: xstate::model::SealedMut<'_>) {
+///     b.mem[600] = 1;
+/// }
+/// ```
+#[derive(Debug)]
+pub struct SealedMut<'a> {
+    pub(crate) mem: &'a mut [u8],
+    pub(crate) seal: &'a mut Seal,
+}
+
+/// A buffer and its [`Seal`], to restore from ([`Backend::restore_sealed`]). Made only by
+/// this crate.
+#[derive(Debug)]
+pub struct SealedRef<'a> {
+    pub(crate) mem: &'a [u8],
+    pub(crate) seal: &'a Seal,
 }
 
 /// The proof, kept next to a buffer, that its bytes are an image a backend's own save
@@ -168,11 +185,12 @@ pub trait Backend {
 ///   image it wrote passed every restore check once;
 /// * it names that backend instance, the save instruction, the RFBM, the buffer's address and
 ///   length: a seal presented with any other buffer, instruction or backend proves nothing;
-/// * whoever keeps the buffer resets it to [`Seal::NONE`] before any other write into the
+/// * whoever keeps the buffer resets it (unsealed) before any other write into the
 ///   buffer (the engine's `FpState` hands out its bytes mutably only that way), and a clone
-///   of a seal is [`Seal::NONE`];
-/// * it cannot be made or obtained outside this crate (no public constructor, no public
-///   field, no public API returns one), so images from outside are always checked.
+///   of a seal is unsealed;
+/// * it cannot be made, read or written outside this crate (no public constructor, field or
+///   accessor; it reaches a backend only inside a [`SealedMut`] / [`SealedRef`], whose bytes
+///   are private too), so images from outside are always checked.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Seal {
     /// The backend instance that sealed the buffer (0: not sealed).

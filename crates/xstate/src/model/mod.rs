@@ -129,7 +129,7 @@ pub mod profile;
 #[cfg(all(feature = "ring0", target_arch = "x86_64"))]
 pub use crate::hw::ring0::Ring0Backend;
 pub use aligned::AlignedBuf;
-pub use backend::{Backend, Msr, RestoreInsn, SaveInsn, Seal};
+pub use backend::{Backend, Msr, RestoreInsn, SaveInsn, Seal, SealedMut, SealedRef};
 #[cfg(target_arch = "x86_64")]
 pub use backend::{CheckedHwBackend, HwBackend};
 pub use cpu::{ModelCpu, SimpleInsn, XrstorInfo, X87};
