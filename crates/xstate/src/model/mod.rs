@@ -11,8 +11,8 @@
 //! * [`CpuProfile`]: capability bits and the vendor differences that change bytes in memory,
 //!   chosen from CPUID ([`CpuProfile::from_dump`], [`CpuProfile::host`]).
 //! * [`Backend`]: the interface the guest FPU engine drives; [`ModelCpu`] implements it
-//!   everywhere, [`HwBackend`] on this CPU in user mode on the live registers,
-//!   [`CheckedHwBackend`] on this CPU with a context image (for differential tests), and `xstate::hw::ring0::Ring0Backend`
+//!   everywhere, [`HwBackend`](crate::hw::HwBackend) on this CPU in user mode on the live registers,
+//!   [`CheckedHwBackend`](crate::hw::CheckedHwBackend) on this CPU with a context image (for differential tests), and `xstate::hw::ring0::Ring0Backend`
 //!   (cargo feature `ring0`, compile-tested) at CPL 0.
 //!
 //! # What the instructions do (DESIGN.md §5, SDM sections cited in the code)
@@ -119,19 +119,14 @@
 //! assert_eq!(cpu.xrstor(&bad, 0, u64::MAX).unwrap_err().exception, Exception::Gp);
 //! ```
 
-pub mod aligned;
 pub mod backend;
 pub mod cpu;
 pub mod fault;
 pub mod inject;
 pub mod profile;
 
-#[cfg(all(feature = "ring0", target_arch = "x86_64"))]
-pub use crate::hw::ring0::Ring0Backend;
-pub use aligned::AlignedBuf;
+pub use crate::image::AlignedBuf;
 pub use backend::{Backend, Msr, RestoreInsn, SaveInsn};
-#[cfg(target_arch = "x86_64")]
-pub use backend::{CheckedHwBackend, HwBackend};
 pub use cpu::{ModelCpu, SimpleInsn, XrstorInfo, X87};
 pub use fault::{Exception, Fault};
 pub use profile::{CpuProfile, X87Pointers, XinuseTracking};

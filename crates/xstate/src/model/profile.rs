@@ -128,14 +128,6 @@ impl CpuProfile {
         }
     }
 
-    /// This machine's profile, MXCSR_MASK included.
-    #[cfg(target_arch = "x86_64")]
-    pub fn host() -> CpuProfile {
-        let mut p = CpuProfile::from_dump(&CpuidDump::from_host());
-        p.mxcsr_mask = crate::hw::Host::detect().mxcsr_mask();
-        p
-    }
-
     /// The bits of XFD-capable components (CPUID.(0xD,i).ECX\[2\]).
     pub fn xfd_capable(&self) -> u64 {
         let mut m = 0;
