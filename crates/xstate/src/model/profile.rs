@@ -3,6 +3,8 @@
 
 use crate::cpuid::{CpuidDump, Vendor};
 use crate::layout::Layout;
+use crate::model::tilecfg::TilePalette;
+use alloc::vec::Vec;
 
 /// When FXSAVE/XSAVE store the x87 last-instruction pointers FIP, FDP and FOP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -83,6 +85,9 @@ pub struct CpuProfile {
     /// the XMM registers as they are (measured on Zen 5; the Intel Xeon, family 6 model 0xA7,
     /// does not: XSAVEOPT to the XRSTOR address after VZEROUPPER skips the XMM registers).
     pub vzeroupper_modifies_sse: bool,
+    /// The AMX palettes of CPUID leaf 0x1D (entry k = palette k + 1): what makes a TILECFG
+    /// valid ([`crate::model::tilecfg::check`]); empty without TILECFG.
+    pub tile_palettes: Vec<TilePalette>,
 }
 
 impl CpuProfile {
@@ -120,6 +125,7 @@ impl CpuProfile {
             sse_write_marks_avx: amd_like,
             ldmxcsr_writes_sse: !amd_like,
             vzeroupper_modifies_sse: amd_like,
+            tile_palettes: TilePalette::from_dump(d),
             xinuse_tracking: if amd_like {
                 XinuseTracking::ByValue
             } else {
