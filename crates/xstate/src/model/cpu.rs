@@ -614,6 +614,7 @@ impl ModelCpu {
         let save_ptrs = match self.profile.x87_pointers {
             X87Pointers::Always => true,
             X87Pointers::OnlyWithPendingException => x.pending(),
+            X87Pointers::Never => false,
         };
         let (fop, fip, fdp) = if save_ptrs {
             (x.fop, x.fip, x.fdp)
@@ -670,7 +671,11 @@ impl ModelCpu {
         x.fsw &= !0x8080;
         if x.pending() {
             x.fsw |= 0x8080;
-        } else if self.profile.x87_pointers == X87Pointers::OnlyWithPendingException {
+        }
+        if self.profile.x87_pointers == X87Pointers::Never
+            || (!x.pending()
+                && self.profile.x87_pointers == X87Pointers::OnlyWithPendingException)
+        {
             x.fop = 0;
             x.fip = 0;
             x.fdp = 0;

@@ -17,6 +17,10 @@ pub enum X87Pointers {
     /// the "FXSAVE leak" of K7/K8, and measured on Zen 5 for FXSAVE and XSAVE alike — a masked
     /// exception does not make them saved either).
     OnlyWithPendingException,
+    /// Never kept: saves write FIP and FDP (and FOP) as zero and restores do not load them
+    /// (QEMU TCG, measured with the ring-0 kernel: its x87 does not track the last
+    /// instruction and data pointers; docs/ring0.md).
+    Never,
 }
 
 /// How the processor tracks XINUSE (SDM Vol. 1 §13.6 allows XINUSE\[i\] = 1 for a component in
