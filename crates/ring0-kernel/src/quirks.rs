@@ -43,6 +43,10 @@ pub const QEMU_XSAVE_IGNORES_CR0_TS: usize = 13;
 pub const QEMU_MXCSR_RESERVED_ACCEPTED: usize = 14;
 /// See `Quirks::new` (QEMU).
 pub const QEMU_BNDCSR_BYTES_16_63_NOT_WRITTEN: usize = 15;
+/// See `Quirks::new` (QEMU).
+pub const QEMU_MXCSR_ONLY_WITH_SSE: usize = 16;
+/// See `Quirks::new` (QEMU).
+pub const QEMU_FSW_AS_LOADED: usize = 17;
 
 /// One listed deviation.
 #[derive(Clone, Copy)]
@@ -89,6 +93,10 @@ pub struct Quirks {
     pub bndcsr_std: Option<u32>,
     /// QEMU: BNDCSR bytes 16..63 as they were in memory before a save (offset, bytes).
     bndcsr_kept: Option<(usize, [u8; 48])>,
+    /// QEMU: MXCSR before a standard-form XRSTOR with RFBM[2] and without RFBM[1].
+    mxcsr_before: Option<(u32, Option<u32>)>,
+    /// QEMU: bytes 24..31 as they were in memory before an XSAVE with RFBM[2] only.
+    mxcsr_bytes_kept: Option<[u8; 8]>,
 }
 
 fn bit(v: u64, i: u32) -> bool {
@@ -198,7 +206,21 @@ impl Quirks {
                 // QEMU TCG: of the 64-byte BNDCSR component (CPUID.(0xD,4).EAX = 64) only
                 // BNDCFGU and BNDSTATUS (bytes 0-15, SDM Vol. 1 §13.5.4) are saved and loaded;
                 // bytes 16-63 keep their memory contents on a save.
-                q("bndcsr_bytes_16_63_not_written", xcr0_supported & mask::BNDCSR != 0),
+                q(
+                    "bndcsr_bytes_16_63_not_written",
+                    xcr0_supported & mask::BNDCSR != 0
+                ),
+                // QEMU TCG: MXCSR goes with SSE only — a standard-form XRSTOR with RFBM[2] = 1
+                // and RFBM[1] = 0 leaves MXCSR as it was, and XSAVE/XSAVEOPT with that RFBM
+                // leave bytes 24-31 (MXCSR, MXCSR_MASK) as they were in memory; SDM Vol. 1
+                // §13.8.1 and §13.7: MXCSR is loaded/saved when RFBM[1] or RFBM[2] is 1.
+                q("mxcsr_only_with_sse", xcr0_supported & mask::AVX != 0),
+                // QEMU TCG: FXRSTOR/XRSTOR keep FSW.ES (bit 7) as loaded and make FSW.B (bit 15)
+                // a copy of it;
+                // silicon recomputes them from the exception flags and FCW masks (measured on
+                // Zen 5 and the Intel Xeon; SDM Vol. 1 §8.1.3: ES is set when any unmasked
+                // exception flag is set).
+                q("fsw_es_b_as_loaded", true),
             ],
             tiles_used: false,
             enabled: u64::MAX,
@@ -214,6 +236,8 @@ impl Quirks {
             mxcsr_raw: None,
             bndcsr_std: None,
             bndcsr_kept: None,
+            mxcsr_before: None,
+            mxcsr_bytes_kept: None,
         }
     }
 
@@ -295,6 +319,27 @@ impl Quirks {
             self.x87_kept = Some((0, k));
         }
         self.bndcsr_kept = None;
+        self.mxcsr_before = None;
+        if self.on(QEMU_MXCSR_ONLY_WITH_SSE)
+            && s.op == Op::Xrstor
+            && !bit(rfbm, 1)
+            && bit(rfbm, 2)
+            && mem.get(527).is_some_and(|b| b & 0x80 == 0)
+        {
+            self.mxcsr_before = Some((m.mxcsr(), self.mxcsr_raw));
+        }
+        self.mxcsr_bytes_kept = None;
+        if self.on(QEMU_MXCSR_ONLY_WITH_SSE)
+            && matches!(s.op, Op::Xsave | Op::Xsaveopt)
+            && !bit(rfbm, 1)
+            && bit(rfbm, 2)
+        {
+            if let Some(b) = mem.get(24..32) {
+                let mut k = [0u8; 8];
+                k.copy_from_slice(b);
+                self.mxcsr_bytes_kept = Some(k);
+            }
+        }
         if let (true, Some(o), Op::Xsave | Op::Xsaveopt) = (
             self.on(QEMU_BNDCSR_BYTES_16_63_NOT_WRITTEN),
             self.bndcsr_std,
@@ -455,8 +500,50 @@ impl Quirks {
         let tilecfg = self.tilecfg_at.take();
         let x87_kept = self.x87_kept.take();
         let bndcsr = self.bndcsr_kept.take();
+        let mxcsr_before = self.mxcsr_before.take();
+        let mxcsr_bytes = self.mxcsr_bytes_kept.take();
         if !ok {
             return false;
+        }
+        if let Some(k) = mxcsr_bytes {
+            if mem.get(24..32).is_some_and(|b| b != k) {
+                mem[24..32].copy_from_slice(&k);
+                self.apply(QEMU_MXCSR_ONLY_WITH_SSE);
+            }
+        }
+        if let Some((old, raw)) = mxcsr_before {
+            // MXCSR (and a raw value it held) as before the instruction.
+            if self.mxcsr_raw != raw {
+                self.mxcsr_raw = raw;
+                self.apply(QEMU_MXCSR_ONLY_WITH_SSE);
+            }
+            if m.mxcsr() != old {
+                let xin = m.xinuse();
+                if m.exec(xstate::model::SimpleInsn::Ldmxcsr(old)).is_ok() {
+                    m.set_xinuse(xin);
+                    self.apply(QEMU_MXCSR_ONLY_WITH_SSE);
+                }
+            }
+        }
+        let x87_from_mem = match s.op {
+            Op::Fxrstor => true,
+            Op::Xrstor => bit(Self::rfbm(m, s), 0) && mem.get(512).is_some_and(|b| b & 1 != 0),
+            _ => false,
+        };
+        if x87_from_mem && self.on(QEMU_FSW_AS_LOADED) {
+            if let Some(b) = mem.get(2..4) {
+                // ES as loaded, B a copy of it.
+                let fsw = u16::from_le_bytes([b[0], b[1]]) & !0x8000;
+                let fsw = fsw | if fsw & 0x80 != 0 { 0x8000 } else { 0 };
+                if m.x87().fsw != fsw {
+                    let mut x = *m.x87();
+                    x.fsw = fsw;
+                    let xin = m.xinuse();
+                    m.set_x87(x);
+                    m.set_xinuse(xin);
+                    self.apply(QEMU_FSW_AS_LOADED);
+                }
+            }
         }
         if let Some((o, k)) = bndcsr {
             if mem.get(o + 16..o + 64).is_some_and(|b| b != k) {
@@ -472,16 +559,16 @@ impl Quirks {
                 let rf = Self::rfbm(m, s);
                 let writes = match s.op {
                     Op::Fxsave => true,
-                    Op::Xsave | Op::Xsaveopt => rf & (mask::SSE | mask::AVX) != 0,
+                    Op::Xsave | Op::Xsaveopt => {
+                        rf & mask::SSE != 0
+                            || (rf & mask::AVX != 0 && !self.on(QEMU_MXCSR_ONLY_WITH_SSE))
+                    }
                     _ => false,
                 };
                 if writes {
                     if let Some(d) = mem.get_mut(24..28) {
                         d.copy_from_slice(&raw.to_le_bytes());
                     }
-                }
-                if matches!(s.op, Op::Fxrstor | Op::Xrstor | Op::Xrstors) {
-                    // Loaded again by this step only if it matched; keep otherwise.
                 }
             }
         }

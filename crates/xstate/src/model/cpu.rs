@@ -673,8 +673,7 @@ impl ModelCpu {
             x.fsw |= 0x8080;
         }
         if self.profile.x87_pointers == X87Pointers::Never
-            || (!x.pending()
-                && self.profile.x87_pointers == X87Pointers::OnlyWithPendingException)
+            || (!x.pending() && self.profile.x87_pointers == X87Pointers::OnlyWithPendingException)
         {
             x.fop = 0;
             x.fip = 0;
