@@ -99,7 +99,7 @@ fn xrstor_of_random_tilecfg_matches_the_model() {
         m[dof..dof + dlen].copy_from_slice(data);
         m
     };
-    let mut r = StdRng::seed_from_u64(0x711e_cf9);
+    let mut r = StdRng::seed_from_u64(0x0711_ecf9);
     let (mut valid, mut invalid, mut init) = (0, 0, 0);
     for case in 0..240 {
         let pre_cfg = random_valid(&mut r, names, rows, bpr);
