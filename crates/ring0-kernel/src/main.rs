@@ -128,11 +128,11 @@ extern "C" fn kernel_main() -> ! {
     arch::shutdown()
 }
 
-/// MXCSR_MASK as FXSAVE stores it (bytes 28..31; 0 means 0xFFBF, SDM Vol. 1 §11.6.6).
 /// QEMU TCG's x87 and XSAVE as measured by this kernel under `qemu-system-x86_64 -accel tcg
-/// -cpu max` (QEMU 7.2; docs/ring0.md): its CPUID says AuthenticAMD, but its x87 is generic —
-/// FIP, FDP and FOP are always saved and loaded (SDM Vol. 1 §8.1.8, the Intel behaviour), all 64
-/// bits of FIP and FDP are kept, and FCW is stored as loaded (no reserved bits fixed).
+/// -cpu max` (QEMU 7.2; docs/ring0.md): its CPUID says AuthenticAMD, but its x87 is its own —
+/// FIP and FDP are never kept (saves write them as zero, restores do not load them; FOP is not
+/// written at all, listed as `fop_not_written`), and FCW is stored as loaded (no reserved bits
+/// fixed).
 fn qemu_profile(p: &mut xstate::model::CpuProfile) {
     p.x87_pointers = xstate::model::X87Pointers::Never;
     p.fip_bits = None;
@@ -144,6 +144,7 @@ fn qemu_profile(p: &mut xstate::model::CpuProfile) {
     p.xinuse_tracking = xstate::model::XinuseTracking::OnWrite;
 }
 
+/// MXCSR_MASK as FXSAVE stores it (bytes 28..31; 0 means 0xFFBF, SDM Vol. 1 §11.6.6).
 fn mxcsr_mask() -> u32 {
     #[repr(C, align(16))]
     struct Area([u8; 512]);
