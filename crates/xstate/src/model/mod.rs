@@ -37,6 +37,9 @@
 //!   compacted: with a loaded SSE component, 1F80H when SSE is initialized). An XFD-armed
 //!   component with XSTATE_BV\[i\] = RFBM\[i\] = 1 raises #NM and ORs the bit into IA32_XFD_ERR
 //!   (§13.14). XRSTOR_INFO := (CPL, VMX non-root, address, XCOMP_BV).
+//!   A loaded TILECFG that is not a valid configuration for the palettes of CPUID leaf 0x1D
+//!   puts TILECFG in its init state without a fault; TILEDATA is loaded or initialized as
+//!   XSTATE_BV\[18\] says ([`tilecfg`], measured on an Intel Xeon with AMX).
 //! * **FXSAVE / FXRSTOR** (64-bit forms): bytes 0..416; 416..511 are never written.
 //! * **XFD**: saves treat XCR0 & IA32_XFD components as not in use (XSAVE writes their init
 //!   value, zeros, so no armed register content leaks).
@@ -124,6 +127,7 @@ pub mod cpu;
 pub mod fault;
 pub mod inject;
 pub mod profile;
+pub mod tilecfg;
 
 pub use crate::image::AlignedBuf;
 pub use backend::{Backend, Msr, RestoreInsn, SaveInsn};
