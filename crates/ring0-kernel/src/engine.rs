@@ -16,7 +16,8 @@ use alloc::vec::Vec;
 use xstate::components::mask;
 use xstate::engine::fpstate::{init_bytes, pattern};
 use xstate::engine::{Context, Engine, GuestPolicy, Options, Scope};
-use xstate::model::{CpuProfile, Exception, Ring0Backend};
+use xstate::hw::Ring0Backend;
+use xstate::model::{CpuProfile, Exception};
 
 use crate::arch::NO_FAULT;
 use crate::program::{self, Op, Step};

@@ -46,6 +46,9 @@ extern "C" fn kernel_main() -> ! {
     // Bochs decides XINUSE from register values (its get_xinuse_vector compares each component
     // with its init value), one of the behaviours SDM Vol. 1 §13.6 allows.
     profile.xinuse_tracking = xstate::model::XinuseTracking::ByValue;
+    if !p.bochs {
+        qemu_profile(&mut profile);
+    }
     let xcr0_supported = profile.layout.xcr0_supported();
     let xss_supported = if profile.xsaves {
         profile.layout.xss_supported()
@@ -65,6 +68,8 @@ extern "C" fn kernel_main() -> ! {
         profile.fip_bits.is_some(),
         p.bochs,
     );
+    let mut quirks = quirks;
+    quirks.bndcsr_std = profile.layout.geometry(4).standard_offset;
     let mut d = diff::Differential {
         profile,
         xcr0_supported,
@@ -121,6 +126,22 @@ extern "C" fn kernel_main() -> ! {
         p.seed, t.cases, t.agree, t.disagree, t.known, c.xsave, c.xsaveopt, c.xsavec, c.xsaves, c.xrstor, c.xrstors, c.fxsave, c.xsetbv, c.amx, c.cet_s, c.pkru, c.avx512, c.gp, c.nm, c.ud
     );
     arch::shutdown()
+}
+
+/// QEMU TCG's x87 and XSAVE as measured by this kernel under `qemu-system-x86_64 -accel tcg
+/// -cpu max` (QEMU 7.2; docs/ring0.md): its CPUID says AuthenticAMD, but its x87 is its own —
+/// FIP and FDP are never kept (saves write them as zero, restores do not load them; FOP is not
+/// written at all, listed as `fop_not_written`), and FCW is stored as loaded (no reserved bits
+/// fixed).
+fn qemu_profile(p: &mut xstate::model::CpuProfile) {
+    p.x87_pointers = xstate::model::X87Pointers::Never;
+    p.fip_bits = None;
+    p.fdp_bits = None;
+    p.fcw_fixed = None;
+    // BNDREGS, the one component QEMU tracks, is tracked on write (XRSTOR with
+    // XSTATE_BV[3] = 1 marks it in use whatever the value); the others are listed as
+    // `xinuse_all_ones` (quirks.rs).
+    p.xinuse_tracking = xstate::model::XinuseTracking::OnWrite;
 }
 
 /// MXCSR_MASK as FXSAVE stores it (bytes 28..31; 0 means 0xFFBF, SDM Vol. 1 §11.6.6).

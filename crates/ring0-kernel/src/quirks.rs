@@ -1,4 +1,4 @@
-//! Known deviations of the executor (Bochs) from the model, imitated on a second model run so
+//! Known deviations of the executor (Bochs, or QEMU TCG: each entry belongs to one) from the model, imitated on a second model run so
 //! that the differential applies them narrowly: a case counts as a known difference only when
 //! the imitation makes it agree completely, and a listed deviation whose precondition holds on
 //! this CPU but that never occurred in a run of 100 cases or more fails the run (the list stays
@@ -31,6 +31,22 @@ pub const FAULTING_RESTORE_PARTIALLY_APPLIED: usize = 7;
 pub const COMPACTED_RESTORE_ACCEPTS_XSTATE_BV_63: usize = 8;
 /// See `Quirks::new`.
 pub const FIP_KEEPS_64_BITS: usize = 9;
+/// See `Quirks::new` (QEMU).
+pub const QEMU_XINUSE_ALL_ONES: usize = 10;
+/// See `Quirks::new` (QEMU).
+pub const QEMU_FOP_NOT_WRITTEN: usize = 11;
+/// See `Quirks::new` (QEMU).
+pub const QEMU_ST_RESERVED_NOT_WRITTEN: usize = 12;
+/// See `Quirks::new` (QEMU).
+pub const QEMU_XSAVE_IGNORES_CR0_TS: usize = 13;
+/// See `Quirks::new` (QEMU).
+pub const QEMU_MXCSR_RESERVED_ACCEPTED: usize = 14;
+/// See `Quirks::new` (QEMU).
+pub const QEMU_BNDCSR_BYTES_16_63_NOT_WRITTEN: usize = 15;
+/// See `Quirks::new` (QEMU).
+pub const QEMU_MXCSR_ONLY_WITH_SSE: usize = 16;
+/// See `Quirks::new` (QEMU).
+pub const QEMU_FSW_AS_LOADED: usize = 17;
 
 /// One listed deviation.
 #[derive(Clone, Copy)]
@@ -66,6 +82,21 @@ pub struct Quirks {
     pkru_std: Option<u32>,
     tiledata_std: Option<u32>,
     tilecfg_std: Option<u32>,
+    /// QEMU: bytes 6..7 and the reserved bytes of the ST slots as they were in memory before a
+    /// save that writes x87 (offset of the legacy area, 8 + 8 × 6 bytes).
+    x87_kept: Option<(usize, [u8; 50])>,
+    /// QEMU: CR0.TS cleared around a save or restore (set again after it).
+    ts_lifted: bool,
+    /// QEMU: MXCSR as loaded with reserved bits (the model holds it masked).
+    mxcsr_raw: Option<u32>,
+    /// Standard offset of BNDCSR (component 4), set by the caller where MPX exists.
+    pub bndcsr_std: Option<u32>,
+    /// QEMU: BNDCSR bytes 16..63 as they were in memory before a save (offset, bytes).
+    bndcsr_kept: Option<(usize, [u8; 48])>,
+    /// QEMU: MXCSR before a standard-form XRSTOR with RFBM[2] and without RFBM[1].
+    mxcsr_before: Option<(u32, Option<u32>)>,
+    /// QEMU: bytes 24..31 as they were in memory before an XSAVE with RFBM[2] only.
+    mxcsr_bytes_kept: Option<[u8; 8]>,
 }
 
 fn bit(v: u64, i: u32) -> bool {
@@ -84,10 +115,16 @@ impl Quirks {
         bochs: bool,
     ) -> Quirks {
         let amx = xcr0_supported & mask::AMX == mask::AMX;
-        // Every entry is a deviation of Bochs: none applies to another executor.
+        // Entries of Bochs (`e`) and of QEMU TCG (`q`): each applies to its executor only.
         let e = |id, possible: bool| Entry {
             id,
             possible: possible && bochs,
+            hits: 0,
+            applied: false,
+        };
+        let q = |id, possible: bool| Entry {
+            id,
+            possible: possible && !bochs,
             hits: 0,
             applied: false,
         };
@@ -100,7 +137,13 @@ impl Quirks {
                 // Bochs: XSAVEOPT and XSAVES use only the init optimization; the model (SDM
                 // Vol. 1 §13.9, §13.11) also skips components unmodified since an XRSTOR(S)
                 // from the same address. Both are allowed ("may").
-                e("no_modified_optimization", xsaveopt),
+                // (QEMU TCG too: its XSAVEOPT has no modified optimization either.)
+                Entry {
+                    id: "no_modified_optimization",
+                    possible: xsaveopt,
+                    hits: 0,
+                    applied: false,
+                },
                 // Bochs writes PKRU as a doubleword: bytes 4..7 of the 8-byte component keep
                 // their memory contents; the model writes them as 0 (SDM Vol. 1 §13.5.7 gives
                 // PKRU bytes 3:0 only; silicon not checked).
@@ -142,6 +185,42 @@ impl Quirks {
                 // Zen 5 and on the Intel Xeon, family 6 model 0xA7, CpuProfile::fip_bits). The
                 // SDM gives FIP 64 bits in the FXSAVE64 format (Vol. 2 FXSAVE, Table 3-55).
                 e("fip_keeps_64_bits", fip_truncated),
+                // QEMU TCG (7.2): XINUSE is not tracked — XGETBV(1) and the XSTATE_BV of
+                // XSAVE/XSAVEOPT report every enabled component in use except BNDREGS (MPX
+                // bound registers, tracked on write). SDM Vol. 1 §13.6 allows XINUSE[i] = 1
+                // for a component in its initial configuration.
+                q("xinuse_all_ones", true),
+                // QEMU TCG: FXSAVE/XSAVE do not write FOP (bytes 6-7 keep their memory
+                // contents); SDM Vol. 2 FXSAVE (Table 3-53): bytes 7:6 hold FOP.
+                q("fop_not_written", true),
+                // QEMU TCG: bytes 10-15 of each 16-byte ST/MM slot (reserved, SDM Vol. 2
+                // FXSAVE) are not written; silicon (Zen 5, the Intel Xeon) writes them as 0.
+                q("st_slot_reserved_bytes_not_written", true),
+                // QEMU TCG: XSAVE, XSAVEOPT and XRSTOR do not raise #NM with CR0.TS = 1
+                // (SDM Vol. 2 XSAVE/XRSTOR: #NM if CR0.TS[bit 3] = 1); FXSAVE/FXRSTOR do.
+                q("xsave_ignores_cr0_ts", true),
+                // QEMU TCG: FXRSTOR/XRSTOR load an MXCSR with bits outside MXCSR_MASK without
+                // #GP (SDM Vol. 2 FXRSTOR, Vol. 1 §13.8: #GP) and keep them: later saves write
+                // them back.
+                q("mxcsr_reserved_bits_accepted", true),
+                // QEMU TCG: of the 64-byte BNDCSR component (CPUID.(0xD,4).EAX = 64) only
+                // BNDCFGU and BNDSTATUS (bytes 0-15, SDM Vol. 1 §13.5.4) are saved and loaded;
+                // bytes 16-63 keep their memory contents on a save.
+                q(
+                    "bndcsr_bytes_16_63_not_written",
+                    xcr0_supported & mask::BNDCSR != 0
+                ),
+                // QEMU TCG: MXCSR goes with SSE only — a standard-form XRSTOR with RFBM[2] = 1
+                // and RFBM[1] = 0 leaves MXCSR as it was, and XSAVE/XSAVEOPT with that RFBM
+                // leave bytes 24-31 (MXCSR, MXCSR_MASK) as they were in memory; SDM Vol. 1
+                // §13.8.1 and §13.7: MXCSR is loaded/saved when RFBM[1] or RFBM[2] is 1.
+                q("mxcsr_only_with_sse", xcr0_supported & mask::AVX != 0),
+                // QEMU TCG: FXRSTOR/XRSTOR keep FSW.ES (bit 7) as loaded and make FSW.B (bit 15)
+                // a copy of it;
+                // silicon recomputes them from the exception flags and FCW masks (measured on
+                // Zen 5 and the Intel Xeon; SDM Vol. 1 §8.1.3: ES is set when any unmasked
+                // exception flag is set).
+                q("fsw_es_b_as_loaded", true),
             ],
             tiles_used: false,
             enabled: u64::MAX,
@@ -152,6 +231,13 @@ impl Quirks {
             pkru_std,
             tiledata_std,
             tilecfg_std,
+            x87_kept: None,
+            ts_lifted: false,
+            mxcsr_raw: None,
+            bndcsr_std: None,
+            bndcsr_kept: None,
+            mxcsr_before: None,
+            mxcsr_bytes_kept: None,
         }
     }
 
@@ -198,7 +284,76 @@ impl Quirks {
                 self.apply(TILEDATA_XINUSE_INVERTED);
             }
         }
+        if self.on(QEMU_XINUSE_ALL_ONES) {
+            let xcr0 = m.xgetbv(0).unwrap_or(1);
+            let all = m.xinuse() | (xcr0 & !mask::BNDREGS);
+            if m.xinuse() != all {
+                m.set_xinuse(all);
+                self.apply(QEMU_XINUSE_ALL_ONES);
+            }
+        }
+        if self.on(QEMU_XSAVE_IGNORES_CR0_TS)
+            && m.cr0_ts
+            && matches!(s.op, Op::Xsave | Op::Xsaveopt | Op::Xrstor)
+        {
+            m.cr0_ts = false;
+            self.ts_lifted = true;
+        }
         let rfbm = Self::rfbm(m, s);
+        self.x87_kept = None;
+        let x87_written = match s.op {
+            Op::Fxsave => true,
+            Op::Xsave => bit(rfbm, 0),
+            Op::Xsaveopt => bit(rfbm, 0) && bit(m.xinuse(), 0),
+            _ => false,
+        };
+        if x87_written
+            && (self.on(QEMU_FOP_NOT_WRITTEN) || self.on(QEMU_ST_RESERVED_NOT_WRITTEN))
+            && mem.len() >= 160
+        {
+            let mut k = [0u8; 50];
+            k[0..2].copy_from_slice(&mem[6..8]);
+            for i in 0..8 {
+                k[2 + 6 * i..8 + 6 * i].copy_from_slice(&mem[42 + 16 * i..48 + 16 * i]);
+            }
+            self.x87_kept = Some((0, k));
+        }
+        self.bndcsr_kept = None;
+        self.mxcsr_before = None;
+        if self.on(QEMU_MXCSR_ONLY_WITH_SSE)
+            && s.op == Op::Xrstor
+            && !bit(rfbm, 1)
+            && bit(rfbm, 2)
+            && mem.get(527).is_some_and(|b| b & 0x80 == 0)
+        {
+            self.mxcsr_before = Some((m.mxcsr(), self.mxcsr_raw));
+        }
+        self.mxcsr_bytes_kept = None;
+        if self.on(QEMU_MXCSR_ONLY_WITH_SSE)
+            && matches!(s.op, Op::Xsave | Op::Xsaveopt)
+            && !bit(rfbm, 1)
+            && bit(rfbm, 2)
+        {
+            if let Some(b) = mem.get(24..32) {
+                let mut k = [0u8; 8];
+                k.copy_from_slice(b);
+                self.mxcsr_bytes_kept = Some(k);
+            }
+        }
+        if let (true, Some(o), Op::Xsave | Op::Xsaveopt) = (
+            self.on(QEMU_BNDCSR_BYTES_16_63_NOT_WRITTEN),
+            self.bndcsr_std,
+            s.op,
+        ) {
+            let o = o as usize;
+            if bit(rfbm, 4) {
+                if let Some(b) = mem.get(o + 16..o + 64) {
+                    let mut k = [0u8; 48];
+                    k.copy_from_slice(b);
+                    self.bndcsr_kept = Some((o, k));
+                }
+            }
+        }
         if self.on(XSAVE_SSE_BIT_FROM_MXCSR)
             && matches!(s.op, Op::Xsave | Op::Xsaveopt)
             && bit(rfbm, 1)
@@ -275,6 +430,36 @@ impl Quirks {
         fault: Option<&str>,
         mem: &mut [u8],
     ) -> bool {
+        if self.ts_lifted {
+            self.ts_lifted = false;
+            m.cr0_ts = true;
+            if fault.is_none_or(|r| !r.contains("CR0.TS")) {
+                self.apply(QEMU_XSAVE_IGNORES_CR0_TS);
+            }
+        }
+        if let (Some(rule), Op::Xrstor | Op::Fxrstor) = (fault, s.op) {
+            if rule.contains("MXCSR_MASK") && self.on(QEMU_MXCSR_RESERVED_ACCEPTED) {
+                if let Some(b) = mem.get(24..28) {
+                    let raw = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    let mut img = mem.to_vec();
+                    let masked = raw & m.profile().mxcsr_mask;
+                    img[24..28].copy_from_slice(&masked.to_le_bytes());
+                    let r = if s.op == Op::Fxrstor {
+                        m.fxrstor(&img, s.addr)
+                    } else {
+                        m.xrstor(&img, s.addr, s.arg)
+                    };
+                    if r.is_ok() {
+                        self.apply(QEMU_MXCSR_RESERVED_ACCEPTED);
+                        if m.mxcsr() == masked {
+                            self.mxcsr_raw = Some(raw);
+                        }
+                        self.after(m, s, None, &mut img);
+                        return true;
+                    }
+                }
+            }
+        }
         if let (Some(rule), Op::Xrstor | Op::Xrstors) = (fault, s.op) {
             if rule.contains("XCOMP_BV[62:0] (bit 63 included")
                 && self.on(COMPACTED_RESTORE_ACCEPTS_XSTATE_BV_63)
@@ -313,8 +498,94 @@ impl Quirks {
         let pkru = self.pkru_upper.take();
         let rows = self.tile_rows.take();
         let tilecfg = self.tilecfg_at.take();
+        let x87_kept = self.x87_kept.take();
+        let bndcsr = self.bndcsr_kept.take();
+        let mxcsr_before = self.mxcsr_before.take();
+        let mxcsr_bytes = self.mxcsr_bytes_kept.take();
         if !ok {
             return false;
+        }
+        if let Some(k) = mxcsr_bytes {
+            if mem.get(24..32).is_some_and(|b| b != k) {
+                mem[24..32].copy_from_slice(&k);
+                self.apply(QEMU_MXCSR_ONLY_WITH_SSE);
+            }
+        }
+        if let Some((old, raw)) = mxcsr_before {
+            // MXCSR (and a raw value it held) as before the instruction.
+            if self.mxcsr_raw != raw {
+                self.mxcsr_raw = raw;
+                self.apply(QEMU_MXCSR_ONLY_WITH_SSE);
+            }
+            if m.mxcsr() != old {
+                let xin = m.xinuse();
+                if m.exec(xstate::model::SimpleInsn::Ldmxcsr(old)).is_ok() {
+                    m.set_xinuse(xin);
+                    self.apply(QEMU_MXCSR_ONLY_WITH_SSE);
+                }
+            }
+        }
+        let x87_from_mem = match s.op {
+            Op::Fxrstor => true,
+            Op::Xrstor => bit(Self::rfbm(m, s), 0) && mem.get(512).is_some_and(|b| b & 1 != 0),
+            _ => false,
+        };
+        if x87_from_mem && self.on(QEMU_FSW_AS_LOADED) {
+            if let Some(b) = mem.get(2..4) {
+                // ES as loaded, B a copy of it.
+                let fsw = u16::from_le_bytes([b[0], b[1]]) & !0x8000;
+                let fsw = fsw | if fsw & 0x80 != 0 { 0x8000 } else { 0 };
+                if m.x87().fsw != fsw {
+                    let mut x = *m.x87();
+                    x.fsw = fsw;
+                    let xin = m.xinuse();
+                    m.set_x87(x);
+                    m.set_xinuse(xin);
+                    self.apply(QEMU_FSW_AS_LOADED);
+                }
+            }
+        }
+        if let Some((o, k)) = bndcsr {
+            if mem.get(o + 16..o + 64).is_some_and(|b| b != k) {
+                mem[o + 16..o + 64].copy_from_slice(&k);
+                self.apply(QEMU_BNDCSR_BYTES_16_63_NOT_WRITTEN);
+            }
+        }
+        // MXCSR: a raw value lives until MXCSR is loaded again; saves write it back.
+        if let Some(raw) = self.mxcsr_raw {
+            if m.mxcsr() != raw & m.profile().mxcsr_mask {
+                self.mxcsr_raw = None;
+            } else {
+                let rf = Self::rfbm(m, s);
+                let writes = match s.op {
+                    Op::Fxsave => true,
+                    Op::Xsave | Op::Xsaveopt => {
+                        rf & mask::SSE != 0
+                            || (rf & mask::AVX != 0 && !self.on(QEMU_MXCSR_ONLY_WITH_SSE))
+                    }
+                    _ => false,
+                };
+                if writes {
+                    if let Some(d) = mem.get_mut(24..28) {
+                        d.copy_from_slice(&raw.to_le_bytes());
+                    }
+                }
+            }
+        }
+        if let Some((_, k)) = x87_kept {
+            if self.on(QEMU_FOP_NOT_WRITTEN) && mem.get(6..8).is_some_and(|b| b != &k[0..2]) {
+                mem[6..8].copy_from_slice(&k[0..2]);
+                self.apply(QEMU_FOP_NOT_WRITTEN);
+            }
+            if self.on(QEMU_ST_RESERVED_NOT_WRITTEN) {
+                for i in 0..8 {
+                    let (o, src) = (42 + 16 * i, &k[2 + 6 * i..8 + 6 * i]);
+                    if mem.get(o..o + 6).is_some_and(|b| b != src) {
+                        mem[o..o + 6].copy_from_slice(src);
+                        self.apply(QEMU_ST_RESERVED_NOT_WRITTEN);
+                    }
+                }
+            }
         }
         if let (Some(o), Some(c)) = (tilecfg, m.component(17)) {
             // Bochs's xsave_tilecfg_state(): palette, start_row, then rows[n] as a word at

@@ -17,7 +17,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, Criterion};
 use xstate::components::mask;
 use xstate::engine::{Engine, GuestPolicy, Options, Scope};
-use xstate::model::{AlignedBuf, Backend, HwBackend, SaveInsn};
+use xstate::hw::HwBackend;
+use xstate::model::{AlignedBuf, Backend, SaveInsn};
 
 #[global_allocator]
 static A: common::Counting = common::Counting;

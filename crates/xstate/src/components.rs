@@ -3,8 +3,9 @@
 //! A state component is numbered by its bit in XCR0 / IA32_XSS / XSTATE_BV. This module knows
 //! each component's architectural name, its kind (user components are enabled in XCR0,
 //! supervisor components in IA32_XSS) and the roles operating systems give it (dynamic,
-//! guest-only, independent, host-only). It knows **no offsets**: those come from CPUID leaf 0xD
-//! (see [`crate::layout`]). The architectural sizes listed here are the sizes the SDM defines
+//! guest-only, independent, host-only). It knows **no component offsets**: those come from
+//! CPUID leaf 0xD (see [`crate::layout`]); only the fixed legacy area and header, which every
+//! form shares, are constants here. The architectural sizes listed here are the sizes the SDM defines
 //! the register content to have; the size a CPU reports in CPUID is authoritative for layout.
 //!
 //! ```
@@ -13,6 +14,15 @@
 //! assert_eq!(Component::name_of(40), "component_40");
 //! assert_eq!(mask::AVX512, 0xe0);
 //! ```
+
+/// Size of the legacy (FXSAVE) area (SDM Vol. 1 §10.5.1, §13.4.1).
+pub const LEGACY_SIZE: u32 = 512;
+/// Size of the XSAVE header (SDM Vol. 1 §13.4.2).
+pub const HEADER_SIZE: u32 = 64;
+/// Offset of the XSAVE header.
+pub const HEADER_OFFSET: u32 = 512;
+/// First byte after the legacy area and header: where the extended area starts.
+pub const EXTENDED_START: u32 = 576;
 
 use alloc::format;
 use alloc::string::String;

@@ -39,12 +39,19 @@ use crate::components::mask;
 use crate::cpuid::{CpuidDump, Regs};
 use crate::layout::{Layout, EXTENDED_START, LEGACY_SIZE};
 
+pub mod checked;
 pub mod guard;
+mod host_cpuid;
 pub mod live;
 #[cfg(feature = "ring0")]
 pub mod ring0;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod sandbox;
+
+pub use checked::CheckedHwBackend;
+pub use live::HwBackend;
+#[cfg(feature = "ring0")]
+pub use ring0::Ring0Backend;
 
 /// Executes CPUID with EAX = `leaf`, ECX = `subleaf`.
 ///
@@ -107,7 +114,7 @@ pub(crate) fn xgetbv_if(xcr: u32, allowed: bool) -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
-pub use crate::model::AlignedBuf;
+pub use crate::image::AlignedBuf;
 
 /// Why a hardware wrapper refused to execute its instruction.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

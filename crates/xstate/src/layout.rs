@@ -45,14 +45,7 @@ use core::fmt;
 use crate::components::{bits, mask, Component, Kind};
 use crate::cpuid::{CpuidDump, Leaf0D};
 
-/// Size of the legacy (FXSAVE) area.
-pub const LEGACY_SIZE: u32 = 512;
-/// Size of the XSAVE header.
-pub const HEADER_SIZE: u32 = 64;
-/// Offset of the XSAVE header.
-pub const HEADER_OFFSET: u32 = 512;
-/// First byte after the legacy area and header: where the extended area starts.
-pub const EXTENDED_START: u32 = 576;
+pub use crate::components::{EXTENDED_START, HEADER_OFFSET, HEADER_SIZE, LEGACY_SIZE};
 
 /// The two formats of the XSAVE area's extended region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -6,9 +6,9 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use xstate::components::{bits, mask};
+use xstate::hw::CheckedHwBackend;
 use xstate::model::{
-    AlignedBuf, Backend, CheckedHwBackend, CpuProfile, Exception, ModelCpu, Msr, RestoreInsn,
-    SaveInsn,
+    AlignedBuf, Backend, CpuProfile, Exception, ModelCpu, Msr, RestoreInsn, SaveInsn,
 };
 
 fn q(b: &[u8], o: usize) -> u64 {

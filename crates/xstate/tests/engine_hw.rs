@@ -12,7 +12,8 @@
 use xstate::components::mask;
 use xstate::engine::fpstate::{init_bytes, pattern};
 use xstate::engine::{Context, Engine, GuestPolicy, Options};
-use xstate::model::{Backend, CheckedHwBackend, HwBackend};
+use xstate::hw::{CheckedHwBackend, HwBackend};
+use xstate::model::Backend;
 use xstate::strategy::SaveInsn;
 
 fn hw_engine<B: Backend>(make: fn() -> Option<B>, insn: Option<SaveInsn>) -> Option<Engine<B>> {

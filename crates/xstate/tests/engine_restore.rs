@@ -548,7 +548,7 @@ fn restore_setters_check_their_rules() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn amx_snapshot_on_this_cpu() {
-    use xstate::model::HwBackend;
+    use xstate::hw::HwBackend;
     let Some(hw) = HwBackend::new() else {
         println!("skipped: XSAVE is not usable on this CPU");
         return;

@@ -11,10 +11,9 @@ use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::cell::Cell;
 
 use xstate::components::mask;
+use xstate::hw::{CheckedHwBackend, HwBackend};
 use xstate::image::XsaveImage;
-use xstate::model::{
-    AlignedBuf, Backend, CheckedHwBackend, Exception, HwBackend, RestoreInsn, SaveInsn,
-};
+use xstate::model::{AlignedBuf, Backend, Exception, RestoreInsn, SaveInsn};
 
 struct Counting;
 thread_local! {

@@ -121,15 +121,34 @@ pub fn init_bytes(id: u8, len: usize) -> Vec<u8> {
 /// (`len` bytes, see [`register_ranges`]), except where XRSTORS would refuse the value: CET_U
 /// and CET_S hold MSRs that must be canonical and 4-byte aligned, with IA32_U_CET bits 9:6
 /// clear (SDM Vol. 1 §17.3; DESIGN.md §5), so each of their 8-byte fields keeps the byte only
-/// in bits 12..46.
+/// in bits 12..46; TILECFG (17) must be a valid tile configuration or XRSTOR puts it in init
+/// state ([`crate::model::tilecfg`]), so a non-zero `byte` gives palette 1 with each of the 8
+/// tiles configured as `(byte - 1) / 64 + 1` rows of `(byte - 1) % 64 + 1` bytes (a distinct
+/// configuration for each byte, within palette 1's 16 rows of 64 bytes), and 0 gives the
+/// init state (all zero).
 ///
 /// ```
 /// use xstate::engine::fpstate::pattern;
 /// assert_eq!(pattern(6, 0xab, 4), vec![0xab; 4]);
 /// assert_eq!(pattern(12, 0xff, 8), 0x0000_7fff_ffff_f000u64.to_le_bytes().to_vec());
+/// let cfg = pattern(17, 0x42, 64);
+/// assert_eq!((cfg[0], cfg[16], cfg[48]), (1, 2, 2));  // palette 1, tile 0: 2 rows of 2 bytes
 /// ```
 pub fn pattern(id: u8, byte: u8, len: usize) -> Vec<u8> {
     let mut v = alloc::vec![byte; len];
+    if id == 17 {
+        let mut cfg = [0u8; 64];
+        if byte != 0 {
+            cfg[0] = 1;
+            for n in 0..8 {
+                cfg[16 + 2 * n] = (byte - 1) % 64 + 1;
+                cfg[48 + n] = (byte - 1) / 64 + 1;
+            }
+        }
+        for (i, b) in v.iter_mut().enumerate() {
+            *b = cfg.get(i).copied().unwrap_or(0);
+        }
+    }
     if id == 11 || id == 12 {
         let field = (u64::from_le_bytes([byte; 8]) & 0x0000_7fff_ffff_f000).to_le_bytes();
         for chunk in v.chunks_mut(8) {

@@ -652,7 +652,8 @@ impl<B: Backend> Engine<B> {
 mod tests {
     use super::*;
     use crate::engine::Options;
-    use crate::model::{HwBackend, Seal};
+    use crate::hw::HwBackend;
+    use crate::model::Seal;
 
     /// The trusted-container path on the real CPU: a container the engine's save wrote is
     /// sealed; a copy-in (`set_xsave2`, bytes from outside) unseals it, so the next attach

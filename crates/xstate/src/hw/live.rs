@@ -16,7 +16,7 @@
 //! * compiled code between two calls may change vector registers (Rust uses XMM registers
 //!   for copies): what a save captures is the thread's state at that point; a test that
 //!   needs a state to survive from one call to the next uses
-//!   [`CheckedHwBackend`](crate::model::CheckedHwBackend), whose register file is an image;
+//!   [`CheckedHwBackend`](crate::hw::CheckedHwBackend), whose register file is an image;
 //! * between a restore and the next one the thread runs with the restored x87 control word
 //!   and MXCSR (rounding, DAZ/FTZ): a runtime does no floating point of its own while a
 //!   guest's state is loaded, as the engine's attach/detach does none;
@@ -37,7 +37,8 @@ use crate::model::{
 /// MSRs raise #GP as they would at CPL 3.
 ///
 /// ```
-/// use xstate::model::{AlignedBuf, Backend, HwBackend, RestoreInsn, SaveInsn};
+/// use xstate::hw::HwBackend;
+/// use xstate::model::{AlignedBuf, Backend, RestoreInsn, SaveInsn};
 /// if let Some(mut hw) = HwBackend::new() {
 ///     let xcr0 = hw.xgetbv(0).unwrap();
 ///     let n = hw.profile().layout.compacted(xcr0).unwrap().size as usize;

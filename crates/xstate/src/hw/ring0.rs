@@ -17,7 +17,7 @@
 //! allocations per call: for bring-up and tests, not for production). Faults the checks
 //! cannot see (such as an MSR the hypervisor above us refuses) can still reach the CPU.
 //!
-//! Like [`HwBackend`](crate::model::HwBackend), the register file is the processor's own:
+//! Like [`HwBackend`](crate::hw::HwBackend), the register file is the processor's own:
 //! compiled code between calls may change vector registers (the kernel must own the FPU, with
 //! the compiler told not to use vector registers, as kernels do).
 

@@ -174,7 +174,7 @@ pub fn xrstor_fenced(host: &Host, image: &[u8], rfbm: u64) -> Result<Outcome, Sa
     if unsafe { libc::mprotect(src.ptr.add(pages * 4096).cast(), 4096, libc::PROT_NONE) } != 0 {
         return Err(sys("mprotect"));
     }
-    run_child(host, None, src.ptr.wrapping_add(start), rfbm, true)
+    run_child(host, None, src.ptr.wrapping_add(start), rfbm, true, false)
 }
 
 /// Like [`xrstor`], but the child first restores `pre` (a standard-form image, RFBM = all
@@ -198,28 +198,59 @@ pub fn xrstor_after(
     let src_len = (offset + image.len().max(big) + 4095) & !4095;
     let mut src = Shared::new(src_len)?;
     src.slice_mut()[offset..offset + image.len()].copy_from_slice(image);
-    run_child(host, pre, src.ptr.wrapping_add(offset), rfbm, false)
+    run_child(host, pre, src.ptr.wrapping_add(offset), rfbm, false, false)
+}
+
+/// Like [`xrstor_after`] in a child that first asks Linux for permission to use AMX TILEDATA
+/// (ARCH_REQ_XCOMP_PERM 0x1023 with component 18, which disarms XFD for it in that child
+/// only), so that `pre` and `image` may load tile data: the way to measure what XRSTOR does
+/// to TILECFG and TILEDATA. `pre` may then load XFD-capable components; the other rules of
+/// [`Host::check_xrstor`] still apply to it. When the kernel refuses the permission the
+/// answer is [`SandboxError::Sys`] naming `arch_prctl(ARCH_REQ_XCOMP_PERM)`.
+pub fn xrstor_after_with_amx_permission(
+    host: &Host,
+    pre: Option<&[u8]>,
+    image: &[u8],
+    rfbm: u64,
+) -> Result<Outcome, SandboxError> {
+    if !host.xsave_usable() {
+        return Err(SandboxError::NoXsave);
+    }
+    let big = host.layout().max_standard_size().max(16384) as usize;
+    let src_len = (image.len().max(big) + 4095) & !4095;
+    let mut src = Shared::new(src_len)?;
+    src.slice_mut()[..image.len()].copy_from_slice(image);
+    run_child(host, pre, src.ptr, rfbm, true, true)
 }
 
 /// Forks a child that restores from `src` (and first from `pre`), then reports XINUSE and a
 /// standard-form XSAVE. `src` stays mapped (and owned by the caller) until this returns.
+/// With `request_dynamic` the child asks for AMX permission first; with `require_dynamic` a
+/// refusal is an error and `pre` may load XFD-capable components.
 fn run_child(
     host: &Host,
     pre: Option<&[u8]>,
     src: *mut u8,
     rfbm: u64,
     request_dynamic: bool,
+    require_dynamic: bool,
 ) -> Result<Outcome, SandboxError> {
     let std_size = host.standard_size() as usize;
-    // Results: [0..8) XINUSE, [64..64+std) the XSAVE image.
+    // Results: [0..8) XINUSE, [8..16) errno of a refused permission request, [64..64+std)
+    // the XSAVE image.
     let out_len = (64 + std_size + 4095) & !4095;
     let out = Shared::new(out_len)?;
     let mut ctx = super::AlignedBuf::new(std_size);
     let pre_buf = match pre {
         Some(p) => {
             let b = super::AlignedBuf::from_bytes(p);
-            host.check_restore_for_sequence(&b, u64::MAX)
-                .map_err(SandboxError::Pre)?;
+            match host.check_restore_for_sequence(&b, u64::MAX) {
+                Ok(()) => {}
+                // The child has AMX permission: XFD does not arm TILEDATA there.
+                Err(super::HwError::WouldFault { rule, .. })
+                    if require_dynamic && rule.contains("XFD-capable") => {}
+                Err(e) => return Err(SandboxError::Pre(e)),
+            }
             Some(b)
         }
         None => None,
@@ -261,7 +292,11 @@ fn run_child(
             libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
             if request_dynamic {
                 // ARCH_REQ_XCOMP_PERM for XTILEDATA (Linux arch/x86 prctl ABI; DESIGN.md §6).
-                libc::syscall(libc::SYS_arch_prctl, 0x1023, 18);
+                if libc::syscall(libc::SYS_arch_prctl, 0x1023, 18) != 0 && require_dynamic {
+                    let e = *libc::__errno_location();
+                    core::ptr::write_volatile(out.ptr.add(8).cast::<u64>(), e as u64);
+                    libc::_exit(3);
+                }
             }
             run_sequence(&mut p);
             core::ptr::write_volatile(out.ptr.cast::<u64>(), p.xinuse);
@@ -290,10 +325,18 @@ fn run_child(
         };
         return Ok(Outcome::Fault(s));
     }
+    let o = out.slice();
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 3 && require_dynamic {
+        let mut e = [0u8; 8];
+        e.copy_from_slice(&o[8..16]);
+        return Err(SandboxError::Sys {
+            call: "arch_prctl(ARCH_REQ_XCOMP_PERM)",
+            errno: u64::from_le_bytes(e) as i32,
+        });
+    }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         return Err(SandboxError::Child(status));
     }
-    let o = out.slice();
     let mut x = [0u8; 8];
     x.copy_from_slice(&o[0..8]);
     Ok(Outcome::Restored(After {

@@ -148,7 +148,8 @@ pub enum ImageError {
     },
 }
 
-pub use crate::model::AlignedBuf;
+mod aligned;
+pub use aligned::AlignedBuf;
 
 // The owned image stores its bytes in the model's aligned buffer (64-byte aligned as
 // XSAVE/XRSTOR require of their memory operand, SDM Vol. 1 §13.4; built without `unsafe`).

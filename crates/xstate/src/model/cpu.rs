@@ -350,13 +350,16 @@ impl ModelCpu {
     /// Puts the components of `init` in their init state, then loads those of `load` from
     /// `mem` where `layout` places them (SDM Vol. 1 §13.8: init first, then load). MXCSR is
     /// left to the caller: neither step touches it. The caller has bounds-checked `mem`.
+    /// Returns the components of `load` that ended in init state instead: TILECFG of palette 0
+    /// or holding an invalid configuration (no fault; [`crate::model::tilecfg`], measured on
+    /// an Intel Xeon).
     fn init_then_load(
         &mut self,
         mem: &[u8],
         init: u64,
         load: u64,
         layout: &crate::layout::FormLayout,
-    ) {
+    ) -> u64 {
         for id in bits(init) {
             self.init_component(id);
         }
@@ -372,6 +375,22 @@ impl ModelCpu {
                 c[..n].copy_from_slice(&mem[p.offset as usize..p.offset as usize + n]);
             }
         }
+        let mut reverted = 0;
+        if load & mask::XTILECFG != 0 {
+            // Palette 0 is the init state whatever the other bytes hold (measured: they read
+            // back as zeros and XINUSE[17] = 0).
+            let configured = self.ext.get(17).is_some_and(|c| {
+                matches!(
+                    crate::model::tilecfg::check(c, &self.profile.tile_palettes),
+                    Ok(crate::model::tilecfg::TileConfig::Palette(_))
+                )
+            });
+            if !configured {
+                self.init_component(17);
+                reverted |= mask::XTILECFG;
+            }
+        }
+        reverted
     }
 
     fn init_component(&mut self, id: u8) {
@@ -595,6 +614,7 @@ impl ModelCpu {
         let save_ptrs = match self.profile.x87_pointers {
             X87Pointers::Always => true,
             X87Pointers::OnlyWithPendingException => x.pending(),
+            X87Pointers::Never => false,
         };
         let (fop, fip, fdp) = if save_ptrs {
             (x.fop, x.fip, x.fdp)
@@ -651,7 +671,10 @@ impl ModelCpu {
         x.fsw &= !0x8080;
         if x.pending() {
             x.fsw |= 0x8080;
-        } else if self.profile.x87_pointers == X87Pointers::OnlyWithPendingException {
+        }
+        if self.profile.x87_pointers == X87Pointers::Never
+            || (!x.pending() && self.profile.x87_pointers == X87Pointers::OnlyWithPendingException)
+        {
             x.fop = 0;
             x.fip = 0;
             x.fdp = 0;
@@ -1123,7 +1146,7 @@ impl ModelCpu {
                 ),
             ));
         }
-        self.init_then_load(mem, rfbm, load, layout);
+        let load = load & !self.init_then_load(mem, rfbm, load, layout);
         if let Some(v) = mxcsr {
             self.mxcsr = v;
         }
@@ -1301,7 +1324,7 @@ impl ModelCpu {
             }
         }
         Self::need(state, end, "state image")?;
-        self.init_then_load(state, user, bv, &layout);
+        let bv = bv & !self.init_then_load(state, user, bv, &layout);
         self.mxcsr = mxcsr;
         self.xinuse = match xinuse {
             Some(v) => {

@@ -11,8 +11,8 @@
 //! * [`CpuProfile`]: capability bits and the vendor differences that change bytes in memory,
 //!   chosen from CPUID ([`CpuProfile::from_dump`], [`CpuProfile::host`]).
 //! * [`Backend`]: the interface the guest FPU engine drives; [`ModelCpu`] implements it
-//!   everywhere, [`HwBackend`] on this CPU in user mode on the live registers,
-//!   [`CheckedHwBackend`] on this CPU with a context image (for differential tests), and `xstate::hw::ring0::Ring0Backend`
+//!   everywhere, [`HwBackend`](crate::hw::HwBackend) on this CPU in user mode on the live registers,
+//!   [`CheckedHwBackend`](crate::hw::CheckedHwBackend) on this CPU with a context image (for differential tests), and `xstate::hw::ring0::Ring0Backend`
 //!   (cargo feature `ring0`, compile-tested) at CPL 0.
 //!
 //! # What the instructions do (DESIGN.md §5, SDM sections cited in the code)
@@ -37,6 +37,9 @@
 //!   compacted: with a loaded SSE component, 1F80H when SSE is initialized). An XFD-armed
 //!   component with XSTATE_BV\[i\] = RFBM\[i\] = 1 raises #NM and ORs the bit into IA32_XFD_ERR
 //!   (§13.14). XRSTOR_INFO := (CPL, VMX non-root, address, XCOMP_BV).
+//!   A loaded TILECFG that is not a valid configuration for the palettes of CPUID leaf 0x1D
+//!   puts TILECFG in its init state without a fault; TILEDATA is loaded or initialized as
+//!   XSTATE_BV\[18\] says ([`tilecfg`], measured on an Intel Xeon with AMX).
 //! * **FXSAVE / FXRSTOR** (64-bit forms): bytes 0..416; 416..511 are never written.
 //! * **XFD**: saves treat XCR0 & IA32_XFD components as not in use (XSAVE writes their init
 //!   value, zeros, so no armed register content leaks).
@@ -119,19 +122,15 @@
 //! assert_eq!(cpu.xrstor(&bad, 0, u64::MAX).unwrap_err().exception, Exception::Gp);
 //! ```
 
-pub mod aligned;
 pub mod backend;
 pub mod cpu;
 pub mod fault;
 pub mod inject;
 pub mod profile;
+pub mod tilecfg;
 
-#[cfg(all(feature = "ring0", target_arch = "x86_64"))]
-pub use crate::hw::ring0::Ring0Backend;
-pub use aligned::AlignedBuf;
+pub use crate::image::AlignedBuf;
 pub use backend::{Backend, Msr, RestoreInsn, SaveInsn, Seal, SealedMut, SealedRef};
-#[cfg(target_arch = "x86_64")]
-pub use backend::{CheckedHwBackend, HwBackend};
 pub use cpu::{ModelCpu, SimpleInsn, XrstorInfo, X87};
 pub use fault::{Exception, Fault};
 pub use profile::{CpuProfile, X87Pointers, XinuseTracking};

@@ -3,6 +3,8 @@
 
 use crate::cpuid::{CpuidDump, Vendor};
 use crate::layout::Layout;
+use crate::model::tilecfg::TilePalette;
+use alloc::vec::Vec;
 
 /// When FXSAVE/XSAVE store the x87 last-instruction pointers FIP, FDP and FOP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -15,6 +17,10 @@ pub enum X87Pointers {
     /// the "FXSAVE leak" of K7/K8, and measured on Zen 5 for FXSAVE and XSAVE alike — a masked
     /// exception does not make them saved either).
     OnlyWithPendingException,
+    /// Never kept: saves write FIP and FDP (and FOP) as zero and restores do not load them
+    /// (QEMU TCG, measured with the ring-0 kernel: its x87 does not track the last
+    /// instruction and data pointers; docs/ring0.md).
+    Never,
 }
 
 /// How the processor tracks XINUSE (SDM Vol. 1 §13.6 allows XINUSE\[i\] = 1 for a component in
@@ -83,6 +89,9 @@ pub struct CpuProfile {
     /// the XMM registers as they are (measured on Zen 5; the Intel Xeon, family 6 model 0xA7,
     /// does not: XSAVEOPT to the XRSTOR address after VZEROUPPER skips the XMM registers).
     pub vzeroupper_modifies_sse: bool,
+    /// The AMX palettes of CPUID leaf 0x1D (entry k = palette k + 1): what makes a TILECFG
+    /// valid ([`crate::model::tilecfg::check`]); empty without TILECFG.
+    pub tile_palettes: Vec<TilePalette>,
 }
 
 impl CpuProfile {
@@ -120,20 +129,13 @@ impl CpuProfile {
             sse_write_marks_avx: amd_like,
             ldmxcsr_writes_sse: !amd_like,
             vzeroupper_modifies_sse: amd_like,
+            tile_palettes: TilePalette::from_dump(d),
             xinuse_tracking: if amd_like {
                 XinuseTracking::ByValue
             } else {
                 XinuseTracking::OnWrite
             },
         }
-    }
-
-    /// This machine's profile, MXCSR_MASK included.
-    #[cfg(target_arch = "x86_64")]
-    pub fn host() -> CpuProfile {
-        let mut p = CpuProfile::from_dump(&CpuidDump::from_host());
-        p.mxcsr_mask = crate::hw::Host::detect().mxcsr_mask();
-        p
     }
 
     /// The bits of XFD-capable components (CPUID.(0xD,i).ECX\[2\]).

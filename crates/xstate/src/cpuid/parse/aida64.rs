@@ -18,8 +18,8 @@
 
 use super::{empty_error, hex_u32, Ctx, DumpFormat, ParseError, Table};
 use crate::components::bits;
+use crate::components::EXTENDED_START;
 use crate::cpuid::{CpuidDump, Regs, KEPT_LEAVES};
-use crate::layout::EXTENDED_START;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;

@@ -9,7 +9,7 @@ use core::fmt;
 /// first aligned byte (moving the value does not move the heap allocation).
 ///
 /// ```
-/// let b = xstate::model::AlignedBuf::from_bytes(&[1, 2, 3]);
+/// let b = xstate::image::AlignedBuf::from_bytes(&[1, 2, 3]);
 /// assert_eq!(b.as_ptr() as usize % 64, 0);
 /// assert_eq!(&b[..], &[1, 2, 3]);
 /// ```
