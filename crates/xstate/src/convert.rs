@@ -232,6 +232,8 @@ struct Plan {
     kept: u64,
     mxcsr: u32,
     len: usize,
+    /// The target's placements are in offset order, without overlap.
+    sorted: bool,
 }
 
 /// Every check of a conversion, before any byte is written.
@@ -241,12 +243,18 @@ fn plan<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Plan, Con
     }
     let mut p = present(src)?;
     let mxcsr = src.mxcsr();
-    // The components ≥ 2 the target places (a hand-built geometry may omit some of its mask).
-    let placed = target
-        .placements
-        .iter()
-        .fold(mask::LEGACY, |m, d| m | 1u64 << (d.id & 63))
-        & target.mask;
+    // One walk of the target: the components it places (a hand-built geometry may omit some
+    // of its mask) and whether its placements are in offset order (every layout `Layout`
+    // builds; `write` has a slower path for the others).
+    let mut placed = mask::LEGACY;
+    let mut sorted = true;
+    let mut prev_end = 0u32;
+    for d in &target.placements {
+        placed |= 1u64 << (d.id & 63);
+        sorted &= prev_end <= d.offset;
+        prev_end = d.end();
+    }
+    let placed = placed & target.mask;
     // A component the target cannot hold may be left out only when it is in its init state.
     for id in bits(p & !placed) {
         if !src.is_init(id)? {
@@ -316,6 +324,7 @@ fn plan<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Plan, Con
         kept,
         mxcsr: written_mxcsr,
         len: target_len(target),
+        sorted,
     })
 }
 
@@ -375,10 +384,7 @@ fn write<B: AsRef<[u8]>>(
     // holes of the standard form), absent components, the part of a larger target area the
     // source does not fill. Placements out of offset order (only in broken CPUID data) fall
     // back to zeroing the whole extended area first and copying component by component.
-    let sorted = target
-        .placements
-        .windows(2)
-        .all(|w| w[0].end() <= w[1].offset);
+    let sorted = plan.sorted;
     let mut cursor = EXTENDED_START as usize;
     let sp = &src.geometry().placements;
     let mut i = 0;

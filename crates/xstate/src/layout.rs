@@ -523,6 +523,14 @@ impl fmt::Display for Inconsistency {
 pub struct Layout {
     leaf: Leaf0D,
     xsave: bool,
+    /// `std_end[i]`: the largest end (offset + size, at least 576) of a user component ≤ i
+    /// with a usable standard placement — an upper bound of the standard extent of any mask
+    /// whose highest component is i, exact when offsets grow with the component number (every
+    /// real CPU). Derived from `leaf` once, for the O(1) size rule of validation.
+    std_end: [u32; 64],
+    /// Components with no usable standard placement (size 0, offset inside the legacy area
+    /// or header, supervisor, an end past 4 GiB, or bytes shared with another component).
+    std_unplaced: u64,
 }
 
 impl Layout {
@@ -530,15 +538,62 @@ impl Layout {
     pub fn from_dump(d: &CpuidDump) -> Self {
         // A dump that lacks leaf 1 but has leaf 0xD is taken to support XSAVE.
         let xsave = d.has_xsave() || (d.get(1, 0).is_none() && d.get(0xd, 0).is_some());
-        Layout {
-            leaf: d.leaf_0d(),
-            xsave,
+        Layout::with(d.leaf_0d(), xsave)
+    }
+
+    fn with(leaf: Leaf0D, xsave: bool) -> Self {
+        let mut std_end = [EXTENDED_START; 64];
+        let mut std_unplaced = 0u64;
+        let mut end = EXTENDED_START;
+        for i in 2..64u8 {
+            let c = leaf.component(i);
+            match c.offset.checked_add(c.size) {
+                Some(e) if c.size != 0 && c.offset >= EXTENDED_START && !c.supervisor => {
+                    end = end.max(e);
+                }
+                _ => std_unplaced |= 1u64 << i,
+            }
+            std_end[usize::from(i)] = end;
         }
+        // Two components on the same bytes: `standard` refuses every mask holding both
+        // (SDM Vol. 1 §13.4.2); the table says nothing for either.
+        for a in bits(!std_unplaced & !mask::LEGACY) {
+            for b in bits(!std_unplaced & !mask::LEGACY & ((u64::MAX << a) << 1)) {
+                let (x, y) = (leaf.component(a), leaf.component(b));
+                if x.offset < y.offset.saturating_add(y.size)
+                    && y.offset < x.offset.saturating_add(x.size)
+                {
+                    std_unplaced |= (1u64 << a) | (1u64 << b);
+                }
+            }
+        }
+        Layout {
+            leaf,
+            xsave,
+            std_end,
+            std_unplaced,
+        }
+    }
+
+    /// An upper bound of the standard-form extent of the user components `m` (bits 0 and 1
+    /// included), in O(1): exact when offsets grow with the component number, as on every
+    /// real CPU. None when a component of `m` has no usable standard placement (see
+    /// [`standard`](Self::standard) for the error naming it). For the validation fast path.
+    #[inline]
+    pub fn standard_extent_bound(&self, m: u64) -> Option<u32> {
+        let ext = m & !mask::LEGACY;
+        if ext & self.std_unplaced != 0 {
+            return None;
+        }
+        if ext == 0 {
+            return Some(EXTENDED_START);
+        }
+        Some(self.std_end[63 - ext.leading_zeros() as usize])
     }
 
     /// The layout from a typed leaf 0xD view (the CPU is taken to support XSAVE).
     pub fn from_leaf(leaf: Leaf0D) -> Self {
-        Layout { leaf, xsave: true }
+        Layout::with(leaf, true)
     }
 
     /// The leaf 0xD view this layout was computed from.
@@ -1048,6 +1103,45 @@ pub fn check_xcr0_rules(
 mod tests {
     use super::*;
     use crate::cpuid::Regs;
+
+    /// The standard-extent table of validation's fast size rule on layouts no real CPU has:
+    /// components out of offset order (an upper bound, never below the exact size) and
+    /// components sharing bytes (no answer for either, as `standard` refuses them together).
+    #[test]
+    fn standard_extent_table_bounds_odd_layouts() {
+        let mut d = CpuidDump::new("odd");
+        let r = |eax, ebx| Regs {
+            eax,
+            ebx,
+            ecx: 0,
+            edx: 0,
+        };
+        d.insert(0xd, 0, r(0x3e7, 0x1000));
+        d.insert(0xd, 2, r(256, 2000)); // AVX after opmask
+        d.insert(0xd, 5, r(64, 576));
+        d.insert(0xd, 6, r(512, 640));
+        d.insert(0xd, 7, r(1024, 1152));
+        d.insert(0xd, 8, r(128, 1152)); // on Hi16_ZMM's bytes
+        d.insert(0xd, 9, r(8, 3000));
+        let l = Layout::from_dump(&d);
+        for m in [
+            0x3u64, 0x7, 0x23, 0x27, 0x63, 0xa3, 0x207, 0x2a7, 0xe3, 0x1a3, 0x183,
+        ] {
+            let exact = l.standard(m).ok().map(|g| g.size);
+            let bound = l.standard_extent_bound(m);
+            match (exact, bound) {
+                (Some(e), Some(b)) => assert!(b >= e, "mask {m:#x}: bound {b} < exact {e}"),
+                (None, b) => assert_eq!(b, None, "mask {m:#x}: refused by standard"),
+                (Some(_), None) => {} // conservative: the detailed path decides
+            }
+        }
+        assert_eq!(l.standard_extent_bound(0x83), None);
+        assert_eq!(l.standard_extent_bound(0x103), None);
+        // Out of order: the bound of {opmask} counts AVX (a lower component ending later):
+        // too large, so the fast path says "look closer" and the detailed path decides.
+        assert_eq!(l.standard(0x23).unwrap().size, 640);
+        assert_eq!(l.standard_extent_bound(0x23), Some(2256));
+    }
 
     /// Corrupt CPUID geometry whose offset + size passes 4 GiB is an error, never an overflow
     /// panic in debug builds (found reviewing the engine for the fuzz targets, which lay out

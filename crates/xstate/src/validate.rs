@@ -909,9 +909,11 @@ pub fn size_rule(bytes: &[u8], profile: &Profile, layout: &Layout) -> Option<Vio
 }
 
 /// The fast path of [`validate_with_layout`]: the header read once ([`is_valid`]) and the
-/// size rule computed from the layout's per-component geometry without building a layout
-/// (no allocation). False means "look closer"; XRSTORS with a supervisor CET component
+/// size rule from the layout's cached table of standard extents (O(1), an upper bound, exact
+/// on real CPUs) or, for the compacted form, a walk of its per-component geometry, without
+/// building a layout (no allocation). False means "look closer"; XRSTORS with a supervisor CET component
 /// loaded always looks closer (its values need the detailed path).
+#[inline]
 pub fn is_valid_with_layout(bytes: &[u8], profile: &Profile, layout: &Layout) -> bool {
     if !is_valid(bytes, profile) {
         return false;
@@ -939,23 +941,17 @@ pub fn is_valid_with_layout(bytes: &[u8], profile: &Profile, layout: &Layout) ->
     need.is_some_and(|n| n as usize <= bytes.len())
 }
 
-/// The standard-form size of `m` from the per-component geometry (as `Layout::standard`),
-/// None where that refuses the mask.
+/// The standard-form size of `m` (as `Layout::standard`) or an upper bound of it, None where
+/// that refuses the mask.
+#[inline]
 fn standard_end(layout: &Layout, m: u64) -> Option<u32> {
-    let leaf = layout.leaf();
     // Supervisor components have no standard offset: the detailed path names them.
-    if m & (mask::COMPACTED | leaf.xss_supported()) != 0 {
+    if m & (mask::COMPACTED | layout.leaf().xss_supported()) != 0 {
         return None;
     }
-    let mut end = MIN_SIZE as u32;
-    for id in bits(m & !mask::LEGACY) {
-        let c = leaf.component(id);
-        if c.size == 0 || c.offset < MIN_SIZE as u32 || c.supervisor {
-            return None;
-        }
-        end = end.max(c.offset.checked_add(c.size)?);
-    }
-    Some(end)
+    // The table of the layout: an upper bound (never a yes the exact extent would refuse;
+    // exact on real CPUs), O(1).
+    layout.standard_extent_bound(m)
 }
 
 /// The end of the last component of `rfbm` ∩ XCOMP_BV\[62:0\] at its compacted location (as
@@ -984,6 +980,7 @@ fn compacted_end(layout: &Layout, xcomp_bv: u64, rfbm: u64) -> Option<u32> {
 /// [`validate`] plus the rules that need the CPU's layout: the size rule ([`size_rule`]) and,
 /// for XRSTORS, the supervisor values ([`xrstors_with_layout`]). This is what an image file
 /// is judged by: a valid header on too few bytes is not a valid image.
+#[inline]
 pub fn validate_with_layout(bytes: &[u8], profile: &Profile, layout: &Layout) -> Vec<Violation> {
     if is_valid_with_layout(bytes, profile, layout) {
         return Vec::new();
@@ -1352,6 +1349,38 @@ mod tests {
             prop_assert_eq!(kvm_ok(&b, &kc), kvm_detail(&b, &kc).is_empty());
             prop_assert_eq!(xrstor_any_ok(&b, &rc), xrstor_any(&b, &rc).is_empty());
         });
+    }
+
+    /// A layout with two components on the same bytes (no real CPU): never a fast yes.
+    #[test]
+    fn overlapping_components_are_no_yes() {
+        // Hi16_ZMM (7) and component 8 on the same bytes: the layout cannot say how many bytes
+        // a restore of XCR0 0x1e7 reads, so no fast "valid" (the table refuses both).
+        let mut d = crate::cpuid::CpuidDump::new("overlap");
+        let r = |eax, ebx| crate::cpuid::Regs {
+            eax,
+            ebx,
+            ecx: 0,
+            edx: 0,
+        };
+        d.insert(0xd, 0, r(0x1e7, 0x1000));
+        d.insert(0xd, 2, r(256, 576));
+        d.insert(0xd, 5, r(64, 1088));
+        d.insert(0xd, 6, r(512, 1152));
+        d.insert(0xd, 7, r(1024, 1664));
+        d.insert(0xd, 8, r(128, 1664));
+        let l = Layout::from_dump(&d);
+        let mut b = vec![0u8; 4096];
+        b[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        let p = Profile::Xrstor(RestoreConfig::new(0x1e7, MASK));
+        assert!(!is_valid_with_layout(&b, &p, &l));
+        let v = validate_with_layout(&b, &p, &l);
+        assert_eq!(rules(&v), vec![Rule::UnknownGeometry]);
+        // Without component 8 the same image is valid: the fast path, which no longer trusts
+        // component 7's placement, says "look closer" and the detailed path says yes.
+        let p = Profile::Xrstor(RestoreConfig::new(0xe7, MASK));
+        assert!(!is_valid_with_layout(&b, &p, &l));
+        assert!(validate_with_layout(&b, &p, &l).is_empty());
     }
 
     /// The fast path with the size rule agrees with the detailed path: Sapphire Rapids and

@@ -357,3 +357,28 @@ fn xcr0_rules_on_real_cpus() {
         Err(vec![Xcr0Rule::X87Required, Xcr0Rule::AvxNeedsSse])
     );
 }
+
+/// The O(1) standard-extent table of a layout (validation's size rule) is exact on every real
+/// CPU's dump: for every mask of its user components it equals the size `Layout::standard`
+/// computes, and it answers None exactly where `standard` refuses the mask.
+#[test]
+fn standard_extent_table_is_exact_on_real_cpus() {
+    let mut checked = 0;
+    for (name, d) in all_fixtures() {
+        let l = Layout::from_dump(&d);
+        let user = l.xcr0_supported();
+        let ids: Vec<u8> = xstate::components::bits(user & !3).collect();
+        for k in 0..(1u64 << ids.len().min(12)) {
+            let mut m = 3u64;
+            for (j, id) in ids.iter().enumerate() {
+                if k & (1 << j) != 0 {
+                    m |= 1u64 << id;
+                }
+            }
+            let exact = l.standard(m).ok().map(|g| g.size);
+            assert_eq!(l.standard_extent_bound(m), exact, "{name}: mask {m:#x}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 500, "{checked} masks");
+}

@@ -47,6 +47,7 @@ use super::error::{err, EngineError, ErrorKind};
 use crate::components::{bits, mask, mask_names};
 use crate::image::{XsaveImage, XsaveRef};
 use crate::layout::{FormLayout, Placement};
+use crate::model::{Seal, SealedMut, SealedRef};
 use crate::strategy::SaveInsn;
 
 /// Offset of XSTATE_BV in every image (SDM Vol. 1 §13.4.2).
@@ -89,6 +90,10 @@ pub struct FpState {
     is_guest: bool,
     is_confidential: bool,
     in_use: bool,
+    /// Set only by the backend's save into `buf` (`Backend::save_sealed`), reset before any
+    /// other write into it ([`as_mut_bytes`](Self::as_mut_bytes)): the proof that lets a
+    /// backend restore the engine's own images without re-checking them.
+    seal: Seal,
 }
 
 /// The bytes of component `id` that are its registers, inside its placement: x87 without
@@ -302,6 +307,7 @@ impl FpState {
             is_guest,
             is_confidential,
             in_use: false,
+            seal: Seal::NONE,
         })
     }
 
@@ -364,7 +370,46 @@ impl FpState {
         }
     }
 
+    /// The buffer, to write into: the seal is reset first (whatever is written, the backend
+    /// checks the image again before restoring it).
     pub(crate) fn as_mut_bytes(&mut self) -> &mut [u8] {
+        self.seal = Seal::NONE;
+        self.buffer_mut()
+    }
+
+    /// The buffer and its seal, for the backend's save instruction only
+    /// (`Engine::save_into`): the one write that may keep or set the seal.
+    pub(crate) fn save_target(&mut self) -> SealedMut<'_> {
+        let len = self.len;
+        let b = match &mut self.buf {
+            Some(v) => v
+                .as_mut_slice()
+                .as_mut_bytes()
+                .get_mut(..len)
+                .unwrap_or(&mut []),
+            None => &mut [],
+        };
+        SealedMut {
+            mem: b,
+            seal: &mut self.seal,
+        }
+    }
+
+    /// The buffer and its seal, for the backend's restore (`Engine::restore_from`).
+    pub(crate) fn restore_source(&self) -> SealedRef<'_> {
+        SealedRef {
+            mem: self.as_bytes(),
+            seal: &self.seal,
+        }
+    }
+
+    /// The seal of the buffer (see [`save_target`](Self::save_target)).
+    #[cfg(test)]
+    pub(crate) fn seal(&self) -> &Seal {
+        &self.seal
+    }
+
+    fn buffer_mut(&mut self) -> &mut [u8] {
         let len = self.len;
         match &mut self.buf {
             Some(v) => v

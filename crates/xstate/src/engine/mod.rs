@@ -265,7 +265,23 @@ pub(crate) fn fault_err(what: &str, f: &Fault) -> EngineError {
     EngineError::new(ErrorKind::Fault, format!("{what}: {f}"))
 }
 
+/// A save or restore of a container that faulted, as an engine error (kept out of the hot
+/// paths).
+#[cold]
+#[inline(never)]
+fn insn_fault(insn: &str, dir: &str, f: &Fault) -> EngineError {
+    fault_err(&format!("{insn} {dir} the container"), f)
+}
+
+/// A WRMSR of IA32_XFD that faulted.
+#[cold]
+#[inline(never)]
+fn xfd_fault(xfd: u64, f: &Fault) -> EngineError {
+    fault_err(&format!("WRMSR IA32_XFD {xfd:#x}"), f)
+}
+
 /// The model's save and restore instructions for the strategy's save instruction.
+#[inline]
 pub(crate) fn insns(insn: SaveInsn) -> (crate::model::SaveInsn, RestoreInsn) {
     use crate::model::SaveInsn as M;
     match insn {
@@ -526,6 +542,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// [`switch_xfd`](Self::switch_xfd) on borrowed fields (the hot path holds a vCPU borrow).
+    #[inline(always)]
     pub(crate) fn xfd_to(
         cpu: &mut B,
         writes_xfd: bool,
@@ -536,8 +553,7 @@ impl<B: Backend> Engine<B> {
         if !writes_xfd || xfd == *hw_xfd {
             return Ok(());
         }
-        cpu.wrmsr(Msr::Xfd, xfd)
-            .map_err(|f| fault_err(&format!("WRMSR IA32_XFD {xfd:#x}"), &f))?;
+        cpu.wrmsr(Msr::Xfd, xfd).map_err(|f| xfd_fault(xfd, &f))?;
         stats.xfd_writes += 1;
         *hw_xfd = xfd;
         Ok(())
@@ -546,6 +562,7 @@ impl<B: Backend> Engine<B> {
     /// The RFBM of restores of `fp`: in the compacted form every enabled feature (components the
     /// container lacks are put in init state, SDM Vol. 1 §13.8.2), in the standard form the
     /// container's features (a standard buffer has no room beyond them).
+    #[inline(always)]
     pub(crate) fn rfbm_of(cfg: &Configs, fp: &FpState) -> u64 {
         match fp.insn() {
             SaveInsn::Xsaves => (cfg.xcr0 | cfg.xss) & !cfg.independent & !mask::COMPACTED,
@@ -555,6 +572,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Saves the registers into a container (RFBM = its features).
+    #[inline(always)]
     pub(crate) fn save_into(
         cpu: &mut B,
         stats: &mut Stats,
@@ -562,13 +580,17 @@ impl<B: Backend> Engine<B> {
     ) -> Result<(), EngineError> {
         let (s, _) = insns(fp.insn());
         let rfbm = fp.xfeatures();
-        cpu.save(s, fp.as_mut_bytes(), rfbm)
-            .map_err(|f| fault_err(&format!("{} into the container", s.name()), &f))?;
-        stats.saves += 1;
-        Ok(())
+        match cpu.save_sealed(s, fp.save_target(), rfbm) {
+            Ok(()) => {
+                stats.saves += 1;
+                Ok(())
+            }
+            Err(f) => Err(insn_fault(s.name(), "into", &f)),
+        }
     }
 
     /// Restores the registers from a container.
+    #[inline(always)]
     pub(crate) fn restore_from(
         cpu: &mut B,
         stats: &mut Stats,
@@ -576,10 +598,13 @@ impl<B: Backend> Engine<B> {
         rfbm: u64,
     ) -> Result<(), EngineError> {
         let (_, r) = insns(fp.insn());
-        cpu.restore(r, fp.as_bytes(), rfbm)
-            .map_err(|f| fault_err(&format!("{} from the container", r.name()), &f))?;
-        stats.restores += 1;
-        Ok(())
+        match cpu.restore_sealed(r, fp.restore_source(), rfbm) {
+            Ok(()) => {
+                stats.restores += 1;
+                Ok(())
+            }
+            Err(f) => Err(insn_fault(r.name(), "from", &f)),
+        }
     }
 
     /// The number of register bytes of component `id` (see [`fpstate::register_ranges`]), on

@@ -647,3 +647,66 @@ impl<B: Backend> Engine<B> {
         }
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::engine::Options;
+    use crate::hw::HwBackend;
+    use crate::model::Seal;
+
+    /// The trusted-container path on the real CPU: a container the engine's save wrote is
+    /// sealed; a copy-in (`set_xsave2`, bytes from outside) unseals it, so the next attach
+    /// checks the image; the next detach seals it again.
+    #[test]
+    fn copy_in_unseals_the_container() {
+        let Some(hw) = HwBackend::new() else {
+            std::println!("skipped: XSAVE is not usable");
+            return;
+        };
+        let opts = Options {
+            ring0: Some(false),
+            ..Options::default()
+        };
+        let mut e = match Engine::new(hw, opts) {
+            Ok(e) => e,
+            Err(err) => {
+                std::println!("skipped: engine: {err}");
+                return;
+            }
+        };
+        if e.save_insn().0 == crate::strategy::SaveInsn::Fxsave {
+            std::println!("skipped: FXSAVE containers are never sealed");
+            return;
+        }
+        let xcr0 = e.config().xcr0 & !mask::AMX;
+        e.create_vcpu(
+            0,
+            GuestPolicy {
+                xcr0_max: xcr0,
+                xss: 0,
+            },
+            false,
+        )
+        .unwrap();
+        let sealed = |e: &Engine<HwBackend>| *e.vcpu(0).unwrap().fpstate().seal() != Seal::NONE;
+        assert!(!sealed(&e), "a fresh container is software-written");
+        e.attach(0).unwrap();
+        e.detach(0).unwrap();
+        assert!(sealed(&e));
+        assert!(*e.host_fpstate().seal() != Seal::NONE);
+        let n = e.uabi_size().unwrap() as usize;
+        let mut buf = alloc::vec![0u8; n];
+        e.get_xsave2(0, &mut buf).unwrap();
+        e.set_xsave2(0, &buf).unwrap();
+        assert!(!sealed(&e), "copy-in must unseal");
+        let restores = e.stats().restores;
+        e.attach(0).unwrap();
+        assert_eq!(e.stats().restores, restores + 1);
+        e.detach(0).unwrap();
+        assert!(sealed(&e));
+        // A clone of the vCPU (another buffer) carries no seal.
+        let v = e.vcpu(0).unwrap().clone();
+        assert_eq!(*v.fpstate().seal(), Seal::NONE);
+    }
+}

@@ -27,7 +27,10 @@ use alloc::vec::Vec;
 use super::guard::{InsnGuard, Support};
 use super::{check_mxcsr_masked, check_x87_env, Host, HwError};
 use crate::components::mask;
-use crate::model::{AlignedBuf, Backend, CpuProfile, Exception, Fault, Msr, RestoreInsn, SaveInsn};
+use crate::model::{
+    AlignedBuf, Backend, CpuProfile, Exception, Fault, Msr, RestoreInsn, SaveInsn, Seal, SealedMut,
+    SealedRef,
+};
 
 /// The real CPU in user mode on the live registers (see the module docs). XSAVE, XSAVEOPT,
 /// XSAVEC, XRSTOR, FXSAVE, FXRSTOR and XGETBV run on silicon; XSETBV, XSAVES, XRSTORS and the
@@ -51,7 +54,12 @@ pub struct HwBackend {
     xfd_capable: u64,
     permitted: u64,
     standard_size: usize,
+    /// This instance's name in the [`Seal`]s it sets (never 0).
+    id: u64,
 }
+
+/// Names of backend instances for [`Seal`]s: each `HwBackend` gets its own.
+static NEXT_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
 fn cpl3(what: &'static str) -> Fault {
     Fault::with(
@@ -104,6 +112,55 @@ fn permitted_features() -> u64 {
     0
 }
 
+/// Issues save instruction `insn` (never XSAVES: CPL 0) to `mem` with RFBM `rfbm`.
+///
+/// # Safety
+/// The CPU supports `insn` (CPUID, CR4.OSXSAVE), `mem` is aligned as it requires (64 bytes,
+/// FXSAVE 16) and holds every byte it writes for `rfbm` & XCR0.
+#[inline(always)]
+unsafe fn raw_save(insn: SaveInsn, mem: &mut [u8], rfbm: u64) {
+    let p = mem.as_mut_ptr();
+    let (lo, hi) = (rfbm as u32, (rfbm >> 32) as u32);
+    // SAFETY: the caller's contract (above). Saves read registers and write only `mem`,
+    // borrowed mutably.
+    unsafe {
+        match insn {
+            SaveInsn::Xsave => core::arch::asm!("xsave64 [{p}]", p = in(reg) p,
+                in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
+            SaveInsn::Xsaveopt => core::arch::asm!("xsaveopt64 [{p}]", p = in(reg) p,
+                in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
+            SaveInsn::Xsavec => core::arch::asm!("xsavec64 [{p}]", p = in(reg) p,
+                in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
+            SaveInsn::Fxsave => core::arch::asm!("fxsave64 [{p}]", p = in(reg) p,
+                options(nostack, preserves_flags)),
+            SaveInsn::Xsaves => {}
+        }
+    }
+}
+
+/// Issues restore instruction `insn` (XRSTOR or FXRSTOR; never XRSTORS: CPL 0) from `mem`
+/// with RFBM `rfbm`.
+///
+/// # Safety
+/// The CPU supports `insn`, `mem` is aligned, holds every byte it reads, and its image breaks
+/// no restore rule (header, MXCSR: no #GP) and loads no component XFD arms (no #NM).
+#[inline(always)]
+unsafe fn raw_restore(insn: RestoreInsn, mem: &[u8], rfbm: u64) {
+    let p = mem.as_ptr();
+    let (lo, hi) = (rfbm as u32, (rfbm >> 32) as u32);
+    // SAFETY: the caller's contract (above). Every register the restore writes is declared
+    // clobbered; memory is only read.
+    unsafe {
+        match insn {
+            RestoreInsn::Fxrstor => core::arch::asm!("fxrstor64 [{p}]", p = in(reg) p,
+                clobber_abi("C"), options(nostack, readonly)),
+            RestoreInsn::Xrstors => {}
+            RestoreInsn::Xrstor => core::arch::asm!("xrstor64 [{p}]", p = in(reg) p,
+                in("eax") lo, in("edx") hi, clobber_abi("C"), options(nostack, readonly)),
+        }
+    }
+}
+
 impl HwBackend {
     /// The backend of this CPU; None when XSAVE is not usable.
     pub fn new() -> Option<HwBackend> {
@@ -141,12 +198,48 @@ impl HwBackend {
             guard,
             xfd_capable,
             permitted: permitted_features(),
+            id: NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
         })
     }
 
     /// The hardware wrappers this backend uses.
     pub fn host(&self) -> &Host {
         &self.host
+    }
+
+    /// The checked save of [`Backend::save_sealed`] and the sealing (the first save into a
+    /// container, or after it was written by other means): kept off the hot path.
+    #[cold]
+    #[inline(never)]
+    fn seal_save(
+        &mut self,
+        insn: SaveInsn,
+        mem: &mut [u8],
+        rfbm: u64,
+        seal: &mut Seal,
+    ) -> Result<(), Fault> {
+        *seal = Seal::NONE;
+        self.save(insn, mem, rfbm)?;
+        // The restores the seal will admit: any RFBM for the compacted form (XCOMP_BV fixes
+        // what is read), RFBMs within the save's for the standard form (its extent).
+        let checked = match insn {
+            SaveInsn::Xsavec => u64::MAX,
+            SaveInsn::Xsave | SaveInsn::Xsaveopt => rfbm,
+            _ => return Ok(()),
+        };
+        let forbidden = self.xfd_capable & !self.permitted;
+        if self.guard.xrstor_fast(mem, checked, forbidden)
+            || self.check_traps(RestoreInsn::Xrstor, mem, checked).is_ok()
+        {
+            *seal = Seal {
+                owner: self.id,
+                insn,
+                rfbm,
+                ptr: mem.as_ptr() as usize,
+                len: mem.len(),
+            };
+        }
+        Ok(())
     }
 
     /// The checks of a restore that concern this thread after it (module docs), O(1).
@@ -230,24 +323,9 @@ impl Backend for HwBackend {
             return Err(cpl3("XSAVES"));
         }
         self.guard.check_save(insn, mem, rfbm)?;
-        let p = mem.as_mut_ptr();
-        let (lo, hi) = (rfbm as u32, (rfbm >> 32) as u32);
         // SAFETY: the guard checked CPU support (no #UD), alignment (no #GP) and that `mem`,
-        // borrowed mutably, holds every byte the instruction writes for RFBM & XCR0. Saves
-        // read registers and write only `mem`.
-        unsafe {
-            match insn {
-                SaveInsn::Xsave => core::arch::asm!("xsave64 [{p}]", p = in(reg) p,
-                    in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
-                SaveInsn::Xsaveopt => core::arch::asm!("xsaveopt64 [{p}]", p = in(reg) p,
-                    in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
-                SaveInsn::Xsavec => core::arch::asm!("xsavec64 [{p}]", p = in(reg) p,
-                    in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
-                SaveInsn::Fxsave => core::arch::asm!("fxsave64 [{p}]", p = in(reg) p,
-                    options(nostack, preserves_flags)),
-                SaveInsn::Xsaves => {}
-            }
-        }
+        // borrowed mutably, holds every byte the instruction writes for RFBM & XCR0.
+        unsafe { raw_save(insn, mem, rfbm) };
         Ok(())
     }
 
@@ -263,20 +341,67 @@ impl Backend for HwBackend {
             }
             self.check_traps(insn, mem, rfbm)?;
         }
-        let p = mem.as_ptr();
-        let (lo, hi) = (rfbm as u32, (rfbm >> 32) as u32);
         // SAFETY: the guard (fast path, or the detailed checks) verified support, alignment,
         // the extent read, the header rules and MXCSR (no #UD, #GP), and that no component
-        // armed by XFD without permission is loaded (no SIGILL). Every register the restore writes is declared clobbered; memory is only
-        // read.
-        unsafe {
-            match insn {
-                RestoreInsn::Fxrstor => core::arch::asm!("fxrstor64 [{p}]", p = in(reg) p,
-                    clobber_abi("C"), options(nostack, readonly)),
-                _ => core::arch::asm!("xrstor64 [{p}]", p = in(reg) p,
-                    in("eax") lo, in("edx") hi, clobber_abi("C"), options(nostack, readonly)),
-            }
+        // armed by XFD without permission is loaded (no SIGILL).
+        unsafe { raw_restore(insn, mem, rfbm) };
+        Ok(())
+    }
+
+    /// The trusted-container path (P1 of issue 11). A buffer sealed by this instance for the
+    /// same instruction, RFBM, address and length is saved into with no check: the seal
+    /// proves the checks of the save that sealed it (support, alignment, extent for this RFBM)
+    /// and nothing changed them (XCR0 is fixed under a user-mode thread). Otherwise the
+    /// checked save runs, and the buffer is sealed only if the image it wrote then passes
+    /// every check of a restore with RFBM = all ones — the header rules (reserved bytes 16-63
+    /// included, which XSAVE* never write), MXCSR, the trap rules and XFD permission.
+    ///
+    /// Later saves under the seal rewrite only bytes that come from this thread's registers
+    /// (XSTATE_BV, XCOMP_BV of the same RFBM, components); every other byte is as it was when
+    /// checked. So a restore of a sealed buffer loads either what the registers held or what
+    /// was checked (SDM §13.8: such an image raises no #GP; permissions only grow).
+    #[inline]
+    fn save_sealed(&mut self, insn: SaveInsn, buf: SealedMut<'_>, rfbm: u64) -> Result<(), Fault> {
+        let SealedMut { mem, seal } = buf;
+        if seal.holds(self.id, insn, rfbm, mem) {
+            // SAFETY: the seal (set by seal_save, by this instance, for this buffer,
+            // instruction and RFBM) proves check_save passed for them; nothing it checked has
+            // changed.
+            unsafe { raw_save(insn, mem, rfbm) };
+            return Ok(());
         }
+        self.seal_save(insn, mem, rfbm, seal)
+    }
+
+    /// XRSTOR of a buffer this instance sealed (see [`save_sealed`](Self::save_sealed)) runs
+    /// without the checks; in the standard form only with an RFBM within the sealing save's
+    /// (the extent and the components checked when sealed). Anything else takes the checked
+    /// [`restore`](Backend::restore).
+    #[inline]
+    fn restore_sealed(
+        &mut self,
+        insn: RestoreInsn,
+        buf: SealedRef<'_>,
+        rfbm: u64,
+    ) -> Result<(), Fault> {
+        let SealedRef { mem, seal } = buf;
+        let trusted = insn == RestoreInsn::Xrstor
+            && seal.holds(self.id, seal.insn, seal.rfbm, mem)
+            && match seal.insn {
+                SaveInsn::Xsavec => true,
+                SaveInsn::Xsave | SaveInsn::Xsaveopt => rfbm & !seal.rfbm & self.guard.xcr0 == 0,
+                _ => false,
+            };
+        if !trusted {
+            return self.restore(insn, mem, rfbm);
+        }
+        // SAFETY: the seal proves this image was written by this instance's XSAVE-family save
+        // into this buffer and passed every restore check of RFBM = all ones when sealed;
+        // since then only the save instruction wrote it (save_sealed). The compacted XRSTOR
+        // reads what XCOMP_BV says whatever the RFBM (checked when sealed, with RFBM = all
+        // ones); the standard one reads within the sealing save's RFBM (checked just above),
+        // as checked when sealed.
+        unsafe { raw_restore(insn, mem, rfbm) };
         Ok(())
     }
 
@@ -296,5 +421,210 @@ impl Backend for HwBackend {
         let mut out = AlignedBuf::new(self.standard_size);
         self.save(SaveInsn::Xsave, &mut out, u64::MAX)?;
         Ok(out.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A buffer of the compacted size of XCR0 and the XCR0 of this thread; None (printed
+    /// skip) without XSAVEC.
+    fn setup() -> Option<(HwBackend, AlignedBuf, u64)> {
+        let Some(mut hw) = HwBackend::new() else {
+            std::println!("skipped: XSAVE is not usable");
+            return None;
+        };
+        if !hw.host().has_xsavec() {
+            std::println!("skipped: no XSAVEC (CPUID.(0xD,1):EAX[1])");
+            return None;
+        }
+        // Without the AMX permission the tiles are refused: leave them out of the RFBM.
+        let xcr0 = hw.xgetbv(0).unwrap() & !(hw.xfd_capable & !hw.permitted);
+        let n = hw.profile().layout.compacted(xcr0).unwrap().size as usize;
+        Some((hw, AlignedBuf::new(n.max(576)), xcr0))
+    }
+
+    /// The engine's trusted path: XSAVEC into a buffer seals it for this instance, this
+    /// buffer, instruction and RFBM; the restore of the sealed buffer and the next sealed save
+    /// run; a copied seal is no seal.
+    #[test]
+    fn xsavec_seals_and_the_seal_is_bound() {
+        let Some((mut hw, mut buf, xcr0)) = setup() else {
+            return;
+        };
+        let mut seal = Seal::NONE;
+        hw.save_sealed(
+            SaveInsn::Xsavec,
+            SealedMut {
+                mem: &mut buf,
+                seal: &mut seal,
+            },
+            xcr0,
+        )
+        .unwrap();
+        assert_eq!(seal.owner, hw.id);
+        assert!(seal.holds(hw.id, SaveInsn::Xsavec, xcr0, &buf));
+        hw.restore_sealed(
+            RestoreInsn::Xrstor,
+            SealedRef {
+                mem: &buf,
+                seal: &seal,
+            },
+            xcr0,
+        )
+        .unwrap();
+        hw.save_sealed(
+            SaveInsn::Xsavec,
+            SealedMut {
+                mem: &mut buf,
+                seal: &mut seal,
+            },
+            xcr0,
+        )
+        .unwrap();
+        assert_eq!(seal.owner, hw.id);
+        // Another RFBM, another instruction, another buffer, a clone: not sealed for them.
+        assert!(!seal.holds(hw.id, SaveInsn::Xsavec, 3, &buf));
+        assert!(!seal.holds(hw.id, SaveInsn::Xsave, xcr0, &buf));
+        let copy = AlignedBuf::from_bytes(&buf);
+        assert!(!seal.holds(hw.id, SaveInsn::Xsavec, xcr0, &copy));
+        assert_eq!(seal.clone(), Seal::NONE);
+
+        // A copy of the sealed image with a broken header, presented with the seal: the seal
+        // names another buffer, so the restore is checked and refused (#GP rule), not issued.
+        let mut bad = AlignedBuf::from_bytes(&buf);
+        bad[512 + 16] = 1; // reserved header byte (SDM §13.8.2: must be 0)
+        let e = hw
+            .restore_sealed(
+                RestoreInsn::Xrstor,
+                SealedRef {
+                    mem: &bad,
+                    seal: &seal,
+                },
+                xcr0,
+            )
+            .unwrap_err();
+        assert_eq!(e.exception, Exception::Gp, "{e}");
+
+        // Another backend instance does not honour this one's seal: it checks and refuses.
+        let mut other = HwBackend::new().unwrap();
+        buf[512 + 16] = 1; // kept sealed only because this test writes behind the seal
+        let e = other
+            .restore_sealed(
+                RestoreInsn::Xrstor,
+                SealedRef {
+                    mem: &buf,
+                    seal: &seal,
+                },
+                xcr0,
+            )
+            .unwrap_err();
+        assert_eq!(e.exception, Exception::Gp, "{e}");
+    }
+
+    /// XSAVEC writes no header byte but XSTATE_BV and XCOMP_BV (SDM Vol. 2 XSAVEC; checked on
+    /// this CPU): a buffer whose reserved header bytes were not zero before the save holds an
+    /// image XRSTOR refuses, so it is not sealed and its restore is checked and refused.
+    #[test]
+    fn stale_header_bytes_are_not_sealed() {
+        let Some((mut hw, mut buf, xcr0)) = setup() else {
+            return;
+        };
+        buf[512 + 40] = 0x5a;
+        let mut seal = Seal::NONE;
+        hw.save_sealed(
+            SaveInsn::Xsavec,
+            SealedMut {
+                mem: &mut buf,
+                seal: &mut seal,
+            },
+            xcr0,
+        )
+        .unwrap();
+        assert_eq!(buf[512 + 40], 0x5a, "XSAVEC wrote a reserved header byte");
+        assert_ne!(crate::image::raw_xcomp_bv(&buf) & mask::COMPACTED, 0);
+        assert_eq!(seal, Seal::NONE);
+        let e = hw
+            .restore_sealed(
+                RestoreInsn::Xrstor,
+                SealedRef {
+                    mem: &buf,
+                    seal: &seal,
+                },
+                xcr0,
+            )
+            .unwrap_err();
+        assert_eq!(e.exception, Exception::Gp, "{e}");
+        // Cleared by software (the seal's keeper resets it for such writes), the next save
+        // seals it.
+        buf[512 + 40] = 0;
+        hw.save_sealed(
+            SaveInsn::Xsavec,
+            SealedMut {
+                mem: &mut buf,
+                seal: &mut seal,
+            },
+            xcr0,
+        )
+        .unwrap();
+        assert_eq!(seal.owner, hw.id);
+    }
+
+    /// The standard form: sealed for the save's RFBM; a restore with RFBM beyond it (more
+    /// extent, components not checked) is not trusted and goes through the checks.
+    #[test]
+    fn xsave_seal_covers_the_save_rfbm_only() {
+        let Some((mut hw, _, xcr0)) = setup() else {
+            return;
+        };
+        let mut buf = AlignedBuf::new(hw.standard_size);
+        let mut seal = Seal::NONE;
+        hw.save_sealed(
+            SaveInsn::Xsave,
+            SealedMut {
+                mem: &mut buf,
+                seal: &mut seal,
+            },
+            mask::LEGACY,
+        )
+        .unwrap();
+        assert_eq!(seal.owner, hw.id);
+        hw.restore_sealed(
+            RestoreInsn::Xrstor,
+            SealedRef {
+                mem: &buf,
+                seal: &seal,
+            },
+            mask::SSE,
+        )
+        .unwrap();
+        // XSTATE_BV bits outside the save's RFBM are not written by XSAVE: a stale AVX bit,
+        // written behind the seal by this test, reaches the checked path with RFBM = XCR0.
+        let mut short = AlignedBuf::new(576);
+        let mut s2 = Seal::NONE;
+        hw.save_sealed(
+            SaveInsn::Xsave,
+            SealedMut {
+                mem: &mut short,
+                seal: &mut s2,
+            },
+            mask::LEGACY,
+        )
+        .unwrap();
+        assert_eq!(s2.owner, hw.id);
+        if xcr0 & mask::AVX != 0 {
+            let e = hw
+                .restore_sealed(
+                    RestoreInsn::Xrstor,
+                    SealedRef {
+                        mem: &short,
+                        seal: &s2,
+                    },
+                    xcr0,
+                )
+                .unwrap_err();
+            assert_eq!(e.exception, Exception::Pf, "{e}"); // 576 bytes: no room for AVX
+        }
     }
 }

@@ -128,4 +128,103 @@ pub trait Backend {
     /// The user registers as a standard-form image for XCR0 (what XSAVE with RFBM = all ones
     /// into zeroed memory would write): XSTATE_BV is XINUSE & XCR0.
     fn read_state(&mut self) -> Result<Vec<u8>, Fault>;
+
+    /// [`save`](Self::save) into a buffer that travels with its [`Seal`]. A backend may record
+    /// in the seal that the buffer now holds an image its own save instruction wrote (see
+    /// [`Seal`]); the default unseals it and saves as usual. Only this crate can make a
+    /// [`SealedMut`], and its bytes are reachable only by this crate's code: a backend outside
+    /// the crate can forward it to another backend or ignore it, never write behind a seal.
+    fn save_sealed(&mut self, insn: SaveInsn, buf: SealedMut<'_>, rfbm: u64) -> Result<(), Fault> {
+        *buf.seal = Seal::NONE;
+        self.save(insn, buf.mem, rfbm)
+    }
+
+    /// [`restore`](Self::restore) from a buffer with its [`Seal`]. A backend may skip checks
+    /// the seal proves hold; the default checks everything.
+    fn restore_sealed(
+        &mut self,
+        insn: RestoreInsn,
+        buf: SealedRef<'_>,
+        rfbm: u64,
+    ) -> Result<(), Fault> {
+        self.restore(insn, buf.mem, rfbm)
+    }
+}
+
+/// A buffer and its [`Seal`], to save into ([`Backend::save_sealed`]). Made only by this
+/// crate (the engine's containers); its fields are private, so no code outside the crate can
+/// write into the buffer while it holds the seal:
+///
+/// ```compile_fail
+/// // A backend outside the crate cannot reach the bytes behind a seal (private field).
+/// fn write_behind_the_seal(b: xstate::model::SealedMut<'_>) {
+///     b.mem[600] = 1;
+/// }
+/// ```
+#[derive(Debug)]
+pub struct SealedMut<'a> {
+    pub(crate) mem: &'a mut [u8],
+    pub(crate) seal: &'a mut Seal,
+}
+
+/// A buffer and its [`Seal`], to restore from ([`Backend::restore_sealed`]). Made only by
+/// this crate.
+#[derive(Debug)]
+pub struct SealedRef<'a> {
+    pub(crate) mem: &'a [u8],
+    pub(crate) seal: &'a Seal,
+}
+
+/// The proof, kept next to a buffer, that its bytes are an image a backend's own save
+/// instruction wrote and that nothing else has written since: the "trusted container" of the
+/// engine (docs/performance.md, P1).
+///
+/// Who may set it and when:
+/// * only a backend, in [`Backend::save_sealed`], after its save instruction succeeded and the
+///   image it wrote passed every restore check once;
+/// * it names that backend instance, the save instruction, the RFBM, the buffer's address and
+///   length: a seal presented with any other buffer, instruction or backend proves nothing;
+/// * whoever keeps the buffer resets it (unsealed) before any other write into the
+///   buffer (the engine's `FpState` hands out its bytes mutably only that way), and a clone
+///   of a seal is unsealed;
+/// * it cannot be made, read or written outside this crate (no public constructor, field or
+///   accessor; it reaches a backend only inside a [`SealedMut`] / [`SealedRef`], whose bytes
+///   are private too), so images from outside are always checked.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Seal {
+    /// The backend instance that sealed the buffer (0: not sealed).
+    pub(crate) owner: u64,
+    pub(crate) insn: SaveInsn,
+    pub(crate) rfbm: u64,
+    pub(crate) ptr: usize,
+    pub(crate) len: usize,
+}
+
+impl Seal {
+    /// Not sealed: proves nothing.
+    pub(crate) const NONE: Seal = Seal {
+        owner: 0,
+        insn: SaveInsn::Fxsave,
+        rfbm: 0,
+        ptr: 0,
+        len: 0,
+    };
+
+    /// True when the buffer is sealed by backend `owner` for `insn`, `rfbm` at `mem`.
+    #[inline]
+    pub(crate) fn holds(&self, owner: u64, insn: SaveInsn, rfbm: u64, mem: &[u8]) -> bool {
+        self.owner == owner
+            && owner != 0
+            && self.insn == insn
+            && self.rfbm == rfbm
+            && self.ptr == mem.as_ptr() as usize
+            && self.len == mem.len()
+    }
+}
+
+impl Clone for Seal {
+    /// A copied buffer is not the sealed one: its clone is not sealed.
+    fn clone(&self) -> Self {
+        Seal::NONE
+    }
 }
