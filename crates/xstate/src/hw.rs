@@ -42,6 +42,7 @@ use crate::layout::{Layout, EXTENDED_START, LEGACY_SIZE};
 pub mod checked;
 pub mod guard;
 mod host_cpuid;
+mod insn;
 pub mod live;
 #[cfg(feature = "ring0")]
 pub mod ring0;
@@ -642,24 +643,16 @@ impl Host {
 
     fn save(&self, op: SaveOp, mem: &mut [u8], rfbm: u64) -> Result<(), HwError> {
         self.check_save(op, mem, rfbm)?;
-        let p = mem.as_mut_ptr();
-        let lo = rfbm as u32;
-        let hi = (rfbm >> 32) as u32;
+        let insn = match op {
+            SaveOp::Xsave => crate::model::SaveInsn::Xsave,
+            SaveOp::Xsaveopt => crate::model::SaveInsn::Xsaveopt,
+            SaveOp::Xsavec => crate::model::SaveInsn::Xsavec,
+            SaveOp::Fxsave => crate::model::SaveInsn::Fxsave,
+        };
         // SAFETY: check_save verified CPU/OS support (no #UD), alignment (no #GP) and that `mem`
         // holds every byte the instruction writes for RFBM = rfbm & XCR0 (no write outside the
         // slice, which we borrow mutably). Saves only read registers.
-        unsafe {
-            match op {
-                SaveOp::Xsave => core::arch::asm!("xsave64 [{p}]", p = in(reg) p,
-                    in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
-                SaveOp::Xsaveopt => core::arch::asm!("xsaveopt64 [{p}]", p = in(reg) p,
-                    in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
-                SaveOp::Xsavec => core::arch::asm!("xsavec64 [{p}]", p = in(reg) p,
-                    in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
-                SaveOp::Fxsave => core::arch::asm!("fxsave64 [{p}]", p = in(reg) p,
-                    options(nostack, preserves_flags)),
-            }
-        }
+        unsafe { insn::save(insn, mem, rfbm) };
         Ok(())
     }
 
@@ -804,15 +797,9 @@ impl Host {
     /// The registers of the calling thread change.
     pub fn xrstor(&self, mem: &[u8], rfbm: u64) -> Result<(), HwError> {
         self.check_xrstor(mem, rfbm)?;
-        let lo = rfbm as u32;
-        let hi = (rfbm >> 32) as u32;
         // SAFETY: check_xrstor verified support, alignment, size, the header rules and MXCSR,
-        // so XRSTOR cannot #GP/#UD; XFD-capable components are not loaded (no #NM). All
-        // registers XRSTOR writes are declared clobbered; memory is only read.
-        unsafe {
-            core::arch::asm!("xrstor64 [{p}]", p = in(reg) mem.as_ptr(),
-                in("eax") lo, in("edx") hi, clobber_abi("C"), options(nostack, readonly));
-        }
+        // so XRSTOR cannot #GP/#UD; XFD-capable components are not loaded (no #NM).
+        unsafe { insn::restore(crate::model::RestoreInsn::Xrstor, mem, rfbm) };
         Ok(())
     }
 
@@ -821,12 +808,8 @@ impl Host {
     pub fn fxrstor(&self, mem: &[u8]) -> Result<(), HwError> {
         self.check_fxrstor(mem)?;
         // SAFETY: check_fxrstor verified FXSR support, 16-byte alignment, 512 bytes and MXCSR
-        // within MXCSR_MASK (no #GP, no #UD). All registers FXRSTOR writes are declared
-        // clobbered; memory is only read.
-        unsafe {
-            core::arch::asm!("fxrstor64 [{p}]", p = in(reg) mem.as_ptr(),
-                clobber_abi("C"), options(nostack, readonly));
-        }
+        // within MXCSR_MASK (no #GP, no #UD).
+        unsafe { insn::restore(crate::model::RestoreInsn::Fxrstor, mem, 0) };
         Ok(())
     }
 

@@ -112,55 +112,6 @@ fn permitted_features() -> u64 {
     0
 }
 
-/// Issues save instruction `insn` (never XSAVES: CPL 0) to `mem` with RFBM `rfbm`.
-///
-/// # Safety
-/// The CPU supports `insn` (CPUID, CR4.OSXSAVE), `mem` is aligned as it requires (64 bytes,
-/// FXSAVE 16) and holds every byte it writes for `rfbm` & XCR0.
-#[inline(always)]
-unsafe fn raw_save(insn: SaveInsn, mem: &mut [u8], rfbm: u64) {
-    let p = mem.as_mut_ptr();
-    let (lo, hi) = (rfbm as u32, (rfbm >> 32) as u32);
-    // SAFETY: the caller's contract (above). Saves read registers and write only `mem`,
-    // borrowed mutably.
-    unsafe {
-        match insn {
-            SaveInsn::Xsave => core::arch::asm!("xsave64 [{p}]", p = in(reg) p,
-                in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
-            SaveInsn::Xsaveopt => core::arch::asm!("xsaveopt64 [{p}]", p = in(reg) p,
-                in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
-            SaveInsn::Xsavec => core::arch::asm!("xsavec64 [{p}]", p = in(reg) p,
-                in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
-            SaveInsn::Fxsave => core::arch::asm!("fxsave64 [{p}]", p = in(reg) p,
-                options(nostack, preserves_flags)),
-            SaveInsn::Xsaves => {}
-        }
-    }
-}
-
-/// Issues restore instruction `insn` (XRSTOR or FXRSTOR; never XRSTORS: CPL 0) from `mem`
-/// with RFBM `rfbm`.
-///
-/// # Safety
-/// The CPU supports `insn`, `mem` is aligned, holds every byte it reads, and its image breaks
-/// no restore rule (header, MXCSR: no #GP) and loads no component XFD arms (no #NM).
-#[inline(always)]
-unsafe fn raw_restore(insn: RestoreInsn, mem: &[u8], rfbm: u64) {
-    let p = mem.as_ptr();
-    let (lo, hi) = (rfbm as u32, (rfbm >> 32) as u32);
-    // SAFETY: the caller's contract (above). Every register the restore writes is declared
-    // clobbered; memory is only read.
-    unsafe {
-        match insn {
-            RestoreInsn::Fxrstor => core::arch::asm!("fxrstor64 [{p}]", p = in(reg) p,
-                clobber_abi("C"), options(nostack, readonly)),
-            RestoreInsn::Xrstors => {}
-            RestoreInsn::Xrstor => core::arch::asm!("xrstor64 [{p}]", p = in(reg) p,
-                in("eax") lo, in("edx") hi, clobber_abi("C"), options(nostack, readonly)),
-        }
-    }
-}
-
 impl HwBackend {
     /// The backend of this CPU; None when XSAVE is not usable.
     pub fn new() -> Option<HwBackend> {
@@ -325,7 +276,7 @@ impl Backend for HwBackend {
         self.guard.check_save(insn, mem, rfbm)?;
         // SAFETY: the guard checked CPU support (no #UD), alignment (no #GP) and that `mem`,
         // borrowed mutably, holds every byte the instruction writes for RFBM & XCR0.
-        unsafe { raw_save(insn, mem, rfbm) };
+        unsafe { super::insn::save(insn, mem, rfbm) };
         Ok(())
     }
 
@@ -344,7 +295,7 @@ impl Backend for HwBackend {
         // SAFETY: the guard (fast path, or the detailed checks) verified support, alignment,
         // the extent read, the header rules and MXCSR (no #UD, #GP), and that no component
         // armed by XFD without permission is loaded (no SIGILL).
-        unsafe { raw_restore(insn, mem, rfbm) };
+        unsafe { super::insn::restore(insn, mem, rfbm) };
         Ok(())
     }
 
@@ -367,7 +318,7 @@ impl Backend for HwBackend {
             // SAFETY: the seal (set by seal_save, by this instance, for this buffer,
             // instruction and RFBM) proves check_save passed for them; nothing it checked has
             // changed.
-            unsafe { raw_save(insn, mem, rfbm) };
+            unsafe { super::insn::save(insn, mem, rfbm) };
             return Ok(());
         }
         self.seal_save(insn, mem, rfbm, seal)
@@ -401,7 +352,7 @@ impl Backend for HwBackend {
         // reads what XCOMP_BV says whatever the RFBM (checked when sealed, with RFBM = all
         // ones); the standard one reads within the sealing save's RFBM (checked just above),
         // as checked when sealed.
-        unsafe { raw_restore(insn, mem, rfbm) };
+        unsafe { super::insn::restore(insn, mem, rfbm) };
         Ok(())
     }
 

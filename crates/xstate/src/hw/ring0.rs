@@ -171,25 +171,9 @@ impl Backend for Ring0Backend {
         // Support, alignment and the full extent for the mask (so that a CPU writing more
         // than the model predicts stays in bounds), O(1).
         self.guard.check_save(insn, mem, rfbm)?;
-        let p = mem.as_mut_ptr();
-        let (lo, hi) = (rfbm as u32, (rfbm >> 32) as u32);
         // SAFETY: the guard found the instruction supported (CR4.OSXSAVE and CPL 0 by the
         // constructor's contract), `mem` aligned and holding the whole extent for the mask.
-        // Saves only read registers and write `mem`, borrowed mutably.
-        unsafe {
-            match insn {
-                SaveInsn::Xsave => core::arch::asm!("xsave64 [{p}]", p = in(reg) p,
-                    in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
-                SaveInsn::Xsaveopt => core::arch::asm!("xsaveopt64 [{p}]", p = in(reg) p,
-                    in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
-                SaveInsn::Xsavec => core::arch::asm!("xsavec64 [{p}]", p = in(reg) p,
-                    in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
-                SaveInsn::Xsaves => core::arch::asm!("xsaves64 [{p}]", p = in(reg) p,
-                    in("eax") lo, in("edx") hi, options(nostack, preserves_flags)),
-                SaveInsn::Fxsave => core::arch::asm!("fxsave64 [{p}]", p = in(reg) p,
-                    options(nostack, preserves_flags)),
-            }
-        }
+        unsafe { super::insn::save(insn, mem, rfbm) };
         Ok(())
     }
 
@@ -204,22 +188,10 @@ impl Backend for Ring0Backend {
             }?;
         }
         self.guard.check_restore(insn, mem, rfbm)?;
-        let p = mem.as_ptr();
-        let (lo, hi) = (rfbm as u32, (rfbm >> 32) as u32);
         // SAFETY: the guard, with the mirrored XCR0/IA32_XSS/IA32_XFD at CPL 0, found no fault:
         // support, alignment, the extent read, the header rules, MXCSR, the CET values and no
-        // XFD-armed component loaded. Every
-        // register the restore writes is declared clobbered; memory is only read.
-        unsafe {
-            match insn {
-                RestoreInsn::Xrstor => core::arch::asm!("xrstor64 [{p}]", p = in(reg) p,
-                    in("eax") lo, in("edx") hi, clobber_abi("C"), options(nostack, readonly)),
-                RestoreInsn::Xrstors => core::arch::asm!("xrstors64 [{p}]", p = in(reg) p,
-                    in("eax") lo, in("edx") hi, clobber_abi("C"), options(nostack, readonly)),
-                RestoreInsn::Fxrstor => core::arch::asm!("fxrstor64 [{p}]", p = in(reg) p,
-                    clobber_abi("C"), options(nostack, readonly)),
-            }
-        }
+        // XFD-armed component loaded.
+        unsafe { super::insn::restore(insn, mem, rfbm) };
         Ok(())
     }
 
