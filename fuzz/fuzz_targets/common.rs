@@ -19,9 +19,16 @@ pub fn run(data: &[u8], format: Option<DumpFormat>) {
     match parsed {
         Ok(d) => exercise(&d),
         Err(e) => {
-            // Errors name the source and say what was expected.
+            // Errors name the source and, when one line is at fault, that line; an error about
+            // the whole file (line 0: no data line at all, an unrecognised format) names no line
+            // and never prints "line 0". Each says what was expected.
             let msg = e.to_string();
-            assert!(msg.starts_with("fuzz: line "), "{msg}");
+            if e.line == 0 {
+                assert!(msg.starts_with("fuzz: ") && !msg.starts_with("fuzz: line "), "{msg}");
+                assert!(msg.contains("expected"), "{msg}");
+            } else {
+                assert!(msg.starts_with(&format!("fuzz: line {}: ", e.line)), "{msg}");
+            }
         }
     }
 }

@@ -329,4 +329,31 @@ mod tests {
         assert_eq!(e.line, 3);
         assert!(e.message.contains("line 1"), "{e}");
     }
+
+    /// Regression for the fuzz targets' empty input (`crash-da39a3ee…`, 2026-11-30): a text dump
+    /// without a single data line is an error about the whole file (line 0) that names the
+    /// source, the format and an example line, and prints no "line 0".
+    #[test]
+    fn empty_text_dump_is_a_whole_file_error() {
+        for f in [DumpFormat::CpuidR, DumpFormat::Aida64, DumpFormat::Hwloc] {
+            for text in ["", "\n", " \n\n"] {
+                let e = CpuidDump::parse_as(text, "fuzz", f).unwrap_err();
+                let msg = e.to_string();
+                assert_eq!(e.line, 0, "{msg}");
+                let want = format!(
+                    "fuzz: no CPUID data found in this {} dump: expected at least one line like `",
+                    f.name()
+                );
+                assert!(msg.starts_with(&want), "{msg}");
+                assert!(!msg.contains("line 0"), "{msg}");
+            }
+        }
+        let e = CpuidDump::parse("", "fuzz").unwrap_err();
+        assert_eq!(e.line, 0);
+        assert!(
+            e.to_string()
+                .starts_with("fuzz: unrecognised CPUID dump format: expected"),
+            "{e}"
+        );
+    }
 }
