@@ -15,7 +15,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, Criterion};
 use xstate::components::{bits, mask};
-use xstate::convert::{convert, convert_into};
+use xstate::convert::{convert, convert_into, ConvertPlan};
 use xstate::cpuid::CpuidDump;
 use xstate::image::XsaveImage;
 use xstate::layout::Layout;
@@ -125,6 +125,36 @@ fn ratios(cases: &[Case]) {
             "memcpy",
             || {
                 convert_into(black_box(k), &sg, &mut o2).unwrap();
+            },
+            || memcpy_baseline(k.as_bytes(), &mut base),
+        );
+        // P2: a caller-held ConvertPlan (made once, outside the measurement).
+        let to_cmp = ConvertPlan::new(&sg, &kg).unwrap();
+        let to_std = ConvertPlan::new(&kg, &sg).unwrap();
+        let mut o3 = out.clone();
+        let mut o4 = out.clone();
+        to_cmp.convert_into(s, &mut o3).unwrap();
+        convert_into(s, &kg, &mut out).unwrap();
+        assert_eq!(o3[..to_cmp.len()], out[..to_cmp.len()]);
+        common::ratio(
+            &format!(
+                "P2 {} ConvertPlan::convert_into standard->compacted",
+                c.name
+            ),
+            "memcpy",
+            || {
+                to_cmp.convert_into(black_box(s), &mut o3).unwrap();
+            },
+            || memcpy_baseline(s.as_bytes(), &mut base),
+        );
+        common::ratio(
+            &format!(
+                "P2 {} ConvertPlan::convert_into compacted->standard",
+                c.name
+            ),
+            "memcpy",
+            || {
+                to_std.convert_into(black_box(k), &mut o4).unwrap();
             },
             || memcpy_baseline(k.as_bytes(), &mut base),
         );

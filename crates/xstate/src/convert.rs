@@ -100,6 +100,16 @@ pub enum ConvertError {
     /// An FXSAVE image is exactly 512 bytes.
     #[error("an FXSAVE image is 512 bytes, {0} given")]
     FxsaveSize(usize),
+    /// A [`ConvertPlan`] was given an image whose geometry is not the one it was made for.
+    #[error(
+        "the conversion plan is for source images of the {planned}; this image has the {given}"
+    )]
+    GeometryMismatch {
+        /// The planned source geometry (form, components, size, first differing placement).
+        planned: String,
+        /// The image's geometry, described the same way.
+        given: String,
+    },
     /// The target layout is larger than any real CPU's ([`MAX_AREA_SIZE`]): CPUID data that
     /// cannot be right; nothing is allocated.
     #[error(
@@ -169,9 +179,23 @@ pub fn convert<B: AsRef<[u8]>>(
     src: &Xsave<B>,
     target: &FormLayout,
 ) -> Result<XsaveImage, ConvertError> {
-    let plan = plan(src, target)?;
+    if target.size > MAX_AREA_SIZE {
+        return Err(ConvertError::TargetTooLarge(target.size));
+    }
+    cache::with_plan(src.geometry(), target, |plan| match plan {
+        Some(p) => p.convert_unchecked_geometry(src),
+        None => walk_convert(src, target),
+    })
+}
+
+/// [`convert`] by the component walk, without a plan.
+pub(crate) fn walk_convert<B: AsRef<[u8]>>(
+    src: &Xsave<B>,
+    target: &FormLayout,
+) -> Result<XsaveImage, ConvertError> {
+    let plan = walk_check(src, target)?;
     let mut buf = AlignedBuf::new(plan.len);
-    write(src, target, &plan, &mut buf, true);
+    walk_write(src, target, &plan, &mut buf, true);
     Ok(Xsave::with_geometry(buf, target.clone())?)
 }
 
@@ -216,14 +240,31 @@ pub fn convert_into<B: AsRef<[u8]>>(
     target: &FormLayout,
     out: &mut [u8],
 ) -> Result<usize, ConvertError> {
-    let plan = plan(src, target)?;
+    if target.size > MAX_AREA_SIZE {
+        return Err(ConvertError::TargetTooLarge(target.size));
+    }
+    cache::with_plan(src.geometry(), target, |plan| match plan {
+        Some(p) => p.convert_into_unchecked_geometry(src, out),
+        None => walk_into(src, target, out),
+    })
+}
+
+/// [`convert_into`] by the component walk, without a plan: both placement lists walked in
+/// step per call. What a plan does when its target's placements are not in offset order, and
+/// what the entry points do when the plan cache is busy (another thread converting).
+pub(crate) fn walk_into<B: AsRef<[u8]>>(
+    src: &Xsave<B>,
+    target: &FormLayout,
+    out: &mut [u8],
+) -> Result<usize, ConvertError> {
+    let plan = walk_check(src, target)?;
     if out.len() < plan.len {
         return Err(ConvertError::OutTooSmall {
             have: out.len(),
             need: plan.len,
         });
     }
-    write(src, target, &plan, &mut out[..plan.len], false);
+    walk_write(src, target, &plan, &mut out[..plan.len], false);
     Ok(plan.len)
 }
 
@@ -237,7 +278,7 @@ struct Plan {
 }
 
 /// Every check of a conversion, before any byte is written.
-fn plan<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Plan, ConvertError> {
+fn walk_check<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Plan, ConvertError> {
     if target.size > MAX_AREA_SIZE {
         return Err(ConvertError::TargetTooLarge(target.size));
     }
@@ -250,7 +291,7 @@ fn plan<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Plan, Con
     let mut sorted = true;
     let mut prev_end = 0u32;
     for d in &target.placements {
-        placed |= 1u64 << (d.id & 63);
+        placed |= bit(d.id & 63);
         sorted &= prev_end <= d.offset;
         prev_end = d.end();
     }
@@ -283,10 +324,7 @@ fn plan<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Plan, Con
     // Components walked in step: both placement lists are in increasing component order.
     let (sp, dp) = (&src.geometry().placements, &target.placements);
     let mut i = 0;
-    for d in dp
-        .iter()
-        .filter(|d| d.id >= 2 && kept & (1u64 << d.id) != 0)
-    {
+    for d in dp.iter().filter(|d| d.id >= 2 && kept & bit(d.id) != 0) {
         while i < sp.len() && sp[i].id < d.id {
             i += 1;
         }
@@ -328,34 +366,80 @@ fn plan<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Plan, Con
     })
 }
 
+/// Where the steps of a conversion go: written into the target, or recorded by a plan.
+pub(crate) trait RunSink {
+    /// Copies source bytes `from..from + len` to target bytes `to..to + len`.
+    fn copy(&mut self, from: usize, to: usize, len: usize);
+    /// Zeroes target bytes `from..to`.
+    fn zero(&mut self, from: usize, to: usize);
+}
+
+/// A bit of a component mask (0 for numbers beyond the mask).
+#[inline]
+pub(crate) fn bit(id: u8) -> u64 {
+    1u64.checked_shl(u32::from(id)).unwrap_or(0)
+}
+
+#[inline]
+pub(crate) fn copy(s: &[u8], d: &mut [u8], from: usize, to: usize, len: usize) {
+    if let (Some(a), Some(b)) = (s.get(from..from + len), d.get_mut(to..to + len)) {
+        b.copy_from_slice(a);
+    }
+}
+
+#[inline]
+pub(crate) fn zero(d: &mut [u8], from: usize, to: usize) {
+    if from < to {
+        if let Some(r) = d.get_mut(from..to) {
+            r.fill(0);
+        }
+    }
+}
+
+/// Issues the steps of a conversion into the target bytes.
+pub(crate) struct Writer<'a> {
+    pub(crate) s: &'a [u8],
+    pub(crate) d: &'a mut [u8],
+    /// `d` is known to be all zero: zero runs need not be written.
+    pub(crate) zeroed: bool,
+}
+
+impl RunSink for Writer<'_> {
+    #[inline]
+    fn copy(&mut self, from: usize, to: usize, len: usize) {
+        copy(self.s, self.d, from, to, len);
+    }
+    #[inline]
+    fn zero(&mut self, from: usize, to: usize) {
+        if !self.zeroed {
+            zero(self.d, from, to);
+        }
+    }
+}
+
 /// A run of bytes copied from the source to the target: consecutive components that are
 /// adjacent in both images are copied with one `memcpy`.
-struct Run {
-    from: usize,
-    to: usize,
-    len: usize,
+pub(crate) struct Run {
+    pub(crate) from: usize,
+    pub(crate) to: usize,
+    pub(crate) len: usize,
 }
 
 impl Run {
     #[inline]
-    fn flush(&mut self, s: &[u8], d: &mut [u8]) {
+    pub(crate) fn flush(&mut self, sink: &mut impl RunSink) {
         if self.len > 0 {
-            if let (Some(a), Some(b)) = (
-                s.get(self.from..self.from + self.len),
-                d.get_mut(self.to..self.to + self.len),
-            ) {
-                b.copy_from_slice(a);
-            }
+            sink.copy(self.from, self.to, self.len);
             self.len = 0;
         }
     }
 
     #[inline]
-    fn push(&mut self, from: usize, to: usize, len: usize, s: &[u8], d: &mut [u8]) {
+    pub(crate) fn push(&mut self, from: usize, to: usize, len: usize, sink: &mut impl RunSink) {
         if self.len > 0 && self.from + self.len == from && self.to + self.len == to {
             self.len += len;
         } else {
-            self.flush(s, d);
+            self.flush(sink);
             *self = Run { from, to, len };
         }
     }
@@ -363,7 +447,7 @@ impl Run {
 
 /// Writes the planned image into `d` (exactly `plan.len` bytes). `zeroed`: `d` is known to
 /// be all zero (a fresh buffer), so zero runs need not be written.
-fn write<B: AsRef<[u8]>>(
+fn walk_write<B: AsRef<[u8]>>(
     src: &Xsave<B>,
     target: &FormLayout,
     plan: &Plan,
@@ -372,13 +456,7 @@ fn write<B: AsRef<[u8]>>(
 ) {
     let s = src.as_bytes();
     let kept = plan.kept;
-    let zero = |d: &mut [u8], from: usize, to: usize| {
-        if !zeroed && from < to {
-            if let Some(r) = d.get_mut(from..to) {
-                r.fill(0);
-            }
-        }
-    };
+    let mut w = Writer { s, d, zeroed };
     // Components ≥ 2 in target order, the source walked in step. Every byte from 576 to the
     // end is either copied or zeroed once: gaps before a placement (alignment padding,
     // holes of the standard form), absent components, the part of a larger target area the
@@ -397,30 +475,30 @@ fn write<B: AsRef<[u8]>>(
         len: EXTENDED_START as usize,
     };
     if !sorted {
-        run.flush(s, d);
-        zero(d, cursor, d.len());
+        run.flush(&mut w);
+        w.zero(cursor, w.d.len());
     }
     for t in target.placements.iter().filter(|t| t.id >= 2) {
         let (off, size) = (t.offset as usize, t.size as usize);
         if sorted {
             if cursor < off {
-                run.flush(s, d);
-                zero(d, cursor, off);
+                run.flush(&mut w);
+                w.zero(cursor, off);
             }
             cursor = cursor.max(off + size);
         }
         let mut n = 0;
-        if kept & (1u64 << t.id) != 0 {
+        if kept & bit(t.id) != 0 {
             while i < sp.len() && sp[i].id < t.id {
                 i += 1;
             }
             if let Some(p) = sp.get(i).filter(|p| p.id == t.id) {
                 n = (p.size as usize).min(size);
                 if sorted {
-                    run.push(p.offset as usize, off, n, s, d);
+                    run.push(p.offset as usize, off, n, &mut w);
                 } else {
                     set(
-                        d,
+                        w.d,
                         off,
                         s.get(p.offset as usize..p.offset as usize + n)
                             .unwrap_or(&[]),
@@ -429,14 +507,15 @@ fn write<B: AsRef<[u8]>>(
             }
         }
         if sorted && n < size {
-            run.flush(s, d);
-            zero(d, off + n, off + size);
+            run.flush(&mut w);
+            w.zero(off + n, off + size);
         }
     }
-    run.flush(s, d);
+    run.flush(&mut w);
     if sorted {
-        zero(d, cursor, d.len());
+        w.zero(cursor, w.d.len());
     }
+    let d = w.d;
     // Legacy area (SDM §10.5.1), copied whole above (x87 0..160 with MXCSR and MXCSR_MASK at
     // 24..32, XMM 160..416, bytes 416..511 verbatim): what is absent put in init state.
     if kept & mask::X87 == 0 {
@@ -547,6 +626,11 @@ pub fn to_fxsave<B: AsRef<[u8]>>(src: &Xsave<B>) -> Result<[u8; FXSAVE_SIZE], Co
     set(&mut fx, MXCSR_OFFSET, &src.mxcsr().to_le_bytes());
     Ok(fx)
 }
+
+mod cache;
+mod plan;
+
+pub use plan::ConvertPlan;
 
 #[cfg(test)]
 mod tests;
