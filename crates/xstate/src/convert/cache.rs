@@ -69,3 +69,9 @@ pub(super) fn with_plan<R>(
     c.last = i;
     f(c.slots[i].as_ref())
 }
+
+/// The cache's lock, for a test of the busy path.
+#[cfg(test)]
+pub(super) fn lock_for_test() -> Option<impl Drop> {
+    CACHE.try_lock()
+}

@@ -586,3 +586,6 @@ fn describe(g: &FormLayout, other: &FormLayout) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests;
