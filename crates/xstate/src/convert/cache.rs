@@ -1,46 +1,48 @@
 //! The plans behind [`convert`](super::convert) and [`convert_into`](super::convert_into):
-//! a few [`ConvertPlan`]s kept for the (source geometry, target geometry) pairs converted
-//! last, so the entry points that take a target geometry convert at the plan's speed without
-//! the caller holding one.
+//! [`ConvertPlan`]s kept for the (source geometry, target geometry) pairs converted, so the
+//! entry points that take a target geometry convert at the plan's speed without the caller
+//! holding one.
 //!
-//! The core crate is `no_std` (no thread-locals): the cache is one process-wide table behind
-//! a spin lock that is only ever *tried*. A caller that finds it busy (another thread is
-//! converting) never waits: it converts by the component walk, which gives the same bytes
-//! and errors. Geometries are compared by value (form, mask, size and every placement), so
-//! a plan is used only for exactly the geometries it was made for. A miss makes a plan (a few
-//! allocations, once per pair) and replaces the least recently made one.
+//! The core crate is `no_std` (no thread-locals), so the cache is process-wide, in two parts:
+//! - [`FIXED`] plans for the first pairs converted, each set once and never changed: a hit
+//!   costs one acquire load per slot looked at (a plain load on x86) and the geometry
+//!   comparisons, no atomic read-modify-write. A VMM converts between a handful of
+//!   geometries (its host's and guests' standard and compacted forms), which stay here.
+//! - [`ROTATING`] plans for the pairs after those, behind a spin lock that is only ever
+//!   *tried*, replaced round-robin.
+//!
+//! A caller never waits: slots are only filled by the holder of the rotating part's lock, and
+//! a caller that finds it busy (another thread making a plan or converting through the
+//! rotating part) converts by the component walk, which gives the same bytes and errors.
+//! Geometries are compared by value (form, mask, size and every placement), so a plan is used
+//! only for exactly the geometries it was made for. A miss makes a plan: a few allocations,
+//! once per pair while slots last.
+
+use spin::mutex::SpinMutex;
+use spin::Once;
 
 use super::ConvertPlan;
 use crate::layout::FormLayout;
 
-/// Plans kept: a VMM converts between a handful of geometries (its host's and guests'
-/// standard and compacted forms).
-const SLOTS: usize = 4;
+/// Plans set once.
+const FIXED_SLOTS: usize = 8;
+/// Plans replaced round-robin.
+const ROTATING_SLOTS: usize = 4;
 
-struct Cache {
-    slots: [Option<ConvertPlan>; SLOTS],
-    /// The slot found last (looked at first).
-    last: usize,
+#[allow(clippy::declare_interior_mutable_const)] // a template for the array below
+const EMPTY: Once<ConvertPlan> = Once::new();
+static FIXED: [Once<ConvertPlan>; FIXED_SLOTS] = [EMPTY; FIXED_SLOTS];
+
+struct Rotating {
+    slots: [Option<ConvertPlan>; ROTATING_SLOTS],
     /// The slot the next new plan goes to.
     next: usize,
 }
 
-static CACHE: spin::mutex::SpinMutex<Cache> = spin::mutex::SpinMutex::new(Cache {
+static ROTATING: SpinMutex<Rotating> = SpinMutex::new(Rotating {
     slots: [None, None, None, None],
-    last: 0,
     next: 0,
 });
-
-impl Cache {
-    #[inline]
-    fn find(&self, g: &FormLayout, t: &FormLayout) -> Option<usize> {
-        let hit = |i: usize| self.slots[i].as_ref().is_some_and(|p| p.is_for(g, t));
-        if hit(self.last) {
-            return Some(self.last);
-        }
-        (0..SLOTS).find(|&i| i != self.last && hit(i))
-    }
-}
 
 /// Calls `f` with the plan for converting images of geometry `g` to `t`, or with `None` when
 /// the cache is busy or no plan can be made (the caller then walks the components).
@@ -50,28 +52,60 @@ pub(super) fn with_plan<R>(
     t: &FormLayout,
     f: impl FnOnce(Option<&ConvertPlan>) -> R,
 ) -> R {
-    let Some(mut c) = CACHE.try_lock() else {
-        return f(None);
-    };
-    let i = match c.find(g, t) {
-        Some(i) => i,
-        None => {
-            let Ok(p) = ConvertPlan::new(g, t) else {
-                drop(c);
-                return f(None);
-            };
-            let i = c.next % SLOTS;
-            c.slots[i] = Some(p);
-            c.next = (i + 1) % SLOTS;
-            i
+    for slot in &FIXED {
+        match slot.get() {
+            Some(p) if p.is_for(g, t) => return f(Some(p)),
+            Some(_) => {}
+            None => break,
         }
-    };
-    c.last = i;
-    f(c.slots[i].as_ref())
+    }
+    miss(g, t, f)
 }
 
-/// The cache's lock, for a test of the busy path.
+#[cold]
+#[inline(never)]
+fn miss<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<&ConvertPlan>) -> R) -> R {
+    let Some(mut r) = ROTATING.try_lock() else {
+        return f(None);
+    };
+    // Another holder may have filled a fixed slot since the look above.
+    let mut empty = None;
+    for slot in &FIXED {
+        match slot.get() {
+            Some(p) if p.is_for(g, t) => return f(Some(p)),
+            Some(_) => {}
+            None => {
+                empty = Some(slot);
+                break;
+            }
+        }
+    }
+    if let Some(i) = r
+        .slots
+        .iter()
+        .position(|s| s.as_ref().is_some_and(|p| p.is_for(g, t)))
+    {
+        return f(r.slots[i].as_ref());
+    }
+    let Ok(p) = ConvertPlan::new(g, t) else {
+        drop(r);
+        return f(None);
+    };
+    if let Some(slot) = empty {
+        // Only holders of the lock fill slots, so nobody else is running an initialisation
+        // of this one: `call_once` does not wait.
+        let p = slot.call_once(|| p);
+        drop(r);
+        return f(Some(p));
+    }
+    let i = r.next % ROTATING_SLOTS;
+    r.slots[i] = Some(p);
+    r.next = (i + 1) % ROTATING_SLOTS;
+    f(r.slots[i].as_ref())
+}
+
+/// The rotating part's lock, for a test of the busy path.
 #[cfg(test)]
 pub(super) fn lock_for_test() -> Option<impl Drop> {
-    CACHE.try_lock()
+    ROTATING.try_lock()
 }

@@ -208,6 +208,8 @@ pub struct ConvertPlan {
     /// Truncation checks of the components of `full` (indices into `comps`).
     full_trunc: Vec<usize>,
     ops: Vec<Op>,
+    /// `ops` write target bytes `0..len` each once, in order.
+    ops_tile: bool,
 }
 
 impl ConvertPlan {
@@ -275,6 +277,17 @@ impl ConvertPlan {
             Form::Compacted => target.mask & mask::SSE != 0,
             Form::Standard => target.mask & (mask::SSE | mask::AVX) != 0,
         };
+        let mut pos = 0usize;
+        let mut ops_tile = sorted;
+        for op in &rec.0 {
+            let (at, end) = match *op {
+                Op::Copy { to, len, .. } => (to, to + len),
+                Op::Zero { from, to } => (from, to),
+            };
+            ops_tile &= at == pos;
+            pos = end;
+        }
+        let ops_tile = ops_tile && pos == len;
         Ok(ConvertPlan {
             src: source.clone(),
             dst: target.clone(),
@@ -288,6 +301,7 @@ impl ConvertPlan {
             comps,
             full_trunc,
             ops: rec.0,
+            ops_tile,
         })
     }
 
@@ -388,8 +402,34 @@ impl ConvertPlan {
             Some(dec) => dec,
             None => self.decide_slow(src, src.mxcsr())?,
         };
-        let mut buf = AlignedBuf::new(self.len);
-        self.write(src.as_bytes(), &mut buf, dec, true);
+        let s = src.as_bytes();
+        let buf = if dec.fast && self.ops_tile {
+            // The precomputed steps write every byte once, in order: append them to a new
+            // buffer instead of zeroing it first.
+            let mut buf = AlignedBuf::build(self.len, |v| {
+                for op in &self.ops {
+                    match *op {
+                        Op::Copy { from, len, .. } => match s.get(from..from + len) {
+                            Some(b) => v.extend_from_slice(b),
+                            None => v.resize(v.len() + len, 0),
+                        },
+                        Op::Zero { from, to } => v.resize(v.len() + (to - from), 0),
+                    }
+                }
+            });
+            finish(
+                &mut buf,
+                dec.kept,
+                dec.mxcsr,
+                dec.src_sse,
+                self.dst.xcomp_bv(),
+            );
+            buf
+        } else {
+            let mut buf = AlignedBuf::new(self.len);
+            self.write(s, &mut buf, dec, true);
+            buf
+        };
         Ok(Xsave::with_geometry(buf, self.dst.clone())?)
     }
 

@@ -31,6 +31,27 @@ impl AlignedBuf {
         }
     }
 
+    /// `len` bytes, 64-byte aligned, appended in order by `fill` to the vector it is given,
+    /// without zeroing them first (each byte written once). Bytes `fill` does not append
+    /// are zero; bytes beyond `len` are dropped. Without `unsafe`: the vector is allocated
+    /// with room for the alignment and `len`, and if `fill` outgrew it (moving the
+    /// allocation) the bytes are copied into a new aligned buffer.
+    pub(crate) fn build(len: usize, fill: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut storage: Vec<u8> = Vec::with_capacity(len.saturating_add(64));
+        let start = storage.as_ptr().align_offset(64).min(63);
+        storage.resize(start, 0);
+        fill(&mut storage);
+        storage.resize(start + len, 0);
+        if (storage.as_ptr() as usize + start) % 64 != 0 {
+            return AlignedBuf::from_bytes(&storage[start..]);
+        }
+        AlignedBuf {
+            storage,
+            start,
+            len,
+        }
+    }
+
     /// A 64-byte aligned copy of `bytes`.
     pub fn from_bytes(bytes: &[u8]) -> Self {
         let mut b = AlignedBuf::new(bytes.len());

@@ -186,3 +186,17 @@ fn views_borrow_without_copy() {
     assert_eq!(r.k(2).unwrap(), 42);
     assert_eq!(r.xstate_bv(), 1 << 5);
 }
+
+/// `AlignedBuf::build`: aligned, the appended bytes, zero where nothing was appended, cut at
+/// `len`; still aligned when the filler outgrew the allocation (moving it).
+#[test]
+fn aligned_build() {
+    let b = AlignedBuf::build(100, |v| v.extend_from_slice(&[1, 2, 3]));
+    assert_eq!(b.as_ptr() as usize % 64, 0);
+    assert_eq!(&b[..3], &[1, 2, 3]);
+    assert!(b[3..].iter().all(|&x| x == 0));
+    assert_eq!(b.len(), 100);
+    let b = AlignedBuf::build(100, |v| v.extend_from_slice(&[9u8; 5000]));
+    assert_eq!(b.as_ptr() as usize % 64, 0);
+    assert_eq!(&b[..], &[9u8; 100][..]);
+}
