@@ -168,8 +168,11 @@ fn present<B: AsRef<[u8]>>(src: &Xsave<B>) -> Result<u64, ConvertError> {
 }
 
 /// Converts `src` (read with its own geometry) into a new image of geometry `target`: any
-/// form, any mask, any CPU's layout. See the module documentation for the rules. Built on
-/// [`convert_into`]: one buffer and one geometry are allocated, nothing else.
+/// form, any mask, any CPU's layout. See the module documentation for the rules. Converts
+/// with the [`ConvertPlan`] of the two geometries, made on the first conversion of the pair
+/// and kept in a small process-wide cache (module `cache`); when XSTATE_BV is the planned set
+/// the planned copies are appended to the new buffer, which is not zeroed first. One buffer
+/// and one geometry are allocated per call (and the plan once per pair).
 ///
 /// Trust: `target` comes from [`Layout::standard`] / [`Layout::compacted`], which never place
 /// two components on the same bytes or inside the legacy area and header; a target larger
@@ -204,11 +207,14 @@ pub fn target_len(target: &FormLayout) -> usize {
     (target.size as usize).max(crate::image::MIN_SIZE)
 }
 
-/// [`convert`] into a buffer the caller owns (reused across calls: no allocation): writes
-/// bytes `0..target_len(target)` of `out` and returns that length; bytes after it are not
-/// touched. The two layouts are walked in step, component by component; every byte of the
-/// target is written once (copied, or zeroed where the target has padding, an absent
-/// component or a smaller source area).
+/// [`convert`] into a buffer the caller owns (reused across calls: no allocation once the
+/// pair's plan is made): writes bytes `0..target_len(target)` of `out` and returns that
+/// length; bytes after it are not touched. Uses the cached [`ConvertPlan`] of the two
+/// geometries (see [`convert`]; a caller converting many images of one pair can hold the plan
+/// itself and skip the cache lookup), or, when the cache is busy with another thread, walks
+/// the two layouts in step, component by component: the same bytes and errors either way.
+/// Every byte of the target is written once (copied, or zeroed where the target has padding,
+/// an absent component or a smaller source area).
 ///
 /// Nothing is written when an error is returned: `out` too small (the error names the
 /// needed size), a present component the target has no room for, a truncation that would
