@@ -170,9 +170,10 @@ fn present<B: AsRef<[u8]>>(src: &Xsave<B>) -> Result<u64, ConvertError> {
 /// Converts `src` (read with its own geometry) into a new image of geometry `target`: any
 /// form, any mask, any CPU's layout. See the module documentation for the rules. Converts
 /// with the [`ConvertPlan`] of the two geometries, made on the first conversion of the pair
-/// and kept in a small process-wide cache (module `cache`); when XSTATE_BV is the planned set
-/// the planned copies are appended to the new buffer, which is not zeroed first. One buffer
-/// and one geometry are allocated per call (and the plan once per pair).
+/// and kept in a small process-wide cache (module `cache`; with the `std` feature only:
+/// without it the two layouts are walked per call, with the same result); when XSTATE_BV is
+/// the planned set the planned copies are appended to the new buffer, which is not zeroed
+/// first. One buffer and one geometry are allocated per call (and the plan once per pair).
 ///
 /// Trust: `target` comes from [`Layout::standard`] / [`Layout::compacted`], which never place
 /// two components on the same bytes or inside the legacy area and header; a target larger
@@ -185,7 +186,7 @@ pub fn convert<B: AsRef<[u8]>>(
     if target.size > MAX_AREA_SIZE {
         return Err(ConvertError::TargetTooLarge(target.size));
     }
-    cache::with_plan(src.geometry(), target, |plan| match plan {
+    with_plan(src.geometry(), target, |plan| match plan {
         Some(p) => p.convert_unchecked_geometry(src),
         None => walk_convert(src, target),
     })
@@ -249,7 +250,7 @@ pub fn convert_into<B: AsRef<[u8]>>(
     if target.size > MAX_AREA_SIZE {
         return Err(ConvertError::TargetTooLarge(target.size));
     }
-    cache::with_plan(src.geometry(), target, |plan| match plan {
+    with_plan(src.geometry(), target, |plan| match plan {
         Some(p) => p.convert_into_unchecked_geometry(src, out),
         None => walk_into(src, target, out),
     })
@@ -633,8 +634,28 @@ pub fn to_fxsave<B: AsRef<[u8]>>(src: &Xsave<B>) -> Result<[u8; FXSAVE_SIZE], Co
     Ok(fx)
 }
 
+#[cfg(feature = "std")]
 mod cache;
 mod plan;
+
+/// Calls `f` with the cached plan for converting images of geometry `g` to `t` (module
+/// `cache`), or with `None`: the cache is busy, or there is none. Without the `std` feature
+/// (a kernel, a hypervisor's `no_std` core) there is no process-wide cache: it would hold heap
+/// memory no caller owns for the life of the program (the ring-0 test kernel counts that as a
+/// leak, and its bump heap cannot rewind past it), so the entry points walk the components
+/// and callers that convert often hold a [`ConvertPlan`].
+#[inline]
+fn with_plan<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<&ConvertPlan>) -> R) -> R {
+    #[cfg(feature = "std")]
+    {
+        cache::with_plan(g, t, f)
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        let _ = (g, t);
+        f(None)
+    }
+}
 
 pub use plan::ConvertPlan;
 

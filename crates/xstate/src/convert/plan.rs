@@ -327,6 +327,7 @@ impl ConvertPlan {
 
     /// Whether this plan was made for images of geometry `g` and target `t` (compared by
     /// value).
+    #[cfg(feature = "std")]
     pub(crate) fn is_for(&self, g: &FormLayout, t: &FormLayout) -> bool {
         same_geometry(&self.src, g) && same_geometry(&self.dst, t)
     }
