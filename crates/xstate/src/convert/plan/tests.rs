@@ -324,3 +324,43 @@ fn truncation_checks_on_the_planned_path() {
         }
     }
 }
+
+/// Threads converting at once, more pairs than the cache holds: every result is the walk's
+/// (cache hits, the busy path and plans made concurrently alike).
+#[test]
+fn concurrent_conversions_through_the_cache() {
+    let cpus = cpus();
+    let pairs: Vec<(XsaveImage, FormLayout)> = cpus
+        .iter()
+        .take(8)
+        .flat_map(|c| {
+            let sg = &c.geoms[0];
+            c.geoms
+                .iter()
+                .take(3)
+                .map(move |tg| (image(sg, 3, sg.mask, 0, 0x1fa0), tg.clone()))
+        })
+        .collect();
+    let want: Vec<_> = pairs.iter().map(|(s, t)| walk_convert(s, t)).collect();
+    std::thread::scope(|sc| {
+        for k in 0..4 {
+            let (pairs, want) = (&pairs, &want);
+            sc.spawn(move || {
+                let mut out = vec![0u8; 1 << 16];
+                for r in 0..50 {
+                    for (i, ((s, t), w)) in pairs.iter().zip(want).enumerate() {
+                        if (i + k + r) % 3 == 0 {
+                            assert_eq!(&convert(s, t), w);
+                        } else {
+                            let n = convert_into(s, t, &mut out);
+                            assert_eq!(n.as_ref().ok(), w.as_ref().ok().map(|w| w.len()).as_ref());
+                            if let Ok(w) = w {
+                                assert_eq!(&out[..w.len()], w.as_bytes());
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
