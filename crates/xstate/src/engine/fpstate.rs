@@ -82,6 +82,9 @@ pub struct FpState {
     /// Where each component lives (shared between containers of the same features).
     geometry: Arc<FormLayout>,
     insn: SaveInsn,
+    /// `insn` as the backend's save and restore instructions (computed once: the hot path
+    /// reads them on every switch).
+    insns: (crate::model::SaveInsn, crate::model::RestoreInsn),
     size: u32,
     user_size: u32,
     xfeatures: u64,
@@ -299,6 +302,7 @@ impl FpState {
             len,
             geometry: g,
             insn: cfg.insn,
+            insns: super::insns(cfg.insn),
             size,
             user_size,
             xfeatures,
@@ -460,6 +464,12 @@ impl FpState {
     /// The save instruction the buffer is written by.
     pub fn insn(&self) -> SaveInsn {
         self.insn
+    }
+
+    /// The backend's save and restore instructions for [`insn`](Self::insn).
+    #[inline(always)]
+    pub(crate) fn insns(&self) -> (crate::model::SaveInsn, crate::model::RestoreInsn) {
+        self.insns
     }
 
     /// Buffer size in bytes.

@@ -56,3 +56,55 @@ pub(crate) unsafe fn restore(insn: RestoreInsn, mem: &[u8], rfbm: u64) {
         }
     }
 }
+
+/// Issues save instruction `s` to `into` with RFBM `srfbm`, then restore instruction `r` from
+/// `from` with RFBM `rrfbm`, in one `asm!` block: a context switch with nothing between the
+/// two instructions (the operands of both are in registers before the first one runs).
+/// Pairs that no switch uses (a save with another family's restore) are issued as two
+/// blocks.
+///
+/// # Safety
+/// The contracts of [`save`] for `(s, into, srfbm)` and of [`restore`] for
+/// `(r, from, rrfbm)`, where the restore's contract must hold *after* the save (`into` and
+/// `from` are distinct buffers: one is borrowed mutably, the other shared).
+#[inline(always)]
+pub(crate) unsafe fn save_then_restore(
+    s: SaveInsn,
+    into: &mut [u8],
+    srfbm: u64,
+    r: RestoreInsn,
+    from: &[u8],
+    rrfbm: u64,
+) {
+    let (p, q) = (into.as_mut_ptr(), from.as_ptr());
+    let (sl, sh) = (srfbm as u32, (srfbm >> 32) as u32);
+    let (rl, rh) = (rrfbm as u32, (rrfbm >> 32) as u32);
+    macro_rules! pair {
+        ($save:literal, $restore:literal) => {
+            core::arch::asm!(
+                "mov eax, {sl:e}", "mov edx, {sh:e}", concat!($save, " [{p}]"),
+                "mov eax, {rl:e}", "mov edx, {rh:e}", concat!($restore, " [{q}]"),
+                p = in(reg) p, q = in(reg) q,
+                sl = in(reg) sl, sh = in(reg) sh, rl = in(reg) rl, rh = in(reg) rh,
+                out("eax") _, out("edx") _,
+                clobber_abi("C"), options(nostack),
+            )
+        };
+    }
+    // SAFETY: the caller's contract (above): each instruction on its own would be sound
+    // where it is issued; every register the restore writes is declared clobbered, the save
+    // writes only `into` (borrowed mutably) and the restore reads only `from`.
+    unsafe {
+        match (s, r) {
+            (SaveInsn::Xsave, RestoreInsn::Xrstor) => pair!("xsave64", "xrstor64"),
+            (SaveInsn::Xsaveopt, RestoreInsn::Xrstor) => pair!("xsaveopt64", "xrstor64"),
+            (SaveInsn::Xsavec, RestoreInsn::Xrstor) => pair!("xsavec64", "xrstor64"),
+            (SaveInsn::Xsaves, RestoreInsn::Xrstors) => pair!("xsaves64", "xrstors64"),
+            (SaveInsn::Fxsave, RestoreInsn::Fxrstor) => pair!("fxsave64", "fxrstor64"),
+            _ => {
+                save(s, into, srfbm);
+                restore(r, from, rrfbm);
+            }
+        }
+    }
+}
