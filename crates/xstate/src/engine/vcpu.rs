@@ -273,36 +273,28 @@ impl<B: Backend> Engine<B> {
     /// untouched, and the error is returned.
     ///
     /// Errors: `enoent`, `ebusy` (a vCPU is attached), `enomem`, `fault` (backend).
-    #[inline]
-    pub fn attach(&mut self, id: u32) -> Result<bool, EngineError> {
-        match self.attach_switch(id) {
-            Some(done) => done,
-            None => self.attach_steps(id),
-        }
-    }
-
-    /// The hot path of [`attach`](Self::attach): the host's registers live, no request
-    /// pending, XFD already right for the guest (always so in user mode) — save the host and
-    /// restore the guest in one backend call ([`Backend::switch_sealed`]), nothing between the
-    /// two instructions. `None` when the case is another one (nothing was done).
     #[inline(always)]
-    fn attach_switch(&mut self, id: u32) -> Option<Result<bool, EngineError>> {
+    pub fn attach(&mut self, id: u32) -> Result<bool, EngineError> {
+        // The hot path: the host's registers live, no request pending, XFD already right for
+        // the guest (always so in user mode) — save the host and restore the guest in one
+        // backend call (`Backend::switch_sealed`), nothing between the two instructions.
+        // Every other case goes step by step.
         if self.attached.is_some() || !self.host_live {
-            return None;
+            return self.attach_steps(id);
         }
-        let v = self.vcpus.get_mut(id)?;
+        let (writes_xfd, hw_xfd) = (self.writes_xfd, self.hw_xfd);
+        let Some(v) = self.vcpus.get_mut(id) else {
+            return self.attach_steps(id);
+        };
         let fp = &v.fpstate;
-        if v.realloc_request != 0
-            || fp.is_confidential()
-            || (self.writes_xfd && fp.xfd() != self.hw_xfd)
-        {
-            return None;
+        if v.realloc_request != 0 || fp.is_confidential() || (writes_xfd && fp.xfd() != hw_xfd) {
+            return self.attach_steps(id);
         }
         let rfbm = Self::rfbm_of(&self.cfg, fp);
         match Self::switch(&mut self.cpu, &mut self.stats, &mut self.host, fp, rfbm) {
             Ok(()) => {}
-            Err((false, e)) => return Some(Err(e)),
-            Err((true, e)) => return Some(Err(self.attach_switch_rollback(e))),
+            Err((false, e)) => return Err(e),
+            Err((true, e)) => return Err(self.attach_switch_rollback(e)),
         }
         self.host_live = false;
         self.host.set_in_use(false);
@@ -310,10 +302,10 @@ impl<B: Backend> Engine<B> {
         v.run_ended = false;
         self.attached = Some(id);
         self.guest_live = true;
-        Some(Ok(false))
+        Ok(false)
     }
 
-    /// The guest's restore of [`attach_switch`](Self::attach_switch) faulted after the host
+    /// The guest's restore of [`attach`](Self::attach)'s hot path faulted after the host
     /// was saved: the host's registers back from its container (XFD was not switched).
     #[cold]
     #[inline(never)]
@@ -449,29 +441,20 @@ impl<B: Backend> Engine<B> {
     /// assert_eq!(e.detach(0).unwrap().realloc, false);
     /// assert_eq!(e.vcpu(0).unwrap().fpstate().size(), 10752);
     /// ```
-    #[inline]
-    pub fn detach(&mut self, id: u32) -> Result<Detached, EngineError> {
-        match self.detach_switch(id) {
-            Some(done) => done,
-            None => self.detach_steps(id),
-        }
-    }
-
-    /// The hot path of [`detach`](Self::detach): the guest's registers live, no request
-    /// pending, XFD already right for the host — save the guest and restore the host in one
-    /// backend call, nothing between the two instructions. `None` when the case is another
-    /// one (nothing was done).
     #[inline(always)]
-    fn detach_switch(&mut self, id: u32) -> Option<Result<Detached, EngineError>> {
+    pub fn detach(&mut self, id: u32) -> Result<Detached, EngineError> {
+        // The hot path: the guest's registers live, no request pending, XFD already right for
+        // the host — save the guest and restore the host in one backend call, nothing between
+        // the two instructions. Every other case goes step by step.
         if self.attached != Some(id) || !self.guest_live {
-            return None;
+            return self.detach_steps(id);
         }
-        let v = self.vcpus.get_mut(id)?;
-        if v.realloc_request != 0
-            || v.fpstate.is_confidential()
-            || (self.writes_xfd && self.host.xfd() != self.hw_xfd)
-        {
-            return None;
+        let xfd_ok = !self.writes_xfd || self.host.xfd() == self.hw_xfd;
+        let Some(v) = self.vcpus.get_mut(id) else {
+            return self.detach_steps(id);
+        };
+        if v.realloc_request != 0 || v.fpstate.is_confidential() || !xfd_ok {
+            return self.detach_steps(id);
         }
         let rfbm = Self::rfbm_of(&self.cfg, &self.host);
         match Self::switch(
@@ -482,8 +465,8 @@ impl<B: Backend> Engine<B> {
             rfbm,
         ) {
             Ok(()) => {}
-            Err((false, e)) => return Some(Err(e)),
-            Err((true, e)) => return Some(Err(self.detach_switch_rollback(id, e))),
+            Err((false, e)) => return Err(e),
+            Err((true, e)) => return Err(self.detach_switch_rollback(id, e)),
         }
         v.fpstate.set_in_use(false);
         v.run_ended = false;
@@ -491,10 +474,10 @@ impl<B: Backend> Engine<B> {
         self.guest_live = false;
         self.host.set_in_use(true);
         self.host_live = true;
-        Some(Ok(Detached { realloc: false }))
+        Ok(Detached { realloc: false })
     }
 
-    /// The host's restore of [`detach_switch`](Self::detach_switch) faulted after the guest
+    /// The host's restore of [`detach`](Self::detach)'s hot path faulted after the guest
     /// was saved: the guest's registers back from its container (XFD was not switched); the
     /// vCPU stays attached.
     #[cold]

@@ -95,6 +95,12 @@ pub(crate) unsafe fn save_then_restore(
     // where it is issued; every register the restore writes is declared clobbered, the save
     // writes only `into` (borrowed mutably) and the restore reads only `from`.
     unsafe {
+        // XSAVEC + XRSTOR first: the user-mode engine's pair on every CPU with XSAVEC (a
+        // compare and a branch instead of a jump table).
+        if s == SaveInsn::Xsavec && r == RestoreInsn::Xrstor {
+            pair!("xsavec64", "xrstor64");
+            return;
+        }
         match (s, r) {
             (SaveInsn::Xsave, RestoreInsn::Xrstor) => pair!("xsave64", "xrstor64"),
             (SaveInsn::Xsaveopt, RestoreInsn::Xrstor) => pair!("xsaveopt64", "xrstor64"),
