@@ -85,6 +85,8 @@ pub struct FpState {
     /// `insn` as the backend's save and restore instructions (computed once: the hot path
     /// reads them on every switch).
     insns: (crate::model::SaveInsn, crate::model::RestoreInsn),
+    /// The RFBM of restores of this container (see [`restore_rfbm`](Self::restore_rfbm)).
+    restore_rfbm: u64,
     size: u32,
     user_size: u32,
     xfeatures: u64,
@@ -303,6 +305,12 @@ impl FpState {
             geometry: g,
             insn: cfg.insn,
             insns: super::insns(cfg.insn),
+            // The configuration never changes after the engine is made.
+            restore_rfbm: match cfg.insn {
+                SaveInsn::Xsaves => (cfg.xcr0 | cfg.xss) & !cfg.independent & !mask::COMPACTED,
+                SaveInsn::Xsavec => cfg.xcr0,
+                _ => xfeatures,
+            },
             size,
             user_size,
             xfeatures,
@@ -464,6 +472,14 @@ impl FpState {
     /// The save instruction the buffer is written by.
     pub fn insn(&self) -> SaveInsn {
         self.insn
+    }
+
+    /// The RFBM of restores of this container: in the compacted form every enabled feature
+    /// (components the container lacks are put in init state, SDM Vol. 1 §13.8.2), in the
+    /// standard form the container's features (a standard buffer has no room beyond them).
+    #[inline(always)]
+    pub(crate) fn restore_rfbm(&self) -> u64 {
+        self.restore_rfbm
     }
 
     /// The backend's save and restore instructions for [`insn`](Self::insn).

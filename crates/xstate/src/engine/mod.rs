@@ -559,18 +559,6 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    /// The RFBM of restores of `fp`: in the compacted form every enabled feature (components the
-    /// container lacks are put in init state, SDM Vol. 1 §13.8.2), in the standard form the
-    /// container's features (a standard buffer has no room beyond them).
-    #[inline(always)]
-    pub(crate) fn rfbm_of(cfg: &Configs, fp: &FpState) -> u64 {
-        match fp.insn() {
-            SaveInsn::Xsaves => (cfg.xcr0 | cfg.xss) & !cfg.independent & !mask::COMPACTED,
-            SaveInsn::Xsavec => cfg.xcr0,
-            _ => fp.xfeatures(),
-        }
-    }
-
     /// Saves the registers into a container (RFBM = its features).
     #[inline(always)]
     pub(crate) fn save_into(

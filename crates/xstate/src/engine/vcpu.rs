@@ -290,7 +290,7 @@ impl<B: Backend> Engine<B> {
         if v.realloc_request != 0 || fp.is_confidential() || (writes_xfd && fp.xfd() != hw_xfd) {
             return self.attach_steps(id);
         }
-        let rfbm = Self::rfbm_of(&self.cfg, fp);
+        let rfbm = fp.restore_rfbm();
         match Self::switch(&mut self.cpu, &mut self.stats, &mut self.host, fp, rfbm) {
             Ok(()) => {}
             Err((false, e)) => return Err(e),
@@ -310,7 +310,7 @@ impl<B: Backend> Engine<B> {
     #[cold]
     #[inline(never)]
     fn attach_switch_rollback(&mut self, e: EngineError) -> EngineError {
-        let rfbm = Self::rfbm_of(&self.cfg, &self.host);
+        let rfbm = self.host.restore_rfbm();
         match Self::restore_from(&mut self.cpu, &mut self.stats, &self.host, rfbm) {
             Ok(()) => e,
             Err(b) => {
@@ -365,7 +365,7 @@ impl<B: Backend> Engine<B> {
                 if cur.is_confidential() {
                     Ok(())
                 } else {
-                    let rfbm = Self::rfbm_of(&self.cfg, cur);
+                    let rfbm = cur.restore_rfbm();
                     Self::restore_from(cpu, stats, cur, rfbm)
                 }
             });
@@ -375,7 +375,7 @@ impl<B: Backend> Engine<B> {
             let back = Self::xfd_to(cpu, self.writes_xfd, &mut self.hw_xfd, stats, host_xfd)
                 .and_then(|()| {
                     if host_was_live {
-                        let rfbm = Self::rfbm_of(&self.cfg, &self.host);
+                        let rfbm = self.host.restore_rfbm();
                         Self::restore_from(cpu, stats, &self.host, rfbm)
                     } else {
                         Ok(())
@@ -456,7 +456,7 @@ impl<B: Backend> Engine<B> {
         if v.realloc_request != 0 || v.fpstate.is_confidential() || !xfd_ok {
             return self.detach_steps(id);
         }
-        let rfbm = Self::rfbm_of(&self.cfg, &self.host);
+        let rfbm = self.host.restore_rfbm();
         match Self::switch(
             &mut self.cpu,
             &mut self.stats,
@@ -486,7 +486,7 @@ impl<B: Backend> Engine<B> {
         let Some(v) = self.vcpus.get_mut(id) else {
             return e;
         };
-        let rfbm = Self::rfbm_of(&self.cfg, &v.fpstate);
+        let rfbm = v.fpstate.restore_rfbm();
         match Self::restore_from(&mut self.cpu, &mut self.stats, &v.fpstate, rfbm) {
             Ok(()) => e,
             Err(b) => {
@@ -560,7 +560,7 @@ impl<B: Backend> Engine<B> {
         let host_xfd = self.host.xfd();
         let step =
             Self::xfd_to(cpu, self.writes_xfd, &mut self.hw_xfd, stats, host_xfd).and_then(|()| {
-                let rfbm = Self::rfbm_of(&self.cfg, &self.host);
+                let rfbm = self.host.restore_rfbm();
                 Self::restore_from(cpu, stats, &self.host, rfbm)
             });
         if let Err(e) = step {
@@ -571,7 +571,7 @@ impl<B: Backend> Engine<B> {
                         return Ok(());
                     }
                     let from = grown.as_ref().unwrap_or(&v.fpstate);
-                    let rfbm = Self::rfbm_of(&self.cfg, from);
+                    let rfbm = from.restore_rfbm();
                     Self::restore_from(cpu, stats, from, rfbm)
                 });
             if let Err(b) = back {
@@ -660,7 +660,7 @@ impl<B: Backend> Engine<B> {
                     if v.fpstate.is_confidential() {
                         return Ok(());
                     }
-                    let rfbm = Self::rfbm_of(&self.cfg, &v.fpstate);
+                    let rfbm = v.fpstate.restore_rfbm();
                     Self::restore_from(cpu, stats, &v.fpstate, rfbm)
                 })
                 .map(|()| self.guest_live = true)
@@ -679,7 +679,7 @@ impl<B: Backend> Engine<B> {
                     self.host.xfd(),
                 )
                 .and_then(|()| {
-                    let rfbm = Self::rfbm_of(&self.cfg, &self.host);
+                    let rfbm = self.host.restore_rfbm();
                     Self::restore_from(cpu, stats, &self.host, rfbm)
                 })
                 .map(|()| self.host_live = true)
