@@ -132,10 +132,12 @@ pub enum Growth {
 pub struct Stats {
     /// Save instructions.
     pub saves: u64,
+    /// WRMSR of IA32_XFD. (Between the two counters a switch increments, so that the
+    /// compiler keeps those increments scalar: a vector add right after XRSTOR would use an
+    /// XMM register the restore just loaded.)
+    pub xfd_writes: u64,
     /// Restore instructions.
     pub restores: u64,
-    /// WRMSR of IA32_XFD.
-    pub xfd_writes: u64,
     /// Containers allocated.
     pub allocations: u64,
     /// Bytes of register state copied by software (container resizing, UABI copies).
