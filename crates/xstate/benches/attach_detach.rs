@@ -166,6 +166,45 @@ fn raw_cycle(s: &mut Setup) {
     }
 }
 
+/// The four instructions of [`raw_cycle`] with `4 × n` simple instructions (loads, adds, a
+/// compare: what any engine's bookkeeping is made of) after each of them: how much the code
+/// around microcoded XSAVE-family instructions costs on this CPU, whatever that code does.
+macro_rules! padded_cycle {
+    ($name:ident, $n:literal) => {
+        fn $name(s: &mut Setup) {
+            let h = s.host_buf.as_mut_ptr();
+            let g = s.guest_buf.as_mut_ptr();
+            let scratch = [0u64; 2];
+            let sp = scratch.as_ptr();
+            // SAFETY: as in raw_cycle; the filler reads `scratch` and writes r8-r10 (declared).
+            unsafe {
+                core::arch::asm!(
+                    "mov eax, {hl:e}", "mov edx, {hh:e}", "xsavec64 [{h}]",
+                    concat!(".rept ", $n), "add r8, [{sp}]", "add r9, 1", "cmp r8, r9",
+                    "add r10, [{sp}+8]", ".endr",
+                    "mov eax, {rl:e}", "mov edx, {rh:e}", "xrstor64 [{g}]",
+                    concat!(".rept ", $n), "add r8, [{sp}]", "add r9, 1", "cmp r8, r9",
+                    "add r10, [{sp}+8]", ".endr",
+                    "mov eax, {gl:e}", "mov edx, {gh:e}", "xsavec64 [{g}]",
+                    concat!(".rept ", $n), "add r8, [{sp}]", "add r9, 1", "cmp r8, r9",
+                    "add r10, [{sp}+8]", ".endr",
+                    "mov eax, {rl:e}", "mov edx, {rh:e}", "xrstor64 [{h}]",
+                    concat!(".rept ", $n), "add r8, [{sp}]", "add r9, 1", "cmp r8, r9",
+                    "add r10, [{sp}+8]", ".endr",
+                    h = in(reg) h, g = in(reg) g, sp = in(reg) sp,
+                    hl = in(reg) s.host_rfbm as u32, hh = in(reg) (s.host_rfbm >> 32) as u32,
+                    gl = in(reg) s.guest_rfbm as u32, gh = in(reg) (s.guest_rfbm >> 32) as u32,
+                    rl = in(reg) s.restore_rfbm as u32, rh = in(reg) (s.restore_rfbm >> 32) as u32,
+                    out("r8") _, out("r9") _, out("r10") _, out("eax") _, out("edx") _,
+                    clobber_abi("C"), options(nostack),
+                );
+            }
+        }
+    };
+}
+padded_cycle!(padded_160, 10);
+padded_cycle!(padded_400, 25);
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("attach_detach");
     for amx in [false, true] {
@@ -202,6 +241,22 @@ fn ratios() {
             || engine_cycle(&mut s.borrow_mut()),
             || raw_cycle(&mut s.borrow_mut()),
         );
+        if name == "host" {
+            // Context: the same physical operation with filler instructions between the four
+            // (no engine involved): what N instructions around them cost on this CPU.
+            common::ratio(
+                "P1 context: the 4 instructions with 160 filler instructions between them",
+                "the 4 instructions alone",
+                || padded_160(&mut s.borrow_mut()),
+                || raw_cycle(&mut s.borrow_mut()),
+            );
+            common::ratio(
+                "P1 context: the 4 instructions with 400 filler instructions between them",
+                "the 4 instructions alone",
+                || padded_400(&mut s.borrow_mut()),
+                || raw_cycle(&mut s.borrow_mut()),
+            );
+        }
         let b = s.borrow();
         let st = b.engine.stats();
         println!(

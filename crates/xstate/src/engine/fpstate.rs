@@ -75,13 +75,18 @@ pub(crate) struct Line([u8; 64]);
 /// One state container.
 #[derive(Clone, Debug)]
 pub struct FpState {
-    /// The register buffer; `None` for a confidential guest (nothing is ever saved).
-    buf: Option<Vec<Line>>,
+    /// The register buffer; empty for a confidential guest (nothing is ever saved).
+    buf: Vec<Line>,
     /// Bytes of `buf` in use: the image length (at least the legacy area and header).
     len: usize,
     /// Where each component lives (shared between containers of the same features).
     geometry: Arc<FormLayout>,
     insn: SaveInsn,
+    /// `insn` as the backend's save and restore instructions (computed once: the hot path
+    /// reads them on every switch).
+    insns: (crate::model::SaveInsn, crate::model::RestoreInsn),
+    /// The RFBM of restores of this container (see [`restore_rfbm`](Self::restore_rfbm)).
+    restore_rfbm: u64,
     size: u32,
     user_size: u32,
     xfeatures: u64,
@@ -282,7 +287,7 @@ impl FpState {
         let user_size = cfg.user_size_of(user_xfeatures)?;
         let len = (g.size as usize).max(MIN_IMAGE);
         let (buf, size) = if is_confidential {
-            (None, 0)
+            (Vec::new(), 0)
         } else {
             let mut v = alloc::vec![Line([0; 64]); len.div_ceil(64)];
             // Every component in init state: XSTATE_BV 0, XCOMP_BV of the geometry, and the
@@ -292,13 +297,20 @@ impl FpState {
             wr(b, 0, &FCW_INIT.to_le_bytes());
             wr(b, MXCSR, &MXCSR_INIT.to_le_bytes());
             wr(b, XCOMP_BV, &g.xcomp_bv().to_le_bytes());
-            (Some(v), g.size)
+            (v, g.size)
         };
         Ok(FpState {
             buf,
             len,
             geometry: g,
             insn: cfg.insn,
+            insns: super::insns(cfg.insn),
+            // The configuration never changes after the engine is made.
+            restore_rfbm: match cfg.insn {
+                SaveInsn::Xsaves => (cfg.xcr0 | cfg.xss) & !cfg.independent & !mask::COMPACTED,
+                SaveInsn::Xsavec => cfg.xcr0,
+                _ => xfeatures,
+            },
             size,
             user_size,
             xfeatures,
@@ -327,7 +339,7 @@ impl FpState {
     ) -> Result<FpState, EngineError> {
         let mut n = FpState::with_geometry(cfg, g, self.xfd, self.is_guest, self.is_confidential)?;
         n.in_use = self.in_use;
-        let (Some(old), true) = (self.image(), n.buf.is_some()) else {
+        let (Some(old), true) = (self.image(), !n.buf.is_empty()) else {
             return Ok(n);
         };
         // Components the new container cannot hold are dropped on purpose (the policy no
@@ -364,10 +376,11 @@ impl FpState {
 
     /// The buffer (64-byte aligned); empty for a confidential guest's container.
     pub fn as_bytes(&self) -> &[u8] {
-        match &self.buf {
-            Some(v) => v.as_slice().as_bytes().get(..self.len).unwrap_or(&[]),
-            None => &[],
-        }
+        self.buf
+            .as_slice()
+            .as_bytes()
+            .get(..self.len)
+            .unwrap_or(&[])
     }
 
     /// The buffer, to write into: the seal is reset first (whatever is written, the backend
@@ -378,27 +391,23 @@ impl FpState {
     }
 
     /// The buffer and its seal, for the backend's save instruction only
-    /// (`Engine::save_into`): the one write that may keep or set the seal.
+    /// (`Engine::save_into`): the one write that may keep or set the seal. The whole
+    /// allocation, in 64-byte lines (the image and the tail of its last line): the save
+    /// instruction writes within the image, and the hot path needs no bound arithmetic.
+    #[inline(always)]
     pub(crate) fn save_target(&mut self) -> SealedMut<'_> {
-        let len = self.len;
-        let b = match &mut self.buf {
-            Some(v) => v
-                .as_mut_slice()
-                .as_mut_bytes()
-                .get_mut(..len)
-                .unwrap_or(&mut []),
-            None => &mut [],
-        };
         SealedMut {
-            mem: b,
+            mem: self.buf.as_mut_slice().as_mut_bytes(),
             seal: &mut self.seal,
         }
     }
 
-    /// The buffer and its seal, for the backend's restore (`Engine::restore_from`).
+    /// The buffer and its seal, for the backend's restore (`Engine::restore_from`): the same
+    /// bytes as [`save_target`](Self::save_target) (the seal names them).
+    #[inline(always)]
     pub(crate) fn restore_source(&self) -> SealedRef<'_> {
         SealedRef {
-            mem: self.as_bytes(),
+            mem: self.buf.as_slice().as_bytes(),
             seal: &self.seal,
         }
     }
@@ -411,32 +420,32 @@ impl FpState {
 
     fn buffer_mut(&mut self) -> &mut [u8] {
         let len = self.len;
-        match &mut self.buf {
-            Some(v) => v
-                .as_mut_slice()
-                .as_mut_bytes()
-                .get_mut(..len)
-                .unwrap_or(&mut []),
-            None => &mut [],
-        }
+        self.buf
+            .as_mut_slice()
+            .as_mut_bytes()
+            .get_mut(..len)
+            .unwrap_or(&mut [])
     }
 
     /// Bytes allocated for the buffer (its size rounded up to whole 64-byte lines; 0 for a
     /// confidential guest's container).
     pub fn allocated(&self) -> usize {
-        self.buf.as_ref().map(|v| v.capacity() * 64).unwrap_or(0)
+        self.buf.capacity() * 64
     }
 
     /// The buffer as a typed image view (`None` for a confidential guest's container).
     pub fn image(&self) -> Option<XsaveRef<'_>> {
-        self.buf.as_ref()?;
+        if self.buf.is_empty() {
+            return None;
+        }
         XsaveRef::with_geometry(self.as_bytes(), (*self.geometry).clone()).ok()
     }
 
     /// Replaces the buffer's contents with an image of the same geometry (`einval`
     /// otherwise).
     pub(crate) fn replace_image(&mut self, img: XsaveImage) -> Result<(), EngineError> {
-        let fits = self.buf.is_some() && *img.geometry() == *self.geometry && img.len() == self.len;
+        let fits =
+            !self.buf.is_empty() && *img.geometry() == *self.geometry && img.len() == self.len;
         if !fits {
             return err(
                 ErrorKind::Einval,
@@ -454,12 +463,26 @@ impl FpState {
 
     /// Where each component lives in the buffer (`None` without a buffer).
     pub fn geometry(&self) -> Option<&FormLayout> {
-        self.buf.as_ref().map(|_| &*self.geometry)
+        (!self.buf.is_empty()).then_some(&*self.geometry)
     }
 
     /// The save instruction the buffer is written by.
     pub fn insn(&self) -> SaveInsn {
         self.insn
+    }
+
+    /// The RFBM of restores of this container: in the compacted form every enabled feature
+    /// (components the container lacks are put in init state, SDM Vol. 1 §13.8.2), in the
+    /// standard form the container's features (a standard buffer has no room beyond them).
+    #[inline(always)]
+    pub(crate) fn restore_rfbm(&self) -> u64 {
+        self.restore_rfbm
+    }
+
+    /// The backend's save and restore instructions for [`insn`](Self::insn).
+    #[inline(always)]
+    pub(crate) fn insns(&self) -> (crate::model::SaveInsn, crate::model::RestoreInsn) {
+        self.insns
     }
 
     /// Buffer size in bytes.
@@ -497,7 +520,7 @@ impl FpState {
     /// (the component goes to init state, which is what the guest sees after re-enabling it
     /// anyway) and returns those that were set.
     pub(crate) fn clear_armed(&mut self, armed: u64) -> u64 {
-        if self.buf.is_none() || self.insn == SaveInsn::Fxsave {
+        if self.buf.is_empty() || self.insn == SaveInsn::Fxsave {
             return 0;
         }
         let bv = self.xstate_bv();
@@ -530,10 +553,12 @@ impl FpState {
     /// XSTATE_BV of the buffer (bits of components not in init state); for the FXSAVE area,
     /// x87 and SSE.
     pub fn xstate_bv(&self) -> u64 {
-        match &self.buf {
-            None => 0,
-            Some(_) if self.insn == SaveInsn::Fxsave => mask::LEGACY,
-            Some(_) => rd_u64(self.as_bytes(), XSTATE_BV),
+        if self.buf.is_empty() {
+            0
+        } else if self.insn == SaveInsn::Fxsave {
+            mask::LEGACY
+        } else {
+            rd_u64(self.as_bytes(), XSTATE_BV)
         }
     }
 

@@ -69,10 +69,10 @@ pub mod error;
 pub mod fpstate;
 pub mod guest;
 pub mod perm;
+mod table;
 pub mod uabi;
 pub mod vcpu;
 
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -86,7 +86,7 @@ pub use vcpu::{Detached, GuestPolicy, RejectedVcpu, Vcpu};
 use crate::components::{mask, mask_names, Component};
 use crate::image::XsaveImage;
 use crate::layout::FormLayout;
-use crate::model::{Backend, Fault, Msr, RestoreInsn};
+use crate::model::{Backend, Fault, Msr, RestoreInsn, SwitchFault};
 use crate::strategy::{choose, Caps, Policy, SaveInsn};
 use config::Configs;
 use error::err;
@@ -132,10 +132,12 @@ pub enum Growth {
 pub struct Stats {
     /// Save instructions.
     pub saves: u64,
+    /// WRMSR of IA32_XFD. (Between the two counters a switch increments, so that the
+    /// compiler keeps those increments scalar: a vector add right after XRSTOR would use an
+    /// XMM register the restore just loaded.)
+    pub xfd_writes: u64,
     /// Restore instructions.
     pub restores: u64,
-    /// WRMSR of IA32_XFD.
-    pub xfd_writes: u64,
     /// Containers allocated.
     pub allocations: u64,
     /// Bytes of register state copied by software (container resizing, UABI copies).
@@ -173,7 +175,7 @@ pub struct Engine<B: Backend> {
     xfd_capable: u64,
     mxcsr_mask: u32,
     attached: Option<u32>,
-    vcpus: BTreeMap<u32, Vcpu>,
+    vcpus: table::VcpuTable,
     allocs: Allocs,
     stats: Stats,
 }
@@ -415,7 +417,7 @@ impl<B: Backend> Engine<B> {
             xfd_capable,
             mxcsr_mask: profile.mxcsr_mask,
             attached: None,
-            vcpus: BTreeMap::new(),
+            vcpus: table::VcpuTable::default(),
             allocs: Allocs::default(),
             stats: Stats::default(),
         };
@@ -559,18 +561,6 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    /// The RFBM of restores of `fp`: in the compacted form every enabled feature (components the
-    /// container lacks are put in init state, SDM Vol. 1 §13.8.2), in the standard form the
-    /// container's features (a standard buffer has no room beyond them).
-    #[inline(always)]
-    pub(crate) fn rfbm_of(cfg: &Configs, fp: &FpState) -> u64 {
-        match fp.insn() {
-            SaveInsn::Xsaves => (cfg.xcr0 | cfg.xss) & !cfg.independent & !mask::COMPACTED,
-            SaveInsn::Xsavec => cfg.xcr0,
-            _ => fp.xfeatures(),
-        }
-    }
-
     /// Saves the registers into a container (RFBM = its features).
     #[inline(always)]
     pub(crate) fn save_into(
@@ -578,7 +568,7 @@ impl<B: Backend> Engine<B> {
         stats: &mut Stats,
         fp: &mut FpState,
     ) -> Result<(), EngineError> {
-        let (s, _) = insns(fp.insn());
+        let (s, _) = fp.insns();
         let rfbm = fp.xfeatures();
         match cpu.save_sealed(s, fp.save_target(), rfbm) {
             Ok(()) => {
@@ -597,13 +587,47 @@ impl<B: Backend> Engine<B> {
         fp: &FpState,
         rfbm: u64,
     ) -> Result<(), EngineError> {
-        let (_, r) = insns(fp.insn());
+        let (_, r) = fp.insns();
         match cpu.restore_sealed(r, fp.restore_source(), rfbm) {
             Ok(()) => {
                 stats.restores += 1;
                 Ok(())
             }
             Err(f) => Err(insn_fault(r.name(), "from", &f)),
+        }
+    }
+
+    /// Saves the registers into `out` (RFBM = its features), then restores them from `inn`
+    /// with `rfbm`, nothing in between: one backend call, which may issue both instructions
+    /// back to back. Err((saved, e)): `saved` tells whether `out` was written (the restore
+    /// faulted) or nothing happened (the save faulted).
+    #[inline(always)]
+    pub(crate) fn switch(
+        cpu: &mut B,
+        stats: &mut Stats,
+        out: &mut FpState,
+        inn: &FpState,
+        rfbm: u64,
+    ) -> Result<(), (bool, EngineError)> {
+        let (s, _) = out.insns();
+        let (_, r) = inn.insns();
+        let save_rfbm = out.xfeatures();
+        match cpu.switch_sealed(
+            (s, save_rfbm),
+            out.save_target(),
+            (r, rfbm),
+            inn.restore_source(),
+        ) {
+            Ok(()) => {
+                stats.saves += 1;
+                stats.restores += 1;
+                Ok(())
+            }
+            Err(SwitchFault::Save(f)) => Err((false, insn_fault(s.name(), "into", &f))),
+            Err(SwitchFault::Restore(f)) => {
+                stats.saves += 1;
+                Err((true, insn_fault(r.name(), "from", &f)))
+            }
         }
     }
 

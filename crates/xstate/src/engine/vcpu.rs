@@ -122,23 +122,47 @@ pub struct Detached {
     pub realloc: bool,
 }
 
+/// A switch failed and putting the host's registers back failed too.
+#[cold]
+fn host_rollback_failed(e: EngineError, b: &EngineError) -> EngineError {
+    EngineError::new(
+        e.kind,
+        format!(
+            "{}; rolling back also failed ({b}): the host's state is in its container",
+            e.message
+        ),
+    )
+}
+
+/// A switch failed and putting the guest's registers back failed too.
+#[cold]
+fn guest_rollback_failed(e: EngineError, b: &EngineError, id: u32) -> EngineError {
+    EngineError::new(
+        e.kind,
+        format!(
+            "{}; rolling back also failed ({b}): vCPU {id} stays attached, its state in its container",
+            e.message
+        ),
+    )
+}
+
 impl<B: Backend> Engine<B> {
     /// The vCPU `id`.
     pub fn vcpu(&self, id: u32) -> Result<&Vcpu, EngineError> {
         self.vcpus
-            .get(&id)
+            .get(id)
             .ok_or_else(|| EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}")))
     }
 
     pub(crate) fn vcpu_mut(&mut self, id: u32) -> Result<&mut Vcpu, EngineError> {
         self.vcpus
-            .get_mut(&id)
+            .get_mut(id)
             .ok_or_else(|| EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}")))
     }
 
     /// The ids of every vCPU.
     pub fn vcpu_ids(&self) -> alloc::vec::Vec<u32> {
-        self.vcpus.keys().copied().collect()
+        self.vcpus.ids().collect()
     }
 
     /// Checks a policy against the host and the guest permissions: user features the host
@@ -216,7 +240,7 @@ impl<B: Backend> Engine<B> {
         policy: GuestPolicy,
         confidential: bool,
     ) -> Result<&Vcpu, EngineError> {
-        if self.vcpus.contains_key(&id) {
+        if self.vcpus.contains(id) {
             return err(ErrorKind::Einval, format!("vCPU {id} already exists"));
         }
         self.check_policy(&policy)?;
@@ -235,7 +259,7 @@ impl<B: Backend> Engine<B> {
             run_ended: false,
             host: (self.cfg.xcr0, self.cfg.xss, self.cfg.insn),
         };
-        Ok(self.vcpus.entry(id).or_insert(v))
+        Ok(self.vcpus.insert(v))
     }
 
     /// `vcpu_run() -> attach()`: makes vCPU `id` current. A realloc request left pending by a
@@ -249,7 +273,57 @@ impl<B: Backend> Engine<B> {
     /// untouched, and the error is returned.
     ///
     /// Errors: `enoent`, `ebusy` (a vCPU is attached), `enomem`, `fault` (backend).
+    #[inline(always)]
     pub fn attach(&mut self, id: u32) -> Result<bool, EngineError> {
+        // The hot path: the host's registers live, no request pending, XFD already right for
+        // the guest (always so in user mode) — save the host and restore the guest in one
+        // backend call (`Backend::switch_sealed`), nothing between the two instructions.
+        // Every other case goes step by step.
+        if self.attached.is_some() || !self.host_live {
+            return self.attach_steps(id);
+        }
+        let (writes_xfd, hw_xfd) = (self.writes_xfd, self.hw_xfd);
+        let Some(v) = self.vcpus.get_mut(id) else {
+            return self.attach_steps(id);
+        };
+        let fp = &v.fpstate;
+        if v.realloc_request != 0 || fp.is_confidential() || (writes_xfd && fp.xfd() != hw_xfd) {
+            return self.attach_steps(id);
+        }
+        let rfbm = fp.restore_rfbm();
+        match Self::switch(&mut self.cpu, &mut self.stats, &mut self.host, fp, rfbm) {
+            Ok(()) => {}
+            Err((false, e)) => return Err(e),
+            Err((true, e)) => return Err(self.attach_switch_rollback(e)),
+        }
+        self.host_live = false;
+        self.host.set_in_use(false);
+        v.fpstate.set_in_use(true);
+        v.run_ended = false;
+        self.attached = Some(id);
+        self.guest_live = true;
+        Ok(false)
+    }
+
+    /// The guest's restore of [`attach`](Self::attach)'s hot path faulted after the host
+    /// was saved: the host's registers back from its container (XFD was not switched).
+    #[cold]
+    #[inline(never)]
+    fn attach_switch_rollback(&mut self, e: EngineError) -> EngineError {
+        let rfbm = self.host.restore_rfbm();
+        match Self::restore_from(&mut self.cpu, &mut self.stats, &self.host, rfbm) {
+            Ok(()) => e,
+            Err(b) => {
+                self.host_live = false;
+                host_rollback_failed(e, &b)
+            }
+        }
+    }
+
+    /// [`attach`](Self::attach) step by step: every case (a pending request, XFD to switch,
+    /// the host's state not live, a confidential vCPU, every error).
+    #[inline(never)]
+    fn attach_steps(&mut self, id: u32) -> Result<bool, EngineError> {
         if let Some(cur) = self.attached {
             return err(
                 ErrorKind::Ebusy,
@@ -257,7 +331,7 @@ impl<B: Backend> Engine<B> {
             );
         }
         // The hot path: one lookup, then disjoint borrows of the engine's fields.
-        let Some(v) = self.vcpus.get_mut(&id) else {
+        let Some(v) = self.vcpus.get_mut(id) else {
             return err(ErrorKind::Enoent, format!("no vCPU {id}"));
         };
         // A request left pending by a failed detach is served first: its state is in its
@@ -291,7 +365,7 @@ impl<B: Backend> Engine<B> {
                 if cur.is_confidential() {
                     Ok(())
                 } else {
-                    let rfbm = Self::rfbm_of(&self.cfg, cur);
+                    let rfbm = cur.restore_rfbm();
                     Self::restore_from(cpu, stats, cur, rfbm)
                 }
             });
@@ -301,7 +375,7 @@ impl<B: Backend> Engine<B> {
             let back = Self::xfd_to(cpu, self.writes_xfd, &mut self.hw_xfd, stats, host_xfd)
                 .and_then(|()| {
                     if host_was_live {
-                        let rfbm = Self::rfbm_of(&self.cfg, &self.host);
+                        let rfbm = self.host.restore_rfbm();
                         Self::restore_from(cpu, stats, &self.host, rfbm)
                     } else {
                         Ok(())
@@ -311,13 +385,7 @@ impl<B: Backend> Engine<B> {
                 // The host's state is safe in its container: it is no longer live, the next
                 // schedule_in restores it.
                 self.host_live = false;
-                return Err(EngineError::new(
-                    e.kind,
-                    format!(
-                        "{}; rolling back also failed ({b}): the host's state is in its container",
-                        e.message
-                    ),
-                ));
+                return Err(host_rollback_failed(e, &b));
             }
             return Err(e);
         }
@@ -373,7 +441,65 @@ impl<B: Backend> Engine<B> {
     /// assert_eq!(e.detach(0).unwrap().realloc, false);
     /// assert_eq!(e.vcpu(0).unwrap().fpstate().size(), 10752);
     /// ```
+    #[inline(always)]
     pub fn detach(&mut self, id: u32) -> Result<Detached, EngineError> {
+        // The hot path: the guest's registers live, no request pending, XFD already right for
+        // the host — save the guest and restore the host in one backend call, nothing between
+        // the two instructions. Every other case goes step by step.
+        if self.attached != Some(id) || !self.guest_live {
+            return self.detach_steps(id);
+        }
+        let xfd_ok = !self.writes_xfd || self.host.xfd() == self.hw_xfd;
+        let Some(v) = self.vcpus.get_mut(id) else {
+            return self.detach_steps(id);
+        };
+        if v.realloc_request != 0 || v.fpstate.is_confidential() || !xfd_ok {
+            return self.detach_steps(id);
+        }
+        let rfbm = self.host.restore_rfbm();
+        match Self::switch(
+            &mut self.cpu,
+            &mut self.stats,
+            &mut v.fpstate,
+            &self.host,
+            rfbm,
+        ) {
+            Ok(()) => {}
+            Err((false, e)) => return Err(e),
+            Err((true, e)) => return Err(self.detach_switch_rollback(id, e)),
+        }
+        v.fpstate.set_in_use(false);
+        v.run_ended = false;
+        self.attached = None;
+        self.guest_live = false;
+        self.host.set_in_use(true);
+        self.host_live = true;
+        Ok(Detached { realloc: false })
+    }
+
+    /// The host's restore of [`detach`](Self::detach)'s hot path faulted after the guest
+    /// was saved: the guest's registers back from its container (XFD was not switched); the
+    /// vCPU stays attached.
+    #[cold]
+    #[inline(never)]
+    fn detach_switch_rollback(&mut self, id: u32, e: EngineError) -> EngineError {
+        let Some(v) = self.vcpus.get_mut(id) else {
+            return e;
+        };
+        let rfbm = v.fpstate.restore_rfbm();
+        match Self::restore_from(&mut self.cpu, &mut self.stats, &v.fpstate, rfbm) {
+            Ok(()) => e,
+            Err(b) => {
+                self.guest_live = false;
+                guest_rollback_failed(e, &b, id)
+            }
+        }
+    }
+
+    /// [`detach`](Self::detach) step by step: every case (a pending request, XFD to switch,
+    /// state already saved by `schedule_out`, a confidential vCPU, every error).
+    #[inline(never)]
+    fn detach_steps(&mut self, id: u32) -> Result<Detached, EngineError> {
         if self.attached != Some(id) {
             return err(
                 ErrorKind::Einval,
@@ -387,7 +513,7 @@ impl<B: Backend> Engine<B> {
             );
         }
         // One lookup; the allocator, the CPU and the host container are borrowed apart.
-        let Some(v) = self.vcpus.get_mut(&id) else {
+        let Some(v) = self.vcpus.get_mut(id) else {
             return err(ErrorKind::Enoent, format!("no vCPU {id}"));
         };
         let req = v.realloc_request;
@@ -434,7 +560,7 @@ impl<B: Backend> Engine<B> {
         let host_xfd = self.host.xfd();
         let step =
             Self::xfd_to(cpu, self.writes_xfd, &mut self.hw_xfd, stats, host_xfd).and_then(|()| {
-                let rfbm = Self::rfbm_of(&self.cfg, &self.host);
+                let rfbm = self.host.restore_rfbm();
                 Self::restore_from(cpu, stats, &self.host, rfbm)
             });
         if let Err(e) = step {
@@ -445,7 +571,7 @@ impl<B: Backend> Engine<B> {
                         return Ok(());
                     }
                     let from = grown.as_ref().unwrap_or(&v.fpstate);
-                    let rfbm = Self::rfbm_of(&self.cfg, from);
+                    let rfbm = from.restore_rfbm();
                     Self::restore_from(cpu, stats, from, rfbm)
                 });
             if let Err(b) = back {
@@ -457,10 +583,7 @@ impl<B: Backend> Engine<B> {
                     v.realloc_request = 0;
                 }
                 self.guest_live = false;
-                return Err(EngineError::new(
-                    e.kind,
-                    format!("{}; rolling back also failed ({b}): vCPU {id} stays attached, its state in its container", e.message),
-                ));
+                return Err(guest_rollback_failed(e, &b, id));
             }
             return Err(e);
         }
@@ -493,7 +616,7 @@ impl<B: Backend> Engine<B> {
                 if !self.guest_live {
                     return Ok(());
                 }
-                let Some(v) = self.vcpus.get_mut(&id) else {
+                let Some(v) = self.vcpus.get_mut(id) else {
                     return err(ErrorKind::Enoent, format!("no vCPU {id}"));
                 };
                 if !v.fpstate.is_confidential() {
@@ -521,7 +644,7 @@ impl<B: Backend> Engine<B> {
                 if self.guest_live {
                     return Ok(());
                 }
-                let Some(v) = self.vcpus.get(&id) else {
+                let Some(v) = self.vcpus.get(id) else {
                     return err(ErrorKind::Enoent, format!("no vCPU {id}"));
                 };
                 let cpu = &mut self.cpu;
@@ -537,7 +660,7 @@ impl<B: Backend> Engine<B> {
                     if v.fpstate.is_confidential() {
                         return Ok(());
                     }
-                    let rfbm = Self::rfbm_of(&self.cfg, &v.fpstate);
+                    let rfbm = v.fpstate.restore_rfbm();
                     Self::restore_from(cpu, stats, &v.fpstate, rfbm)
                 })
                 .map(|()| self.guest_live = true)
@@ -556,7 +679,7 @@ impl<B: Backend> Engine<B> {
                     self.host.xfd(),
                 )
                 .and_then(|()| {
-                    let rfbm = Self::rfbm_of(&self.cfg, &self.host);
+                    let rfbm = self.host.restore_rfbm();
                     Self::restore_from(cpu, stats, &self.host, rfbm)
                 })
                 .map(|()| self.host_live = true)
@@ -585,7 +708,7 @@ impl<B: Backend> Engine<B> {
             );
         }
         self.vcpus
-            .remove(&id)
+            .remove(id)
             .ok_or_else(|| EngineError::new(ErrorKind::Enoent, format!("no vCPU {id}")))
     }
 
@@ -599,7 +722,7 @@ impl<B: Backend> Engine<B> {
             error,
             vcpu: alloc::boxed::Box::new(vcpu),
         };
-        if self.vcpus.contains_key(&v.id) {
+        if self.vcpus.contains(v.id) {
             let id = v.id;
             return Err(reject(
                 EngineError::new(ErrorKind::Einval, format!("vCPU {id} already exists here")),
@@ -628,7 +751,7 @@ impl<B: Backend> Engine<B> {
         let id = v.id;
         // A vCPU's state exists: the guest permissions are locked (they sized it).
         self.perms.lock_guest();
-        self.vcpus.insert(id, v);
+        self.vcpus.insert(v);
         Ok(id)
     }
 
@@ -641,7 +764,7 @@ impl<B: Backend> Engine<B> {
                 format!("vCPU {id} is attached: detach it before destroying it"),
             );
         }
-        match self.vcpus.remove(&id) {
+        match self.vcpus.remove(id) {
             Some(_) => Ok(()),
             None => err(ErrorKind::Enoent, format!("no vCPU {id}")),
         }

@@ -56,3 +56,105 @@ pub(crate) unsafe fn restore(insn: RestoreInsn, mem: &[u8], rfbm: u64) {
         }
     }
 }
+
+/// One `asm!` block issuing save `$save` to `$p` with RFBM `$sl`/`$sh`, then restore
+/// `$restore` from `$q` with RFBM `$rl`/`$rh`.
+macro_rules! pair {
+    ($save:literal, $restore:literal, $p:expr, $q:expr, $sl:expr, $sh:expr, $rl:expr, $rh:expr) => {
+        core::arch::asm!(
+            "mov eax, {sl:e}", "mov edx, {sh:e}", concat!($save, " [{p}]"),
+            "mov eax, {rl:e}", "mov edx, {rh:e}", concat!($restore, " [{q}]"),
+            p = in(reg) $p, q = in(reg) $q,
+            sl = in(reg) $sl, sh = in(reg) $sh, rl = in(reg) $rl, rh = in(reg) $rh,
+            out("eax") _, out("edx") _,
+            clobber_abi("C"), options(nostack),
+        )
+    };
+}
+
+/// Issues save instruction `s` to `into` with RFBM `srfbm`, then restore instruction `r` from
+/// `from` with RFBM `rrfbm`, in one `asm!` block: a context switch with nothing between the
+/// two instructions (the operands of both are in registers before the first one runs).
+/// Pairs that no switch uses (a save with another family's restore) are issued as two
+/// blocks.
+///
+/// # Safety
+/// The contracts of [`save`] for `(s, into, srfbm)` and of [`restore`] for
+/// `(r, from, rrfbm)`, where the restore's contract must hold *after* the save (`into` and
+/// `from` are distinct buffers: one is borrowed mutably, the other shared).
+#[inline(always)]
+pub(crate) unsafe fn save_then_restore(
+    s: SaveInsn,
+    into: &mut [u8],
+    srfbm: u64,
+    r: RestoreInsn,
+    from: &[u8],
+    rrfbm: u64,
+) {
+    if s == SaveInsn::Xsavec && r == RestoreInsn::Xrstor {
+        let (p, q) = (into.as_mut_ptr(), from.as_ptr());
+        // SAFETY: the caller's contract (above): each instruction on its own would be sound
+        // where it is issued; every register the restore writes is declared clobbered, the
+        // save writes only `into` (borrowed mutably) and the restore reads only `from`.
+        // XSAVEC + XRSTOR is tested first, apart: the user-mode engine's pair on every CPU
+        // with XSAVEC, a compare instead of a jump table.
+        unsafe {
+            pair!(
+                "xsavec64",
+                "xrstor64",
+                p,
+                q,
+                srfbm as u32,
+                (srfbm >> 32) as u32,
+                rrfbm as u32,
+                (rrfbm >> 32) as u32
+            )
+        };
+    } else {
+        // SAFETY: the same contract.
+        unsafe { other_pairs(s, into, srfbm, r, from, rrfbm) };
+    }
+}
+
+/// [`save_then_restore`] for every pair but XSAVEC + XRSTOR.
+///
+/// # Safety
+/// That of [`save_then_restore`].
+#[cold]
+#[inline(never)]
+unsafe fn other_pairs(
+    s: SaveInsn,
+    into: &mut [u8],
+    srfbm: u64,
+    r: RestoreInsn,
+    from: &[u8],
+    rrfbm: u64,
+) {
+    let (p, q) = (into.as_mut_ptr(), from.as_ptr());
+    let (sl, sh) = (srfbm as u32, (srfbm >> 32) as u32);
+    let (rl, rh) = (rrfbm as u32, (rrfbm >> 32) as u32);
+    // SAFETY: the caller's contract (above), as in save_then_restore.
+    unsafe {
+        match (s, r) {
+            (SaveInsn::Xsave, RestoreInsn::Xrstor) => {
+                pair!("xsave64", "xrstor64", p, q, sl, sh, rl, rh)
+            }
+            (SaveInsn::Xsaveopt, RestoreInsn::Xrstor) => {
+                pair!("xsaveopt64", "xrstor64", p, q, sl, sh, rl, rh)
+            }
+            (SaveInsn::Xsavec, RestoreInsn::Xrstor) => {
+                pair!("xsavec64", "xrstor64", p, q, sl, sh, rl, rh)
+            }
+            (SaveInsn::Xsaves, RestoreInsn::Xrstors) => {
+                pair!("xsaves64", "xrstors64", p, q, sl, sh, rl, rh)
+            }
+            (SaveInsn::Fxsave, RestoreInsn::Fxrstor) => {
+                pair!("fxsave64", "fxrstor64", p, q, sl, sh, rl, rh)
+            }
+            _ => {
+                save(s, into, srfbm);
+                restore(r, from, rrfbm);
+            }
+        }
+    }
+}

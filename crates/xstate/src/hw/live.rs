@@ -29,7 +29,7 @@ use super::{check_mxcsr_masked, check_x87_env, Host, HwError};
 use crate::components::mask;
 use crate::model::{
     AlignedBuf, Backend, CpuProfile, Exception, Fault, Msr, RestoreInsn, SaveInsn, Seal, SealedMut,
-    SealedRef,
+    SealedRef, SwitchFault,
 };
 
 /// The real CPU in user mode on the live registers (see the module docs). XSAVE, XSAVEOPT,
@@ -113,6 +113,19 @@ fn permitted_features() -> u64 {
 }
 
 impl HwBackend {
+    /// True when XRSTOR of `mem` under `seal` needs no check (see
+    /// [`restore_sealed`](Backend::restore_sealed)): sealed by this instance for this buffer,
+    /// and in the standard form only with an RFBM within the sealing save's.
+    #[inline(always)]
+    fn restore_trusted(&self, insn: RestoreInsn, seal: &Seal, mem: &[u8], rfbm: u64) -> bool {
+        insn == RestoreInsn::Xrstor
+            && seal.holds(self.id, seal.insn, seal.rfbm, mem)
+            && match seal.insn {
+                SaveInsn::Xsavec => true,
+                SaveInsn::Xsave | SaveInsn::Xsaveopt => rfbm & !seal.rfbm & self.guard.xcr0 == 0,
+                _ => false,
+            }
+    }
     /// The backend of this CPU; None when XSAVE is not usable.
     pub fn new() -> Option<HwBackend> {
         let host = Host::detect();
@@ -336,14 +349,7 @@ impl Backend for HwBackend {
         rfbm: u64,
     ) -> Result<(), Fault> {
         let SealedRef { mem, seal } = buf;
-        let trusted = insn == RestoreInsn::Xrstor
-            && seal.holds(self.id, seal.insn, seal.rfbm, mem)
-            && match seal.insn {
-                SaveInsn::Xsavec => true,
-                SaveInsn::Xsave | SaveInsn::Xsaveopt => rfbm & !seal.rfbm & self.guard.xcr0 == 0,
-                _ => false,
-            };
-        if !trusted {
+        if !self.restore_trusted(insn, seal, mem, rfbm) {
             return self.restore(insn, mem, rfbm);
         }
         // SAFETY: the seal proves this image was written by this instance's XSAVE-family save
@@ -354,6 +360,37 @@ impl Backend for HwBackend {
         // as checked when sealed.
         unsafe { super::insn::restore(insn, mem, rfbm) };
         Ok(())
+    }
+
+    /// Both instructions in one block when both buffers are trusted (the save by its seal as
+    /// in [`save_sealed`](Self::save_sealed), the restore as in
+    /// [`restore_sealed`](Self::restore_sealed)); otherwise the two checked calls.
+    #[inline(always)]
+    fn switch_sealed(
+        &mut self,
+        save: (SaveInsn, u64),
+        into: SealedMut<'_>,
+        restore: (RestoreInsn, u64),
+        from: SealedRef<'_>,
+    ) -> Result<(), SwitchFault> {
+        if into.seal.holds(self.id, save.0, save.1, into.mem)
+            && self.restore_trusted(restore.0, from.seal, from.mem, restore.1)
+        {
+            // SAFETY: as in save_sealed (the seal proves the save's checks) and
+            // restore_sealed (the seal proves the restore's checks); the save writes only
+            // `into`, which is not `from` (one mutable, one shared borrow), so the restore's
+            // proof still holds after it.
+            unsafe {
+                super::insn::save_then_restore(
+                    save.0, into.mem, save.1, restore.0, from.mem, restore.1,
+                )
+            };
+            return Ok(());
+        }
+        self.save_sealed(save.0, into, save.1)
+            .map_err(SwitchFault::Save)?;
+        self.restore_sealed(restore.0, from, restore.1)
+            .map_err(SwitchFault::Restore)
     }
 
     fn load_state(&mut self, state: &[u8], _xinuse: Option<u64>) -> Result<(), Fault> {
@@ -577,5 +614,103 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.exception, Exception::Pf, "{e}"); // 576 bytes: no room for AVX
         }
+    }
+
+    /// The fused switch on this CPU: with both buffers sealed the save and the restore run
+    /// back to back (the registers switch, both seals still hold); a restore buffer whose seal
+    /// was reset is checked, a bad one refused after the save (`SwitchFault::Restore`); a save
+    /// that cannot run changes nothing (`SwitchFault::Save`).
+    #[test]
+    fn switch_sealed_fuses_trusted_buffers_and_checks_the_rest() {
+        let Some((mut hw, mut host, xcr0)) = setup() else {
+            return;
+        };
+        let mut guest = AlignedBuf::new(host.len());
+        let (mut hs, mut gs) = (Seal::NONE, Seal::NONE);
+        // ST0 = `b` repeated (the x87 registers: compiled Rust code never touches them, while
+        // it may use any XMM register between two statements), x87 in use, everything else in
+        // init state.
+        let load = |hw: &mut HwBackend, b: u8| {
+            let mut img = alloc::vec![0u8; hw.standard_size];
+            img[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
+            img[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+            img[4] = 0x01; // abridged FTW: ST0 valid
+            img[32..42].fill(b);
+            img[512] = 0x1;
+            hw.load_state(&img, None).unwrap();
+        };
+        let st0 = |hw: &mut HwBackend| hw.read_state().unwrap()[32];
+        let save = |hw: &mut HwBackend, buf: &mut AlignedBuf, seal: &mut Seal| {
+            hw.save_sealed(SaveInsn::Xsavec, SealedMut { mem: buf, seal }, xcr0)
+                .unwrap()
+        };
+        load(&mut hw, 0x11);
+        save(&mut hw, &mut host, &mut hs);
+        load(&mut hw, 0x22);
+        save(&mut hw, &mut guest, &mut gs);
+        assert!(hs.owner == hw.id && gs.owner == hw.id, "both sealed");
+        // Detach-like: save the guest's registers (0x33), restore the host's (0x11).
+        load(&mut hw, 0x33);
+        hw.switch_sealed(
+            (SaveInsn::Xsavec, xcr0),
+            SealedMut {
+                mem: &mut guest,
+                seal: &mut gs,
+            },
+            (RestoreInsn::Xrstor, xcr0),
+            SealedRef {
+                mem: &host,
+                seal: &hs,
+            },
+        )
+        .unwrap();
+        assert_eq!(st0(&mut hw), 0x11);
+        assert_eq!(guest[32], 0x33);
+        assert!(hs.owner == hw.id && gs.owner == hw.id, "seals kept");
+        // A host buffer written by software (its keeper reset the seal): checked, refused.
+        hs = Seal::NONE;
+        host[512 + 40] = 0x5a;
+        load(&mut hw, 0x44);
+        let e = hw
+            .switch_sealed(
+                (SaveInsn::Xsavec, xcr0),
+                SealedMut {
+                    mem: &mut guest,
+                    seal: &mut gs,
+                },
+                (RestoreInsn::Xrstor, xcr0),
+                SealedRef {
+                    mem: &host,
+                    seal: &hs,
+                },
+            )
+            .unwrap_err();
+        match e {
+            SwitchFault::Restore(f) => assert_eq!(f.exception, Exception::Gp, "{f}"),
+            other => panic!("expected the restore to be refused: {other:?}"),
+        }
+        assert_eq!(guest[32], 0x44, "the save ran before the refused restore");
+        assert_eq!(st0(&mut hw), 0x44, "a refused restore loads nothing");
+        // A save that cannot run (buffer too short): nothing done.
+        host[512 + 40] = 0;
+        let before = guest.to_vec();
+        let short = 600.min(guest.len() - 1);
+        let e = hw
+            .switch_sealed(
+                (SaveInsn::Xsavec, xcr0),
+                SealedMut {
+                    mem: &mut guest[..short],
+                    seal: &mut gs,
+                },
+                (RestoreInsn::Xrstor, xcr0),
+                SealedRef {
+                    mem: &host,
+                    seal: &hs,
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(e, SwitchFault::Save(_)), "{e:?}");
+        assert_eq!(guest.to_vec(), before);
+        assert_eq!(st0(&mut hw), 0x44);
     }
 }

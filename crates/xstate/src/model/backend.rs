@@ -149,6 +149,35 @@ pub trait Backend {
     ) -> Result<(), Fault> {
         self.restore(insn, buf.mem, rfbm)
     }
+
+    /// A context switch: [`save_sealed`](Self::save_sealed) of the outgoing state into `into`,
+    /// then [`restore_sealed`](Self::restore_sealed) of the incoming state from `from`, nothing
+    /// in between. A backend may issue the two instructions back to back once it has proved
+    /// neither can fault (both buffers trusted); the default makes the two calls. The error
+    /// says which step faulted: after [`SwitchFault::Save`] nothing was done, after
+    /// [`SwitchFault::Restore`] the outgoing state is saved in `into` (and may also still be in
+    /// the registers, partly overwritten: the caller puts back what it needs).
+    fn switch_sealed(
+        &mut self,
+        save: (SaveInsn, u64),
+        into: SealedMut<'_>,
+        restore: (RestoreInsn, u64),
+        from: SealedRef<'_>,
+    ) -> Result<(), SwitchFault> {
+        self.save_sealed(save.0, into, save.1)
+            .map_err(SwitchFault::Save)?;
+        self.restore_sealed(restore.0, from, restore.1)
+            .map_err(SwitchFault::Restore)
+    }
+}
+
+/// Which step of a [`Backend::switch_sealed`] faulted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwitchFault {
+    /// The save faulted: nothing was changed.
+    Save(Fault),
+    /// The save was done, the restore faulted.
+    Restore(Fault),
 }
 
 /// A buffer and its [`Seal`], to save into ([`Backend::save_sealed`]). Made only by this
@@ -211,7 +240,7 @@ impl Seal {
     };
 
     /// True when the buffer is sealed by backend `owner` for `insn`, `rfbm` at `mem`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn holds(&self, owner: u64, insn: SaveInsn, rfbm: u64, mem: &[u8]) -> bool {
         self.owner == owner
             && owner != 0

@@ -130,7 +130,7 @@ pub mod profile;
 pub mod tilecfg;
 
 pub use crate::image::AlignedBuf;
-pub use backend::{Backend, Msr, RestoreInsn, SaveInsn, Seal, SealedMut, SealedRef};
+pub use backend::{Backend, Msr, RestoreInsn, SaveInsn, Seal, SealedMut, SealedRef, SwitchFault};
 pub use cpu::{ModelCpu, SimpleInsn, XrstorInfo, X87};
 pub use fault::{Exception, Fault};
 pub use profile::{CpuProfile, X87Pointers, XinuseTracking};
