@@ -322,6 +322,7 @@ impl<B: Backend> Engine<B> {
 
     /// [`attach`](Self::attach) step by step: every case (a pending request, XFD to switch,
     /// the host's state not live, a confidential vCPU, every error).
+    #[cold]
     #[inline(never)]
     fn attach_steps(&mut self, id: u32) -> Result<bool, EngineError> {
         if let Some(cur) = self.attached {
@@ -498,6 +499,7 @@ impl<B: Backend> Engine<B> {
 
     /// [`detach`](Self::detach) step by step: every case (a pending request, XFD to switch,
     /// state already saved by `schedule_out`, a confidential vCPU, every error).
+    #[cold]
     #[inline(never)]
     fn detach_steps(&mut self, id: u32) -> Result<Detached, EngineError> {
         if self.attached != Some(id) {

@@ -62,11 +62,10 @@ pub(crate) unsafe fn restore(insn: RestoreInsn, mem: &[u8], rfbm: u64) {
 macro_rules! pair {
     ($save:literal, $restore:literal, $p:expr, $q:expr, $sl:expr, $sh:expr, $rl:expr, $rh:expr) => {
         core::arch::asm!(
-            "mov eax, {sl:e}", "mov edx, {sh:e}", concat!($save, " [{p}]"),
+            concat!($save, " [{p}]"),
             "mov eax, {rl:e}", "mov edx, {rh:e}", concat!($restore, " [{q}]"),
-            p = in(reg) $p, q = in(reg) $q,
-            sl = in(reg) $sl, sh = in(reg) $sh, rl = in(reg) $rl, rh = in(reg) $rh,
-            out("eax") _, out("edx") _,
+            p = in(reg) $p, q = in(reg) $q, rl = in(reg) $rl, rh = in(reg) $rh,
+            inout("eax") $sl => _, inout("edx") $sh => _,
             clobber_abi("C"), options(nostack),
         )
     };

@@ -239,11 +239,12 @@ impl Seal {
         len: 0,
     };
 
-    /// True when the buffer is sealed by backend `owner` for `insn`, `rfbm` at `mem`.
+    /// True when the buffer is sealed by backend `owner` for `insn`, `rfbm` at `mem`. `owner`
+    /// is a backend instance's id, never 0 (the owner of [`Seal::NONE`]).
     #[inline(always)]
     pub(crate) fn holds(&self, owner: u64, insn: SaveInsn, rfbm: u64, mem: &[u8]) -> bool {
+        debug_assert_ne!(owner, 0, "backend ids start at 1");
         self.owner == owner
-            && owner != 0
             && self.insn == insn
             && self.rfbm == rfbm
             && self.ptr == mem.as_ptr() as usize
