@@ -284,16 +284,10 @@ struct Plan {
     sorted: bool,
 }
 
-/// Every check of a conversion, before any byte is written.
-fn walk_check<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Plan, ConvertError> {
-    if target.size > MAX_AREA_SIZE {
-        return Err(ConvertError::TargetTooLarge(target.size));
-    }
-    let mut p = present(src)?;
-    let mxcsr = src.mxcsr();
-    // One walk of the target: the components it places (a hand-built geometry may omit some
-    // of its mask) and whether its placements are in offset order (every layout `Layout`
-    // builds; `write` has a slower path for the others).
+/// One walk of the target: the components it places within its mask, x87 and SSE always (a
+/// hand-built geometry may omit some of its mask), and whether its placements are in offset
+/// order (every layout `Layout` builds; the writers have a slower path for the others).
+pub(crate) fn placed_and_sorted(target: &FormLayout) -> (u64, bool) {
     let mut placed = mask::LEGACY;
     let mut sorted = true;
     let mut prev_end = 0u32;
@@ -302,7 +296,17 @@ fn walk_check<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Pla
         sorted &= prev_end <= d.offset;
         prev_end = d.end();
     }
-    let placed = placed & target.mask;
+    (placed & target.mask & !mask::COMPACTED, sorted)
+}
+
+/// Every check of a conversion, before any byte is written.
+fn walk_check<B: AsRef<[u8]>>(src: &Xsave<B>, target: &FormLayout) -> Result<Plan, ConvertError> {
+    if target.size > MAX_AREA_SIZE {
+        return Err(ConvertError::TargetTooLarge(target.size));
+    }
+    let mut p = present(src)?;
+    let mxcsr = src.mxcsr();
+    let (placed, sorted) = placed_and_sorted(target);
     // A component the target cannot hold may be left out only when it is in its init state.
     for id in bits(p & !placed) {
         if !src.is_init(id)? {

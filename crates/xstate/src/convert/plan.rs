@@ -221,15 +221,7 @@ impl ConvertPlan {
         if target.size > MAX_AREA_SIZE {
             return Err(ConvertError::TargetTooLarge(target.size));
         }
-        let mut placed = mask::LEGACY;
-        let mut sorted = true;
-        let mut prev_end = 0u32;
-        for d in &target.placements {
-            placed |= bit(d.id & 63);
-            sorted &= prev_end <= d.offset;
-            prev_end = d.end();
-        }
-        let placed = placed & target.mask & !mask::COMPACTED;
+        let (placed, sorted) = super::placed_and_sorted(target);
         let allowed = match source.form {
             Form::Compacted => placed & source.mask,
             Form::Standard => placed,
