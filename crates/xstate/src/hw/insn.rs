@@ -141,9 +141,6 @@ unsafe fn other_pairs(
             (SaveInsn::Xsaveopt, RestoreInsn::Xrstor) => {
                 pair!("xsaveopt64", "xrstor64", p, q, sl, sh, rl, rh)
             }
-            (SaveInsn::Xsavec, RestoreInsn::Xrstor) => {
-                pair!("xsavec64", "xrstor64", p, q, sl, sh, rl, rh)
-            }
             (SaveInsn::Xsaves, RestoreInsn::Xrstors) => {
                 pair!("xsaves64", "xrstors64", p, q, sl, sh, rl, rh)
             }
