@@ -173,7 +173,11 @@ fn present<B: AsRef<[u8]>>(src: &Xsave<B>) -> Result<u64, ConvertError> {
 /// and kept in a small process-wide cache (module `cache`; with the `std` feature only:
 /// without it the two layouts are walked per call, with the same result); when XSTATE_BV is
 /// the planned set the planned copies are appended to the new buffer, which is not zeroed
-/// first. One buffer and one geometry are allocated per call (and the plan once per pair).
+/// first. The new image shares the plan's target geometry (no copy), and with the `std`
+/// feature its buffer is the storage of a dropped image of the same size when the thread
+/// has one ([`AlignedBuf`]'s pool): converting and dropping images in a loop allocates
+/// nothing in steady state (the plan once per pair; without `std`, one buffer and one
+/// geometry per call).
 ///
 /// Trust: `target` comes from [`Layout::standard`] / [`Layout::compacted`], which never place
 /// two components on the same bytes or inside the legacy area and header; a target larger
@@ -187,7 +191,9 @@ pub fn convert<B: AsRef<[u8]>>(
         return Err(ConvertError::TargetTooLarge(target.size));
     }
     with_plan(src.geometry(), target, |plan| match plan {
-        Some(p) => p.convert_unchecked_geometry(src),
+        Some(p) => p
+            .plan()
+            .convert_unchecked_geometry(src, p.target_geometry()),
         None => walk_convert(src, target),
     })
 }
@@ -251,7 +257,7 @@ pub fn convert_into<B: AsRef<[u8]>>(
         return Err(ConvertError::TargetTooLarge(target.size));
     }
     with_plan(src.geometry(), target, |plan| match plan {
-        Some(p) => p.convert_into_unchecked_geometry(src, out),
+        Some(p) => p.plan().convert_into_unchecked_geometry(src, out),
         None => walk_into(src, target, out),
     })
 }
@@ -649,7 +655,7 @@ mod plan;
 /// leak, and its bump heap cannot rewind past it), so the entry points walk the components
 /// and callers that convert often hold a [`ConvertPlan`].
 #[inline]
-fn with_plan<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<&ConvertPlan>) -> R) -> R {
+fn with_plan<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<Found<'_>>) -> R) -> R {
     #[cfg(feature = "std")]
     {
         cache::with_plan(g, t, f)
@@ -662,6 +668,37 @@ fn with_plan<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<&ConvertPl
 }
 
 pub use plan::ConvertPlan;
+
+/// A plan the cache found for a pair, and how long it lives.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+pub(crate) enum Found<'a> {
+    /// A plan of the cache's set-once part, never freed: images can hold its target
+    /// geometry by reference, with no count to change.
+    Static(&'static ConvertPlan),
+    /// A plan that may be replaced after the call: images share its target geometry's `Arc`.
+    Local(&'a ConvertPlan),
+}
+
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+impl Found<'_> {
+    #[inline(always)]
+    fn plan(&self) -> &ConvertPlan {
+        match *self {
+            Found::Static(p) => p,
+            Found::Local(p) => p,
+        }
+    }
+
+    /// The plan's target geometry as a new image holds it.
+    #[inline(always)]
+    fn target_geometry(&self) -> crate::image::Geometry {
+        match *self {
+            Found::Static(p) => crate::image::Geometry::Static(p.shared().1),
+            Found::Local(p) => crate::image::Geometry::Shared(p.shared().1.clone()),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -18,10 +18,12 @@
 //! only for exactly the geometries it was made for. A miss makes a plan: a few allocations,
 //! once per pair while slots last.
 
+use alloc::sync::Arc;
+
 use spin::mutex::SpinMutex;
 use spin::Once;
 
-use super::ConvertPlan;
+use super::{ConvertPlan, Found};
 use crate::layout::FormLayout;
 
 /// Plans set once.
@@ -50,11 +52,11 @@ static ROTATING: SpinMutex<Rotating> = SpinMutex::new(Rotating {
 pub(super) fn with_plan<R>(
     g: &FormLayout,
     t: &FormLayout,
-    f: impl FnOnce(Option<&ConvertPlan>) -> R,
+    f: impl FnOnce(Option<Found<'_>>) -> R,
 ) -> R {
     for slot in &FIXED {
         match slot.get() {
-            Some(p) if p.is_for(g, t) => return f(Some(p)),
+            Some(p) if p.is_for(g, t) => return f(Some(Found::Static(p))),
             Some(_) => {}
             None => break,
         }
@@ -62,9 +64,25 @@ pub(super) fn with_plan<R>(
     miss(g, t, f)
 }
 
+/// The geometry equal to `g` that a plan of the set-once part already holds, shared, or a
+/// new one: plans share their equal geometries, so an image made by one plan (which holds
+/// that plan's target geometry) is recognised by the next plan by identity.
+fn interned(g: &FormLayout) -> Arc<FormLayout> {
+    FIXED
+        .iter()
+        .map_while(|s| s.get())
+        .flat_map(|p| {
+            let (a, b) = p.shared();
+            [a, b]
+        })
+        .find(|a| ***a == *g)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(g.clone()))
+}
+
 #[cold]
 #[inline(never)]
-fn miss<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<&ConvertPlan>) -> R) -> R {
+fn miss<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<Found<'_>>) -> R) -> R {
     let Some(mut r) = ROTATING.try_lock() else {
         return f(None);
     };
@@ -72,7 +90,7 @@ fn miss<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<&ConvertPlan>) 
     let mut empty = None;
     for slot in &FIXED {
         match slot.get() {
-            Some(p) if p.is_for(g, t) => return f(Some(p)),
+            Some(p) if p.is_for(g, t) => return f(Some(Found::Static(p))),
             Some(_) => {}
             None => {
                 empty = Some(slot);
@@ -85,9 +103,9 @@ fn miss<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<&ConvertPlan>) 
         .iter()
         .position(|s| s.as_ref().is_some_and(|p| p.is_for(g, t)))
     {
-        return f(r.slots[i].as_ref());
+        return f(r.slots[i].as_ref().map(Found::Local));
     }
-    let Ok(p) = ConvertPlan::new(g, t) else {
+    let Ok(p) = ConvertPlan::new_shared(interned(g), interned(t)) else {
         drop(r);
         return f(None);
     };
@@ -96,12 +114,12 @@ fn miss<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<&ConvertPlan>) 
         // of this one: `call_once` does not wait.
         let p = slot.call_once(|| p);
         drop(r);
-        return f(Some(p));
+        return f(Some(Found::Static(p)));
     }
     let i = r.next % ROTATING_SLOTS;
     r.slots[i] = Some(p);
     r.next = (i + 1) % ROTATING_SLOTS;
-    f(r.slots[i].as_ref())
+    f(r.slots[i].as_ref().map(Found::Local))
 }
 
 /// The rotating part's lock, for a test of the busy path.

@@ -20,6 +20,7 @@
 //! error.
 
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use super::{
@@ -27,7 +28,7 @@ use super::{
     MXCSR_INIT,
 };
 use crate::components::{bits, mask};
-use crate::image::{AlignedBuf, Xsave, XsaveImage};
+use crate::image::{AlignedBuf, Geometry, Xsave, XsaveImage};
 use crate::layout::{Form, FormLayout, EXTENDED_START, MAX_AREA_SIZE};
 
 /// One component ≥ 2 of the target, in the target's placement order.
@@ -185,8 +186,11 @@ struct Decision {
 /// ```
 #[derive(Clone, Debug)]
 pub struct ConvertPlan {
-    src: FormLayout,
-    dst: FormLayout,
+    /// The geometries, shared: the images [`ConvertPlan::convert`] makes hold `dst` without a
+    /// copy, and the cache lets plans share equal geometries (so an image converted with one
+    /// plan is recognised by identity by the next, see [`ConvertPlan::is_for`]).
+    src: Arc<FormLayout>,
+    dst: Arc<FormLayout>,
     len: usize,
     /// Components the target places: x87/SSE of its mask, the ids of its placements in it.
     placed: u64,
@@ -218,6 +222,15 @@ impl ConvertPlan {
     /// [`MAX_AREA_SIZE`] (CPUID data that cannot be right). Trust as for
     /// [`convert`](super::convert): `target` comes from [`crate::layout::Layout`].
     pub fn new(source: &FormLayout, target: &FormLayout) -> Result<ConvertPlan, ConvertError> {
+        Self::new_shared(Arc::new(source.clone()), Arc::new(target.clone()))
+    }
+
+    /// [`ConvertPlan::new`] with geometries shared with their other holders.
+    pub(crate) fn new_shared(
+        source_arc: Arc<FormLayout>,
+        target_arc: Arc<FormLayout>,
+    ) -> Result<ConvertPlan, ConvertError> {
+        let (source, target) = (&*source_arc, &*target_arc);
         if target.size > MAX_AREA_SIZE {
             return Err(ConvertError::TargetTooLarge(target.size));
         }
@@ -281,8 +294,8 @@ impl ConvertPlan {
         }
         let ops_tile = ops_tile && pos == len;
         Ok(ConvertPlan {
-            src: source.clone(),
-            dst: target.clone(),
+            src: source_arc.clone(),
+            dst: target_arc.clone(),
             len,
             placed,
             sorted,
@@ -317,11 +330,23 @@ impl ConvertPlan {
         self.len == 0
     }
 
-    /// Whether this plan was made for images of geometry `g` and target `t` (compared by
-    /// value).
+    /// The shared source and target geometries (for the cache, to share them with new plans).
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    pub(crate) fn shared(&self) -> (&Arc<FormLayout>, &Arc<FormLayout>) {
+        (&self.src, &self.dst)
+    }
+
+    /// Whether this plan was made for images of geometry `g` and target `t`: the cheap
+    /// fields of both first (form, mask, size, number of placements: what tells the plans of
+    /// a cache apart), then each geometry is the planned object itself (same address: see
+    /// [`same_geometry`]) or equal to it placement by placement.
     #[cfg(feature = "std")]
+    #[inline(always)]
     pub(crate) fn is_for(&self, g: &FormLayout, t: &FormLayout) -> bool {
-        same_geometry(&self.src, g) && same_geometry(&self.dst, t)
+        same_head(&self.src, g)
+            && same_head(&self.dst, t)
+            && same_placements(&self.src, g)
+            && same_placements(&self.dst, t)
     }
 
     /// Converts `src` into `out` (reused across calls): writes bytes `0..self.len()` of
@@ -339,10 +364,13 @@ impl ConvertPlan {
         self.convert_into_unchecked_geometry(src, out)
     }
 
-    /// [`ConvertPlan::convert_into`] into a new image of the target geometry.
+    /// [`ConvertPlan::convert_into`] into a new image of the target geometry. The image
+    /// shares the plan's target geometry (no copy of it); with the `std` feature its buffer
+    /// comes from the thread's pool of dropped image buffers when one of the size is there,
+    /// so converting and dropping images in a loop allocates nothing in steady state.
     pub fn convert<B: AsRef<[u8]>>(&self, src: &Xsave<B>) -> Result<XsaveImage, ConvertError> {
         self.check_geometry(src.geometry())?;
-        self.convert_unchecked_geometry(src)
+        self.convert_unchecked_geometry(src, Geometry::Shared(self.dst.clone()))
     }
 
     /// `convert_into` for a caller that compared the geometries.
@@ -383,11 +411,15 @@ impl ConvertPlan {
         Ok(self.len)
     }
 
-    /// `convert` for a caller that compared the geometries.
+    /// `convert` for a caller that compared the geometries; `geometry` is the target
+    /// geometry as the new image holds it (this plan's, shared or static).
+    #[inline]
     pub(crate) fn convert_unchecked_geometry<B: AsRef<[u8]>>(
         &self,
         src: &Xsave<B>,
+        geometry: Geometry,
     ) -> Result<XsaveImage, ConvertError> {
+        debug_assert!(same_geometry(geometry.get(), &self.dst));
         if !self.sorted {
             return super::walk_convert(src, &self.dst);
         }
@@ -423,7 +455,7 @@ impl ConvertPlan {
             self.write(s, &mut buf, dec, true);
             buf
         };
-        Ok(Xsave::with_geometry(buf, self.dst.clone())?)
+        Ok(Xsave::with_geometry_of(buf, geometry)?)
     }
 
     #[inline]
@@ -573,23 +605,40 @@ impl ConvertPlan {
     }
 }
 
-/// `a == b` (form, mask, size, every placement), without a branch per field: the check every
-/// call of a plan makes.
+/// `a == b` (form, mask, size, every placement), without a branch per placement: the check
+/// every call of a plan makes.
 #[inline(always)]
 pub(crate) fn same_geometry(a: &FormLayout, b: &FormLayout) -> bool {
-    if a.form != b.form
-        || a.mask != b.mask
-        || a.size != b.size
-        || a.placements.len() != b.placements.len()
-    {
-        return false;
+    same_head(a, b) && same_placements(a, b)
+}
+
+/// Form, mask, size and number of placements equal.
+#[inline(always)]
+pub(crate) fn same_head(a: &FormLayout, b: &FormLayout) -> bool {
+    a.form == b.form
+        && a.mask == b.mask
+        && a.size == b.size
+        && a.placements.len() == b.placements.len()
+}
+
+/// The placements of `a` and `b` (of the same number, [`same_head`]) equal: the same memory
+/// — both `Vec`s own their elements, so two live ones with the same non-empty buffer are
+/// one and the same `Vec` (a geometry compared with itself, or shared through an `Arc`) — or
+/// every field of every placement equal.
+#[inline(always)]
+pub(crate) fn same_placements(a: &FormLayout, b: &FormLayout) -> bool {
+    if core::ptr::eq(a.placements.as_ptr(), b.placements.as_ptr()) {
+        return true;
     }
     let diff = a
         .placements
         .iter()
         .zip(&b.placements)
-        .fold(0u32, |acc, (x, y)| {
-            acc | u32::from(x.id ^ y.id) | (x.offset ^ y.offset) | (x.size ^ y.size)
+        .fold(0u64, |acc, (x, y)| {
+            // offset and size side by side in one word (adjacent fields: one load each).
+            let xw = u64::from(x.offset) | u64::from(x.size) << 32;
+            let yw = u64::from(y.offset) | u64::from(y.size) << 32;
+            acc | (xw ^ yw) | u64::from(x.id ^ y.id)
         });
     diff == 0
 }

@@ -1,6 +1,5 @@
 //! 64-byte aligned memory for XSAVE images.
 
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -22,13 +21,7 @@ pub struct AlignedBuf {
 impl AlignedBuf {
     /// `len` zero bytes, 64-byte aligned.
     pub fn new(len: usize) -> Self {
-        let storage = vec![0u8; len.saturating_add(64)];
-        let start = storage.as_ptr().align_offset(64).min(63);
-        AlignedBuf {
-            storage,
-            start,
-            len,
-        }
+        Self::build(len, |_| {})
     }
 
     /// `len` bytes, 64-byte aligned, appended in order by `fill` to the vector it is given,
@@ -36,13 +29,21 @@ impl AlignedBuf {
     /// are zero; bytes beyond `len` are dropped. Without `unsafe`: the vector is allocated
     /// with room for the alignment and `len`, and if `fill` outgrew it (moving the
     /// allocation) the bytes are copied into a new aligned buffer.
+    ///
+    /// With the `std` feature the vector is, when the thread's pool holds one, the storage
+    /// of a dropped buffer of the same size (see `pool`): emptied before `fill` sees it,
+    /// so none of its former bytes can reach the new buffer.
+    #[inline]
     pub(crate) fn build(len: usize, fill: impl FnOnce(&mut Vec<u8>)) -> Self {
-        let mut storage: Vec<u8> = Vec::with_capacity(len.saturating_add(64));
+        let cap = len.saturating_add(64);
+        let mut storage = pool::take(cap).unwrap_or_else(|| Vec::with_capacity(cap));
+        storage.clear();
         let start = storage.as_ptr().align_offset(64).min(63);
         storage.resize(start, 0);
         fill(&mut storage);
         storage.resize(start + len, 0);
         if (storage.as_ptr() as usize + start) % 64 != 0 {
+            // `fill` outgrew the capacity and the vector moved: copy into an aligned one.
             return AlignedBuf::from_bytes(&storage[start..]);
         }
         AlignedBuf {
@@ -54,9 +55,7 @@ impl AlignedBuf {
 
     /// A 64-byte aligned copy of `bytes`.
     pub fn from_bytes(bytes: &[u8]) -> Self {
-        let mut b = AlignedBuf::new(bytes.len());
-        b.as_mut_slice().copy_from_slice(bytes);
-        b
+        Self::build(bytes.len(), |v| v.extend_from_slice(bytes))
     }
 
     /// The bytes.
@@ -69,6 +68,17 @@ impl AlignedBuf {
     #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
+/// With the `std` feature, dropping a buffer gives its storage to the thread's pool, from
+/// which the next buffer of the same size is built (no allocation in a loop that makes and
+/// drops images of one size: [`crate::convert::convert`] in steady state).
+#[cfg(feature = "std")]
+impl Drop for AlignedBuf {
+    #[inline]
+    fn drop(&mut self) {
+        pool::give(core::mem::take(&mut self.storage));
     }
 }
 
@@ -96,5 +106,263 @@ impl core::ops::DerefMut for AlignedBuf {
     #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         self.as_mut_slice()
+    }
+}
+
+/// A small per-thread pool of the storages of dropped [`AlignedBuf`]s (`std` only: a kernel
+/// build has no thread-locals and allocates every buffer).
+///
+/// Bounded: at most `SLOTS` storages per thread, none larger than `MAX_STORAGE` bytes,
+/// `MAX_BYTES` in all; a storage that does not fit is
+/// freed. A storage is handed out only for a buffer of exactly its capacity (the same image
+/// size: a pooled storage never makes a buffer hold more memory than a new one would), and
+/// it is moved out of the pool, so no two buffers ever share one. At thread exit the pool is
+/// freed; buffers dropped after that (or while the pool is in use) are freed as before
+/// (`try_with`, `try_borrow_mut`: never a panic).
+pub(crate) mod pool {
+    #[cfg(not(feature = "std"))]
+    use alloc::vec::Vec;
+
+    /// Storages kept per thread.
+    #[cfg(feature = "std")]
+    pub(crate) const SLOTS: usize = 4;
+    /// Largest storage kept (an AMX image is 11 KiB; an APX one a little more).
+    #[cfg(feature = "std")]
+    pub(crate) const MAX_STORAGE: usize = 32 << 10;
+    /// Bytes kept per thread in all.
+    #[cfg(feature = "std")]
+    pub(crate) const MAX_BYTES: usize = 64 << 10;
+
+    #[cfg(feature = "std")]
+    mod imp {
+        use super::{MAX_BYTES, MAX_STORAGE, SLOTS};
+        use alloc::vec::Vec;
+        use core::cell::RefCell;
+
+        pub(super) struct Pool {
+            slots: [Vec<u8>; SLOTS],
+            /// The sum of the slots' capacities.
+            bytes: usize,
+            /// The slot emptied next when the pool is full.
+            next: usize,
+        }
+
+        std::thread_local! {
+            static POOL: RefCell<Pool> = const {
+                RefCell::new(Pool { slots: [const { Vec::new() }; SLOTS], bytes: 0, next: 0 })
+            };
+        }
+
+        #[inline]
+        pub(crate) fn take(cap: usize) -> Option<Vec<u8>> {
+            POOL.try_with(|p| {
+                let mut p = p.try_borrow_mut().ok()?;
+                let i = p.slots.iter().position(|v| v.capacity() == cap)?;
+                let v = core::mem::take(&mut p.slots[i]);
+                p.bytes -= cap;
+                Some(v)
+            })
+            .ok()
+            .flatten()
+        }
+
+        /// Keeps `v` for a later buffer of its size. When the pool is full (slots or bytes),
+        /// the storages kept longest make room (in slot order, round-robin): a thread that
+        /// moves on to another image size is not left with a pool of the old one.
+        #[inline]
+        pub(crate) fn give(v: Vec<u8>) {
+            let cap = v.capacity();
+            if cap == 0 || cap > MAX_STORAGE {
+                return;
+            }
+            // A storage the pool cannot take (the pool gone at thread exit, or in use) is
+            // dropped here; evicted ones are freed inside the borrow (freeing a `Vec<u8>`
+            // never reaches the pool).
+            let _rest = POOL
+                .try_with(|p| {
+                    let Ok(mut p) = p.try_borrow_mut() else {
+                        return Some(v);
+                    };
+                    for _ in 0..=SLOTS {
+                        if p.bytes + cap <= MAX_BYTES {
+                            if let Some(i) = p.slots.iter().position(|s| s.capacity() == 0) {
+                                p.slots[i] = v;
+                                p.bytes += cap;
+                                return None;
+                            }
+                        }
+                        let j = p.next;
+                        p.next = (j + 1) % SLOTS;
+                        let old = core::mem::take(&mut p.slots[j]);
+                        p.bytes -= old.capacity();
+                    }
+                    Some(v)
+                })
+                .ok()
+                .flatten();
+        }
+
+        /// Empties the calling thread's pool.
+        #[cfg(test)]
+        pub(crate) fn clear() {
+            POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                p.slots = [const { Vec::new() }; SLOTS];
+                p.bytes = 0;
+            })
+        }
+
+        /// (storages, bytes) the calling thread's pool holds.
+        #[cfg(test)]
+        pub(crate) fn held() -> (usize, usize) {
+            POOL.with(|p| {
+                let p = p.borrow();
+                (p.slots.iter().filter(|v| v.capacity() > 0).count(), p.bytes)
+            })
+        }
+    }
+
+    #[cfg(all(feature = "std", test))]
+    pub(crate) use imp::{clear, held};
+    #[cfg(feature = "std")]
+    pub(crate) use imp::{give, take};
+
+    /// Without `std`: no pool.
+    #[cfg(not(feature = "std"))]
+    #[inline]
+    pub(crate) fn take(_cap: usize) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::pool::{self, clear, held, MAX_BYTES, MAX_STORAGE, SLOTS};
+    use super::AlignedBuf;
+    use alloc::vec::Vec;
+
+    /// The heap bytes a buffer's storage spans.
+    fn span(b: &AlignedBuf) -> core::ops::Range<usize> {
+        let p = b.storage.as_ptr() as usize;
+        p..p + b.storage.capacity()
+    }
+
+    fn check(b: &AlignedBuf, len: usize) {
+        assert_eq!(b.len(), len);
+        assert_eq!(b.as_ptr() as usize % 64, 0, "alignment");
+        assert!(b.storage.capacity() >= len + 64);
+        let s = span(b);
+        let p = b.as_ptr() as usize;
+        assert!(
+            s.start <= p && p + len <= s.end,
+            "the bytes lie in the storage"
+        );
+    }
+
+    /// Buffers made while others of the same size are alive and after some were dropped (so
+    /// from the pool): never two live buffers on the same storage, each aligned, of its
+    /// length, zero (`new`) or exactly the bytes given (`from_bytes`) although the recycled
+    /// storages were full of a pattern.
+    #[test]
+    fn pool_never_hands_out_a_buffer_in_use() {
+        clear();
+        for len in [576usize, 2688, 11008] {
+            let mut live: Vec<AlignedBuf> = Vec::new();
+            for round in 0..6u8 {
+                for _ in 0..5 {
+                    let mut b = AlignedBuf::new(len);
+                    check(&b, len);
+                    assert!(b.iter().all(|&x| x == 0), "stale bytes in a new buffer");
+                    b.fill(0xa5 ^ round);
+                    live.push(b);
+                    let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8 | 1).collect();
+                    let c = AlignedBuf::from_bytes(&data);
+                    check(&c, len);
+                    assert_eq!(&c[..], &data[..]);
+                    live.push(c);
+                }
+                for (i, a) in live.iter().enumerate() {
+                    for b in &live[i + 1..] {
+                        let (x, y) = (span(a), span(b));
+                        assert!(
+                            x.end <= y.start || y.end <= x.start,
+                            "two live buffers overlap"
+                        );
+                    }
+                }
+                // Drop every other one: their storages go to the pool (as many as it keeps).
+                let mut keep = true;
+                live.retain(|_| {
+                    keep = !keep;
+                    keep
+                });
+            }
+        }
+    }
+
+    /// A storage is given only for a buffer of its own size; the pool never holds more than
+    /// its bounds; a storage larger than `MAX_STORAGE` is freed.
+    #[test]
+    fn pool_is_bounded_and_sized() {
+        clear();
+        let b = AlignedBuf::new(2688);
+        let addr = b.storage.as_ptr();
+        drop(b);
+        assert_eq!(held(), (1, 2688 + 64));
+        // Another size: a new storage, the pooled one stays.
+        let small = AlignedBuf::new(576);
+        assert_eq!(small.storage.capacity(), 576 + 64);
+        assert_eq!(held(), (1, 2688 + 64));
+        // The same size: the pooled storage, moved out of the pool.
+        let again = AlignedBuf::new(2688);
+        assert_eq!(again.storage.as_ptr(), addr);
+        assert_eq!(held(), (0, 0));
+        drop((small, again));
+        assert_eq!(held(), (2, 576 + 64 + 2688 + 64));
+        clear();
+        let big: Vec<AlignedBuf> = (0..2 * SLOTS).map(|_| AlignedBuf::new(11008)).collect();
+        drop(big);
+        let (n, bytes) = held();
+        assert!(
+            n <= SLOTS && bytes <= MAX_BYTES,
+            "{n} storages, {bytes} bytes"
+        );
+        assert_eq!(n, SLOTS.min(MAX_BYTES / (11008 + 64)));
+        // Full of one size: a storage of another size still gets in (the oldest make room)
+        // and is handed out for its size.
+        let other = AlignedBuf::new(2432);
+        let addr = other.storage.as_ptr();
+        drop(other);
+        let (n2, bytes2) = held();
+        assert!(
+            n2 <= SLOTS && bytes2 <= MAX_BYTES,
+            "{n2} storages, {bytes2} bytes"
+        );
+        assert_eq!(AlignedBuf::new(2432).storage.as_ptr(), addr);
+        clear();
+        drop(AlignedBuf::new(MAX_STORAGE));
+        assert_eq!(held(), (0, 0), "larger than MAX_STORAGE: freed");
+        assert_eq!(pool::take(MAX_STORAGE + 64), None);
+    }
+
+    std::thread_local! {
+        static LATE: core::cell::RefCell<Vec<AlignedBuf>> = const { core::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Buffers dropped while a thread exits, before or after its pool is gone (the order of
+    /// thread-local destructors is not specified; both are tried), are freed without a panic.
+    #[test]
+    fn buffers_dropped_at_thread_exit() {
+        for late_first in [false, true] {
+            std::thread::spawn(move || {
+                if late_first {
+                    LATE.with(|l| l.borrow_mut().push(AlignedBuf::new(2688)));
+                }
+                drop(AlignedBuf::new(2688)); // the pool exists
+                LATE.with(|l| l.borrow_mut().push(AlignedBuf::new(2688)));
+            })
+            .join()
+            .expect("no panic at thread exit");
+        }
     }
 }

@@ -43,6 +43,7 @@
 pub mod registers;
 
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -149,6 +150,8 @@ pub enum ImageError {
 }
 
 mod aligned;
+#[cfg(all(test, feature = "std"))]
+pub(crate) use aligned::pool;
 pub use aligned::AlignedBuf;
 
 // The owned image stores its bytes in the model's aligned buffer (64-byte aligned as
@@ -176,11 +179,54 @@ impl Eq for AlignedBuf {}
 
 /// An XSAVE image: bytes (`B`: an [`AlignedBuf`], `&[u8]` or `&mut [u8]`) and the geometry
 /// that places its components.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// The geometry is owned, or shared with other images of the same geometry
+/// ([`Xsave::with_shared_geometry`]; [`convert`](crate::convert::convert) hands out the
+/// target geometry of its plan that way, without allocating or copying it). Either way it is
+/// read through [`Xsave::geometry`], compared by value, and never changes while an image
+/// holds it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Xsave<B> {
     bytes: B,
-    geometry: FormLayout,
+    geometry: Geometry,
 }
+
+impl<B: core::fmt::Debug> core::fmt::Debug for Xsave<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Xsave")
+            .field("bytes", &self.bytes)
+            .field("geometry", self.geometry.get())
+            .finish()
+    }
+}
+
+/// The geometry an image is read with: its own, shared through an [`Arc`], or one that lives
+/// as long as the program (a plan of the process-wide conversion cache, never freed). Compared
+/// by value.
+#[derive(Clone)]
+pub(crate) enum Geometry {
+    Owned(FormLayout),
+    Shared(Arc<FormLayout>),
+    Static(&'static FormLayout),
+}
+
+impl Geometry {
+    #[inline]
+    pub(crate) fn get(&self) -> &FormLayout {
+        match self {
+            Geometry::Owned(g) => g,
+            Geometry::Shared(g) => g,
+            Geometry::Static(g) => g,
+        }
+    }
+}
+
+impl PartialEq for Geometry {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+impl Eq for Geometry {}
 
 /// An owned, 64-byte-aligned image.
 pub type XsaveImage = Xsave<AlignedBuf>;
@@ -296,7 +342,7 @@ impl XsaveImage {
         let len = (geometry.size as usize).max(MIN_SIZE);
         let mut img = Xsave {
             bytes: AlignedBuf::new(len),
-            geometry: geometry.clone(),
+            geometry: Geometry::Owned(geometry.clone()),
         };
         let b = img.bytes.as_mut();
         wr(b, 0, &FCW_INIT.to_le_bytes());
@@ -349,16 +395,30 @@ impl<B: AsRef<[u8]>> Xsave<B> {
     /// Binds bytes to an explicit geometry. The header is not checked against it (a buffer
     /// about to be filled may hold anything); the length must cover the geometry.
     pub fn with_geometry(bytes: B, geometry: FormLayout) -> Result<Self, ImageError> {
+        Self::with_geometry_of(bytes, Geometry::Owned(geometry))
+    }
+
+    /// [`Xsave::with_geometry`] with a geometry shared with other images (no copy of it is
+    /// made): for many images of one geometry. The same checks.
+    pub fn with_shared_geometry(bytes: B, geometry: Arc<FormLayout>) -> Result<Self, ImageError> {
+        Self::with_geometry_of(bytes, Geometry::Shared(geometry))
+    }
+
+    /// Binds bytes to a geometry however it is held (the checks of
+    /// [`Xsave::with_geometry`]).
+    #[inline]
+    pub(crate) fn with_geometry_of(bytes: B, geometry: Geometry) -> Result<Self, ImageError> {
         let len = bytes.as_ref().len();
+        let g = geometry.get();
         if len < MIN_SIZE {
             return Err(ImageError::TooSmall { len });
         }
-        if len < geometry.size as usize {
+        if len < g.size as usize {
             return Err(ImageError::Truncated {
                 len,
-                needed: geometry.size as usize,
-                form: geometry.form,
-                mask: geometry.mask,
+                needed: g.size as usize,
+                form: g.form,
+                mask: g.mask,
             });
         }
         Ok(Xsave { bytes, geometry })
@@ -380,13 +440,14 @@ impl<B: AsRef<[u8]>> Xsave<B> {
     }
 
     /// The geometry the image is read with.
+    #[inline]
     pub fn geometry(&self) -> &FormLayout {
-        &self.geometry
+        self.geometry.get()
     }
 
     /// The form of the geometry.
     pub fn form(&self) -> Form {
-        self.geometry.form
+        self.geometry().form
     }
 
     /// A read-only view of this image.
@@ -451,8 +512,8 @@ impl<B: AsRef<[u8]>> Xsave<B> {
         ImageError::NotInImage {
             id,
             name: Component::name_of(id),
-            form: self.geometry.form,
-            mask: self.geometry.mask,
+            form: self.geometry().form,
+            mask: self.geometry().mask,
         }
     }
 
@@ -472,7 +533,7 @@ impl<B: AsRef<[u8]>> Xsave<B> {
                 size: 256,
             }),
             _ => self
-                .geometry
+                .geometry()
                 .placement(id)
                 .filter(|p| p.end() as usize <= self.len())
                 .ok_or_else(|| self.not_in_image(id)),
@@ -614,7 +675,7 @@ impl<B: AsRef<[u8]>> Xsave<B> {
     /// 0x1F80 (SDM Vol. 1 §13.8.1; DESIGN.md §5).
     pub fn mxcsr(&self) -> u32 {
         let raw = raw_mxcsr(self.as_bytes());
-        match self.geometry.form {
+        match self.geometry().form {
             Form::Standard => raw,
             Form::Compacted if self.is_present(1) => raw,
             Form::Compacted => MXCSR_INIT,

@@ -109,6 +109,35 @@ fn check_same(src: &XsaveImage, t: &FormLayout) {
     }
     assert_eq!(plan.convert(src), want_img);
     assert_eq!(convert(src, t), want_img);
+    check_recycled(src, t, &plan, &want_img);
+}
+
+/// `convert` and `plan.convert` built in a recycled buffer — the storage of a dropped buffer
+/// of the target's size, full of a pattern, taken from this thread's pool — give the walk's
+/// image: none of the former bytes shows.
+fn check_recycled(
+    src: &XsaveImage,
+    t: &FormLayout,
+    plan: &ConvertPlan,
+    want: &Result<XsaveImage, ConvertError>,
+) {
+    use crate::image::pool;
+    for (k, fill) in [0xa5u8, 0xff, 0x5a].into_iter().enumerate() {
+        pool::clear();
+        let mut junk = AlignedBuf::new(target_len(t));
+        junk.fill(fill);
+        let at = junk.as_ptr();
+        drop(junk);
+        let got = if k == 1 {
+            plan.convert(src)
+        } else {
+            convert(src, t)
+        };
+        assert_eq!(&got, want, "recycled buffer full of {fill:#x}");
+        if let Ok(g) = &got {
+            assert_eq!(g.as_bytes().as_ptr(), at, "built in the recycled storage");
+        }
+    }
 }
 
 proptest! {
@@ -363,4 +392,114 @@ fn concurrent_conversions_through_the_cache() {
             });
         }
     });
+}
+
+/// The cache hands out a plan only for exactly the geometries asked for: a geometry equal by
+/// value to a cached plan's but another object gets that plan; one differing from it in any
+/// single field — form, mask, size, the number of placements, or the id, offset or size of
+/// any one placement, of the source or of the target — never does (the plan found, if any,
+/// is for exactly that geometry), and converts as a plan made for it.
+#[test]
+fn cache_plans_match_every_field() {
+    use crate::layout::Form;
+    let l = crate::testutil::spr();
+    let (sg, tg) = (l.standard(0x602e7).unwrap(), l.compacted(0x602e7).unwrap());
+    let src = image(&sg, 11, sg.mask, 0, MXCSR_INIT);
+    let want = walk_convert(&src, &tg).unwrap();
+    // Equal by value, other objects (clones), the plan of the pair used.
+    for _ in 0..3 {
+        let (g2, t2) = (sg.clone(), tg.clone());
+        super::super::cache::with_plan(&g2, &t2, |p| {
+            if let Some(p) = p {
+                assert!(p.plan().source() == &g2 && p.plan().target() == &t2);
+            }
+        });
+        let img = Xsave::with_geometry(AlignedBuf::from_bytes(src.as_bytes()), g2).unwrap();
+        assert_eq!(convert(&img, &t2).unwrap(), want);
+    }
+    let variants = |base: &FormLayout| {
+        let mut v = Vec::new();
+        let mut m = base.clone();
+        m.form = match m.form {
+            Form::Standard => Form::Compacted,
+            Form::Compacted => Form::Standard,
+        };
+        v.push(m);
+        for x in [1u64 << 40, 1 << 3, 1] {
+            let mut m = base.clone();
+            m.mask ^= x;
+            v.push(m);
+        }
+        for d in [64u32, 1] {
+            let mut m = base.clone();
+            m.size += d;
+            v.push(m);
+        }
+        let mut m = base.clone();
+        m.placements.pop();
+        v.push(m);
+        for i in 0..base.placements.len() {
+            let p = base.placements[i];
+            for q in [
+                Placement { id: p.id ^ 1, ..p },
+                Placement { id: p.id | 32, ..p },
+                Placement {
+                    offset: p.offset + 64,
+                    ..p
+                },
+                Placement {
+                    offset: p.offset ^ 1,
+                    ..p
+                },
+                Placement {
+                    size: p.size - 1,
+                    ..p
+                },
+                Placement {
+                    size: p.size ^ 1 << 8,
+                    ..p
+                },
+            ] {
+                let mut m = base.clone();
+                m.placements[i] = q;
+                v.push(m);
+            }
+        }
+        v
+    };
+    let mut out = vec![0u8; 1 << 16];
+    let mut ref_out = vec![0u8; 1 << 16];
+    let check = |g: &FormLayout, t: &FormLayout, out: &mut [u8], ref_out: &mut [u8]| {
+        super::super::cache::with_plan(g, t, |p| {
+            if let Some(p) = p {
+                assert!(
+                    p.plan().source() == g && p.plan().target() == t,
+                    "a plan for other geometries: {g:?} -> {t:?}"
+                );
+            }
+        });
+        // The entry point converts as a plan made for exactly these geometries.
+        let len = (g.size as usize).max(want.len()).max(src.len());
+        let mut bytes = vec![0u8; len];
+        bytes[..src.len()].copy_from_slice(src.as_bytes());
+        let img = Xsave::with_geometry(AlignedBuf::from_bytes(&bytes), g.clone()).unwrap();
+        let fresh = ConvertPlan::new(g, t).unwrap();
+        out.fill(0x33);
+        ref_out.fill(0x33);
+        assert_eq!(
+            convert_into(&img, t, out),
+            fresh.convert_into(&img, ref_out)
+        );
+        assert_eq!(out, ref_out);
+    };
+    for g in variants(&sg) {
+        assert!(g != sg);
+        check(&g, &tg, &mut out, &mut ref_out);
+    }
+    for t in variants(&tg) {
+        assert!(t != tg);
+        check(&sg, &t, &mut out, &mut ref_out);
+    }
+    // And the pair itself still gets its own plan.
+    assert_eq!(convert(&src, &tg).unwrap(), want);
 }
