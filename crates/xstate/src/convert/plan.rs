@@ -428,34 +428,18 @@ impl ConvertPlan {
             None => self.decide_slow(src, src.mxcsr())?,
         };
         let s = src.as_bytes();
-        let buf = if dec.fast && self.ops_tile {
-            // The precomputed steps write every byte once, in order: append them to a new
-            // buffer instead of zeroing it first.
-            let mut buf = AlignedBuf::build(self.len, |v| {
-                for op in &self.ops {
-                    match *op {
-                        Op::Copy { from, len, .. } => match s.get(from..from + len) {
-                            Some(b) => v.extend_from_slice(b),
-                            None => v.resize(v.len() + len, 0),
-                        },
-                        Op::Zero { from, to } => v.resize(v.len() + (to - from), 0),
-                    }
-                }
-            });
-            finish(
-                &mut buf,
-                dec.kept,
-                dec.mxcsr,
-                dec.src_sse,
-                self.dst.xcomp_bv(),
-            );
-            buf
+        if dec.fast && self.ops_tile {
+            // The precomputed steps write every byte once, in order: a buffer of any content
+            // will do (a recycled one: no zeroing, no allocation in steady state). The image
+            // is made first and filled last, so that nothing is moved after the copies.
+            let mut img = Xsave::with_geometry_of(AlignedBuf::for_overwrite(self.len), geometry)?;
+            self.write(s, img.as_mut_bytes(), dec, false);
+            Ok(img)
         } else {
-            let mut buf = AlignedBuf::new(self.len);
-            self.write(s, &mut buf, dec, true);
-            buf
-        };
-        Ok(Xsave::with_geometry_of(buf, geometry)?)
+            let mut img = Xsave::with_geometry_of(AlignedBuf::new(self.len), geometry)?;
+            self.write(s, img.as_mut_bytes(), dec, true);
+            Ok(img)
+        }
     }
 
     #[inline]

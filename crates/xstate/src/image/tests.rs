@@ -187,16 +187,25 @@ fn views_borrow_without_copy() {
     assert_eq!(r.xstate_bv(), 1 << 5);
 }
 
-/// `AlignedBuf::build`: aligned, the appended bytes, zero where nothing was appended, cut at
-/// `len`; still aligned when the filler outgrew the allocation (moving it).
+/// `AlignedBuf::for_overwrite`: aligned, of its length; without a recycled storage zero.
+/// `new` and `from_bytes` are zero / the given bytes even on a storage recycled full of a
+/// pattern (the pool tests in `image/aligned.rs` check the recycling itself).
 #[test]
-fn aligned_build() {
-    let b = AlignedBuf::build(100, |v| v.extend_from_slice(&[1, 2, 3]));
-    assert_eq!(b.as_ptr() as usize % 64, 0);
-    assert_eq!(&b[..3], &[1, 2, 3]);
-    assert!(b[3..].iter().all(|&x| x == 0));
-    assert_eq!(b.len(), 100);
-    let b = AlignedBuf::build(100, |v| v.extend_from_slice(&[9u8; 5000]));
-    assert_eq!(b.as_ptr() as usize % 64, 0);
-    assert_eq!(&b[..], &[9u8; 100][..]);
+fn aligned_for_overwrite_and_new() {
+    for len in [100usize, 576, 2688] {
+        let b = AlignedBuf::for_overwrite(len);
+        assert_eq!(b.as_ptr() as usize % 64, 0);
+        assert_eq!(b.len(), len);
+        let mut junk = AlignedBuf::new(len);
+        junk.fill(0xee);
+        drop(junk);
+        let n = AlignedBuf::new(len);
+        assert!(n.iter().all(|&x| x == 0), "stale bytes in new");
+        drop(n);
+        let mut junk = AlignedBuf::new(len);
+        junk.fill(0xee);
+        drop(junk);
+        let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        assert_eq!(&AlignedBuf::from_bytes(&data)[..], &data[..]);
+    }
 }
