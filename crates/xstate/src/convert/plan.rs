@@ -420,6 +420,30 @@ impl ConvertPlan {
         geometry: Geometry,
     ) -> Result<XsaveImage, ConvertError> {
         debug_assert!(same_geometry(geometry.get(), &self.dst));
+        match self.decide_fast(src) {
+            Some(dec) if self.ops_tile => {
+                // The precomputed steps write every byte once, in order: a buffer of any
+                // content will do (a recycled one: no zeroing, no allocation in steady
+                // state). The image is made first and filled last, so that nothing is moved
+                // after the copies. `self.len` is the target's size and at least 576: the
+                // image's length rules hold.
+                let mut img = Xsave::from_parts(AlignedBuf::for_overwrite(self.len), geometry);
+                self.write(src.as_bytes(), img.as_mut_bytes(), dec, false);
+                Ok(img)
+            }
+            _ => self.convert_slow(src, geometry),
+        }
+    }
+
+    /// `convert` when XSTATE_BV is not the planned set (or the target's placements are not in
+    /// offset order): the component checks, a zeroed buffer.
+    #[cold]
+    #[inline(never)]
+    fn convert_slow<B: AsRef<[u8]>>(
+        &self,
+        src: &Xsave<B>,
+        geometry: Geometry,
+    ) -> Result<XsaveImage, ConvertError> {
         if !self.sorted {
             return super::walk_convert(src, &self.dst);
         }
@@ -427,19 +451,9 @@ impl ConvertPlan {
             Some(dec) => dec,
             None => self.decide_slow(src, src.mxcsr())?,
         };
-        let s = src.as_bytes();
-        if dec.fast && self.ops_tile {
-            // The precomputed steps write every byte once, in order: a buffer of any content
-            // will do (a recycled one: no zeroing, no allocation in steady state). The image
-            // is made first and filled last, so that nothing is moved after the copies.
-            let mut img = Xsave::with_geometry_of(AlignedBuf::for_overwrite(self.len), geometry)?;
-            self.write(s, img.as_mut_bytes(), dec, false);
-            Ok(img)
-        } else {
-            let mut img = Xsave::with_geometry_of(AlignedBuf::new(self.len), geometry)?;
-            self.write(s, img.as_mut_bytes(), dec, true);
-            Ok(img)
-        }
+        let mut img = Xsave::with_geometry_of(AlignedBuf::new(self.len), geometry)?;
+        self.write(src.as_bytes(), img.as_mut_bytes(), dec, true);
+        Ok(img)
     }
 
     #[inline]

@@ -404,6 +404,17 @@ impl<B: AsRef<[u8]>> Xsave<B> {
         Self::with_geometry_of(bytes, Geometry::Shared(geometry))
     }
 
+    /// Bytes and a geometry whose length rules the caller has established: at least 576
+    /// bytes and at least the geometry's size (checked in debug builds).
+    #[inline(always)]
+    pub(crate) fn from_parts(bytes: B, geometry: Geometry) -> Self {
+        debug_assert!({
+            let len = bytes.as_ref().len();
+            len >= MIN_SIZE && len >= geometry.get().size as usize
+        });
+        Xsave { bytes, geometry }
+    }
+
     /// Binds bytes to a geometry however it is held (the checks of
     /// [`Xsave::with_geometry`]).
     #[inline]
