@@ -64,13 +64,14 @@ pub(super) fn with_plan<R>(
     miss(g, t, f)
 }
 
-/// The geometry equal to `g` that a plan of the set-once part already holds, shared, or a
-/// new one: plans share their equal geometries, so an image made by one plan (which holds
-/// that plan's target geometry) is recognised by the next plan by identity.
-fn interned(g: &FormLayout) -> Arc<FormLayout> {
+/// The geometry equal to `g` that a cached plan already holds, shared, or a new one: plans
+/// share their equal geometries, so an image made by one plan (which holds that plan's
+/// target geometry) is recognised by the next plan by identity.
+fn interned(g: &FormLayout, rotating: &[Option<ConvertPlan>]) -> Arc<FormLayout> {
     FIXED
         .iter()
         .map_while(|s| s.get())
+        .chain(rotating.iter().flatten())
         .flat_map(|p| {
             let (a, b) = p.shared();
             [a, b]
@@ -105,7 +106,7 @@ fn miss<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<Found<'_>>) -> 
     {
         return f(r.slots[i].as_ref().map(Found::Local));
     }
-    let Ok(p) = ConvertPlan::new_shared(interned(g), interned(t)) else {
+    let Ok(p) = ConvertPlan::new_shared(interned(g, &r.slots), interned(t, &r.slots)) else {
         drop(r);
         return f(None);
     };

@@ -209,3 +209,40 @@ fn aligned_for_overwrite_and_new() {
         assert_eq!(&AlignedBuf::from_bytes(&data)[..], &data[..]);
     }
 }
+
+/// Images sharing one geometry (`with_shared_geometry`): no copy of it (the same placements
+/// in memory), the same checks as `with_geometry`, equal to an image owning an equal
+/// geometry, and clones and views share it too.
+#[test]
+fn shared_geometry() {
+    let l = zen5();
+    let g = alloc::sync::Arc::new(l.standard(0xe7).unwrap());
+    let a = XsaveImage::with_shared_geometry(AlignedBuf::new(g.size as usize), g.clone()).unwrap();
+    let b = XsaveImage::with_shared_geometry(AlignedBuf::new(g.size as usize), g.clone()).unwrap();
+    assert_eq!(a.geometry().placements.as_ptr(), g.placements.as_ptr());
+    assert_eq!(b.geometry().placements.as_ptr(), g.placements.as_ptr());
+    assert_eq!(
+        a.clone().geometry().placements.as_ptr(),
+        g.placements.as_ptr()
+    );
+    assert_eq!(
+        a.view().geometry().placements.as_ptr(),
+        g.placements.as_ptr()
+    );
+    let owned = XsaveImage::with_geometry(AlignedBuf::new(g.size as usize), (*g).clone()).unwrap();
+    assert_eq!(a, owned);
+    assert_eq!(format!("{a:?}"), format!("{owned:?}"));
+    assert_eq!(
+        XsaveImage::with_shared_geometry(AlignedBuf::new(600), g.clone()).unwrap_err(),
+        ImageError::Truncated {
+            len: 600,
+            needed: g.size as usize,
+            form: g.form,
+            mask: g.mask
+        }
+    );
+    assert_eq!(
+        XsaveImage::with_shared_geometry(AlignedBuf::new(100), g).unwrap_err(),
+        ImageError::TooSmall { len: 100 }
+    );
+}
