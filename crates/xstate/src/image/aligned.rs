@@ -196,7 +196,9 @@ pub(crate) mod pool {
             }
             // Initialised up to its capacity (at most 64 bytes written: the buffer covers
             // all but the alignment slack), so the box keeps the allocation as it is.
-            v.resize(cap, 0);
+            if v.len() != cap {
+                v.resize(cap, 0);
+            }
             let v = v.into_boxed_slice();
             // A storage the pool cannot take (the pool gone at thread exit, or in use) is
             // dropped here; evicted ones are freed inside the borrow (freeing memory never
