@@ -157,10 +157,7 @@ impl HwBackend {
             };
             return Ok(());
         }
-        self.save_sealed(save.0, into, save.1)
-            .map_err(SwitchFault::Save)?;
-        self.restore_sealed(restore.0, from, restore.1)
-            .map_err(SwitchFault::Restore)
+        crate::model::backend::switch_in_two_calls(self, save, into, restore, from)
     }
 
     /// The backend of this CPU; None when XSAVE is not usable.

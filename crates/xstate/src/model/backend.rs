@@ -166,11 +166,24 @@ pub trait Backend {
         restore: (RestoreInsn, u64),
         from: SealedRef<'_>,
     ) -> Result<(), SwitchFault> {
-        self.save_sealed(save.0, into, save.1)
-            .map_err(SwitchFault::Save)?;
-        self.restore_sealed(restore.0, from, restore.1)
-            .map_err(SwitchFault::Restore)
+        switch_in_two_calls(self, save, into, restore, from)
     }
+}
+
+/// [`Backend::switch_sealed`] as its two calls, [`Backend::save_sealed`] then
+/// [`Backend::restore_sealed`] (the trait's default, and a backend's path for buffers it
+/// cannot trust).
+pub(crate) fn switch_in_two_calls<B: Backend + ?Sized>(
+    b: &mut B,
+    save: (SaveInsn, u64),
+    into: SealedMut<'_>,
+    restore: (RestoreInsn, u64),
+    from: SealedRef<'_>,
+) -> Result<(), SwitchFault> {
+    b.save_sealed(save.0, into, save.1)
+        .map_err(SwitchFault::Save)?;
+    b.restore_sealed(restore.0, from, restore.1)
+        .map_err(SwitchFault::Restore)
 }
 
 /// Which step of a [`Backend::switch_sealed`] faulted.
