@@ -40,14 +40,14 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::IntoBytes;
 
 use super::config::Configs;
 use super::error::{err, EngineError, ErrorKind};
 use crate::components::{bits, mask, mask_names};
 use crate::image::{XsaveImage, XsaveRef};
 use crate::layout::{FormLayout, Placement};
-use crate::model::{Seal, SealedMut, SealedRef};
+use crate::model::{Line, SealedBuf, SealedMut, SealedRef};
 use crate::strategy::SaveInsn;
 
 /// Offset of XSTATE_BV in every image (SDM Vol. 1 §13.4.2).
@@ -66,17 +66,14 @@ pub const MXCSR_INIT: u32 = 0x1f80;
 /// Smallest image the image types accept (legacy area and header, SDM Vol. 1 §13.4).
 const MIN_IMAGE: usize = 576;
 
-/// One 64-byte line of a buffer: the allocator aligns a `Vec` of them to 64 bytes, as the
-/// XSAVE family requires (SDM Vol. 1 §13.4), without over-allocating.
-#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
-#[repr(C, align(64))]
-pub(crate) struct Line([u8; 64]);
-
 /// One state container.
 #[derive(Clone, Debug)]
 pub struct FpState {
-    /// The register buffer; empty for a confidential guest (nothing is ever saved).
-    buf: Vec<Line>,
+    /// The register buffer and its seal, set only by the backend's save into it
+    /// (`Backend::save_sealed`) and reset before any other write into it: the proof that lets
+    /// a backend restore the engine's own images without re-checking them. Empty for a
+    /// confidential guest (nothing is ever saved).
+    buf: SealedBuf,
     /// Bytes of `buf` in use: the image length (at least the legacy area and header).
     len: usize,
     /// Where each component lives (shared between containers of the same features).
@@ -95,10 +92,6 @@ pub struct FpState {
     is_guest: bool,
     is_confidential: bool,
     in_use: bool,
-    /// Set only by the backend's save into `buf` (`Backend::save_sealed`), reset before any
-    /// other write into it ([`as_mut_bytes`](Self::as_mut_bytes)): the proof that lets a
-    /// backend restore the engine's own images without re-checking them.
-    seal: Seal,
 }
 
 /// The bytes of component `id` that are its registers, inside its placement: x87 without
@@ -287,7 +280,7 @@ impl FpState {
         let user_size = cfg.user_size_of(user_xfeatures)?;
         let len = (g.size as usize).max(MIN_IMAGE);
         let (buf, size) = if is_confidential {
-            (Vec::new(), 0)
+            (SealedBuf::new(Vec::new()), 0)
         } else {
             let mut v = alloc::vec![Line([0; 64]); len.div_ceil(64)];
             // Every component in init state: XSTATE_BV 0, XCOMP_BV of the geometry, and the
@@ -297,7 +290,7 @@ impl FpState {
             wr(b, 0, &FCW_INIT.to_le_bytes());
             wr(b, MXCSR, &MXCSR_INIT.to_le_bytes());
             wr(b, XCOMP_BV, &g.xcomp_bv().to_le_bytes());
-            (v, g.size)
+            (SealedBuf::new(v), g.size)
         };
         Ok(FpState {
             buf,
@@ -319,7 +312,6 @@ impl FpState {
             is_guest,
             is_confidential,
             in_use: false,
-            seal: Seal::NONE,
         })
     }
 
@@ -376,18 +368,14 @@ impl FpState {
 
     /// The buffer (64-byte aligned); empty for a confidential guest's container.
     pub fn as_bytes(&self) -> &[u8] {
-        self.buf
-            .as_slice()
-            .as_bytes()
-            .get(..self.len)
-            .unwrap_or(&[])
+        self.buf.bytes().get(..self.len).unwrap_or(&[])
     }
 
     /// The buffer, to write into: the seal is reset first (whatever is written, the backend
     /// checks the image again before restoring it).
     pub(crate) fn as_mut_bytes(&mut self) -> &mut [u8] {
-        self.seal = Seal::NONE;
-        self.buffer_mut()
+        let len = self.len;
+        self.buf.bytes_mut().get_mut(..len).unwrap_or(&mut [])
     }
 
     /// The buffer and its seal, for the backend's save instruction only
@@ -396,41 +384,26 @@ impl FpState {
     /// instruction writes within the image, and the hot path needs no bound arithmetic.
     #[inline(always)]
     pub(crate) fn save_target(&mut self) -> SealedMut<'_> {
-        SealedMut {
-            mem: self.buf.as_mut_slice().as_mut_bytes(),
-            seal: &mut self.seal,
-        }
+        self.buf.for_save()
     }
 
     /// The buffer and its seal, for the backend's restore (`Engine::restore_from`): the same
-    /// bytes as [`save_target`](Self::save_target) (the seal names them).
+    /// bytes as [`save_target`](Self::save_target).
     #[inline(always)]
     pub(crate) fn restore_source(&self) -> SealedRef<'_> {
-        SealedRef {
-            mem: self.buf.as_slice().as_bytes(),
-            seal: &self.seal,
-        }
+        self.buf.for_restore()
     }
 
     /// The seal of the buffer (see [`save_target`](Self::save_target)).
     #[cfg(test)]
-    pub(crate) fn seal(&self) -> &Seal {
-        &self.seal
-    }
-
-    fn buffer_mut(&mut self) -> &mut [u8] {
-        let len = self.len;
-        self.buf
-            .as_mut_slice()
-            .as_mut_bytes()
-            .get_mut(..len)
-            .unwrap_or(&mut [])
+    pub(crate) fn seal(&self) -> &crate::model::Seal {
+        self.buf.seal()
     }
 
     /// Bytes allocated for the buffer (its size rounded up to whole 64-byte lines; 0 for a
     /// confidential guest's container).
     pub fn allocated(&self) -> usize {
-        self.buf.capacity() * 64
+        self.buf.allocated()
     }
 
     /// The buffer as a typed image view (`None` for a confidential guest's container).

@@ -282,12 +282,13 @@ impl<B: Backend> Engine<B> {
         if self.attached.is_some() || !self.host_live {
             return self.attach_steps(id);
         }
-        let (writes_xfd, hw_xfd) = (self.writes_xfd, self.hw_xfd);
-        let Some(v) = self.vcpus.get_mut(id) else {
+        // XFD matters only where the engine writes it (as a mask: no branch on the hot path).
+        let (xfd_bits, hw_xfd) = ((self.writes_xfd as u64).wrapping_neg(), self.hw_xfd);
+        let Some(v) = self.vcpus.get_mut_hinted(id) else {
             return self.attach_steps(id);
         };
         let fp = &v.fpstate;
-        if v.realloc_request != 0 || fp.is_confidential() || (writes_xfd && fp.xfd() != hw_xfd) {
+        if v.realloc_request != 0 || fp.is_confidential() || (fp.xfd() ^ hw_xfd) & xfd_bits != 0 {
             return self.attach_steps(id);
         }
         let rfbm = fp.restore_rfbm();
@@ -450,8 +451,8 @@ impl<B: Backend> Engine<B> {
         if self.attached != Some(id) || !self.guest_live {
             return self.detach_steps(id);
         }
-        let xfd_ok = !self.writes_xfd || self.host.xfd() == self.hw_xfd;
-        let Some(v) = self.vcpus.get_mut(id) else {
+        let xfd_ok = (self.host.xfd() ^ self.hw_xfd) & (self.writes_xfd as u64).wrapping_neg() == 0;
+        let Some(v) = self.vcpus.get_mut_hinted(id) else {
             return self.detach_steps(id);
         };
         if v.realloc_request != 0 || v.fpstate.is_confidential() || !xfd_ok {

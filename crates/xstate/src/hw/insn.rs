@@ -71,57 +71,35 @@ macro_rules! pair {
     };
 }
 
-/// Issues save instruction `s` to `into` with RFBM `srfbm`, then restore instruction `r` from
-/// `from` with RFBM `rrfbm`, in one `asm!` block: a context switch with nothing between the
-/// two instructions (the operands of both are in registers before the first one runs).
-/// Pairs that no switch uses (a save with another family's restore) are issued as two
-/// blocks.
+/// XSAVEC to `into` with RFBM `srfbm`, then XRSTOR from `from` with RFBM `rrfbm`, in one
+/// `asm!` block: the user-mode engine's context switch with nothing between the two
+/// instructions (the operands of both are in registers before the first one runs).
+///
+/// # Safety
+/// The contracts of [`save`] for `(Xsavec, into, srfbm)` and of [`restore`] for
+/// `(Xrstor, from, rrfbm)`, where the restore's contract must hold *after* the save (`into`
+/// and `from` are distinct buffers: one is borrowed mutably, the other shared).
+#[inline(always)]
+pub(crate) unsafe fn xsavec_then_xrstor(into: &mut [u8], srfbm: u64, from: &[u8], rrfbm: u64) {
+    let (p, q) = (into.as_mut_ptr(), from.as_ptr());
+    let (sl, sh) = (srfbm as u32, (srfbm >> 32) as u32);
+    let (rl, rh) = (rrfbm as u32, (rrfbm >> 32) as u32);
+    // SAFETY: the caller's contract (above): each instruction on its own would be sound where
+    // it is issued; every register the restore writes is declared clobbered, the save writes
+    // only `into` (borrowed mutably) and the restore reads only `from`.
+    unsafe { pair!("xsavec64", "xrstor64", p, q, sl, sh, rl, rh) }
+}
+
+/// Save instruction `s` to `into` with RFBM `srfbm`, then restore instruction `r` from `from`
+/// with RFBM `rrfbm`, as [`xsavec_then_xrstor`] does for that pair: one `asm!` block for
+/// each pair a context switch uses, two for pairs no switch uses (a save with another
+/// family's restore).
 ///
 /// # Safety
 /// The contracts of [`save`] for `(s, into, srfbm)` and of [`restore`] for
 /// `(r, from, rrfbm)`, where the restore's contract must hold *after* the save (`into` and
 /// `from` are distinct buffers: one is borrowed mutably, the other shared).
-#[inline(always)]
 pub(crate) unsafe fn save_then_restore(
-    s: SaveInsn,
-    into: &mut [u8],
-    srfbm: u64,
-    r: RestoreInsn,
-    from: &[u8],
-    rrfbm: u64,
-) {
-    if s == SaveInsn::Xsavec && r == RestoreInsn::Xrstor {
-        let (p, q) = (into.as_mut_ptr(), from.as_ptr());
-        // SAFETY: the caller's contract (above): each instruction on its own would be sound
-        // where it is issued; every register the restore writes is declared clobbered, the
-        // save writes only `into` (borrowed mutably) and the restore reads only `from`.
-        // XSAVEC + XRSTOR is tested first, apart: the user-mode engine's pair on every CPU
-        // with XSAVEC, a compare instead of a jump table.
-        unsafe {
-            pair!(
-                "xsavec64",
-                "xrstor64",
-                p,
-                q,
-                srfbm as u32,
-                (srfbm >> 32) as u32,
-                rrfbm as u32,
-                (rrfbm >> 32) as u32
-            )
-        };
-    } else {
-        // SAFETY: the same contract.
-        unsafe { other_pairs(s, into, srfbm, r, from, rrfbm) };
-    }
-}
-
-/// [`save_then_restore`] for every pair but XSAVEC + XRSTOR.
-///
-/// # Safety
-/// That of [`save_then_restore`].
-#[cold]
-#[inline(never)]
-unsafe fn other_pairs(
     s: SaveInsn,
     into: &mut [u8],
     srfbm: u64,
@@ -132,9 +110,10 @@ unsafe fn other_pairs(
     let (p, q) = (into.as_mut_ptr(), from.as_ptr());
     let (sl, sh) = (srfbm as u32, (srfbm >> 32) as u32);
     let (rl, rh) = (rrfbm as u32, (rrfbm >> 32) as u32);
-    // SAFETY: the caller's contract (above), as in save_then_restore.
+    // SAFETY: the caller's contract (above), as in xsavec_then_xrstor.
     unsafe {
         match (s, r) {
+            (SaveInsn::Xsavec, RestoreInsn::Xrstor) => xsavec_then_xrstor(into, srfbm, from, rrfbm),
             (SaveInsn::Xsave, RestoreInsn::Xrstor) => {
                 pair!("xsave64", "xrstor64", p, q, sl, sh, rl, rh)
             }

@@ -56,6 +56,8 @@ pub struct HwBackend {
     standard_size: usize,
     /// This instance's name in the [`Seal`]s it sets (never 0).
     id: u64,
+    /// `Seal::key(id, Xsavec)`, read by every switch.
+    xsavec_key: u64,
 }
 
 /// Names of backend instances for [`Seal`]s: each `HwBackend` gets its own.
@@ -113,19 +115,51 @@ fn permitted_features() -> u64 {
 }
 
 impl HwBackend {
-    /// True when XRSTOR of `mem` under `seal` needs no check (see
-    /// [`restore_sealed`](Backend::restore_sealed)): sealed by this instance for this buffer,
-    /// and in the standard form only with an RFBM within the sealing save's.
+    /// True when XRSTOR under `seal` needs no check (see
+    /// [`restore_sealed`](Backend::restore_sealed)): sealed by this instance, and in the
+    /// standard form only with an RFBM within the sealing save's.
     #[inline(always)]
-    fn restore_trusted(&self, insn: RestoreInsn, seal: &Seal, mem: &[u8], rfbm: u64) -> bool {
+    fn restore_trusted(&self, insn: RestoreInsn, seal: &Seal, rfbm: u64) -> bool {
+        let k = seal.key_of();
         insn == RestoreInsn::Xrstor
-            && seal.holds(self.id, seal.insn, seal.rfbm, mem)
-            && match seal.insn {
-                SaveInsn::Xsavec => true,
-                SaveInsn::Xsave | SaveInsn::Xsaveopt => rfbm & !seal.rfbm & self.guard.xcr0 == 0,
-                _ => false,
-            }
+            && (k == self.key(SaveInsn::Xsavec)
+                || ((k == self.key(SaveInsn::Xsave) || k == self.key(SaveInsn::Xsaveopt))
+                    && rfbm & !seal.rfbm() & self.guard.xcr0 == 0))
     }
+
+    /// This instance's [`Seal::key`] for `insn`.
+    #[inline(always)]
+    fn key(&self, insn: SaveInsn) -> u64 {
+        Seal::key(self.id, insn)
+    }
+
+    /// [`Backend::switch_sealed`] but for the XSAVEC pair of trusted buffers: both
+    /// instructions in one block when both buffers are trusted (as in
+    /// [`save_sealed`](Backend::save_sealed) and [`restore_sealed`](Backend::restore_sealed)),
+    /// otherwise the two checked calls.
+    #[cold]
+    #[inline(never)]
+    fn switch_other(
+        &mut self,
+        save: (SaveInsn, u64),
+        into: SealedMut<'_>,
+        restore: (RestoreInsn, u64),
+        from: SealedRef<'_>,
+    ) -> Result<(), SwitchFault> {
+        if into.seal().holds(self.key(save.0), save.1)
+            && self.restore_trusted(restore.0, from.seal(), restore.1)
+        {
+            let (to, _) = into.split();
+            // SAFETY: as in save_sealed and restore_sealed; the save writes only `to`,
+            // which is not `from` (one mutable, one shared borrow).
+            unsafe {
+                super::insn::save_then_restore(save.0, to, save.1, restore.0, from.mem(), restore.1)
+            };
+            return Ok(());
+        }
+        crate::model::backend::switch_in_two_calls(self, save, into, restore, from)
+    }
+
     /// The backend of this CPU; None when XSAVE is not usable.
     pub fn new() -> Option<HwBackend> {
         let host = Host::detect();
@@ -155,6 +189,7 @@ impl HwBackend {
         } else {
             0
         };
+        let id = NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         Some(HwBackend {
             standard_size: host.standard_size() as usize,
             host,
@@ -162,7 +197,8 @@ impl HwBackend {
             guard,
             xfd_capable,
             permitted: permitted_features(),
-            id: NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
+            id,
+            xsavec_key: Seal::key(id, SaveInsn::Xsavec),
         })
     }
 
@@ -195,13 +231,7 @@ impl HwBackend {
         if self.guard.xrstor_fast(mem, checked, forbidden)
             || self.check_traps(RestoreInsn::Xrstor, mem, checked).is_ok()
         {
-            *seal = Seal {
-                owner: self.id,
-                insn,
-                rfbm,
-                ptr: mem.as_ptr() as usize,
-                len: mem.len(),
-            };
+            *seal = Seal::new(self.key(insn), rfbm);
         }
         Ok(())
     }
@@ -313,12 +343,13 @@ impl Backend for HwBackend {
     }
 
     /// The trusted-container path (P1 of issue 11). A buffer sealed by this instance for the
-    /// same instruction, RFBM, address and length is saved into with no check: the seal
-    /// proves the checks of the save that sealed it (support, alignment, extent for this RFBM)
-    /// and nothing changed them (XCR0 is fixed under a user-mode thread). Otherwise the
-    /// checked save runs, and the buffer is sealed only if the image it wrote then passes
-    /// every check of a restore with RFBM = all ones — the header rules (reserved bytes 16-63
-    /// included, which XSAVE* never write), MXCSR, the trap rules and XFD permission.
+    /// same instruction and RFBM is saved into with no check: the seal proves the checks of
+    /// the save that sealed it (support, alignment, extent for this RFBM) and nothing changed
+    /// them (XCR0 is fixed under a user-mode thread; the seal's buffer is the one it was set
+    /// on, see [`SealedBuf`](crate::model::SealedBuf)). Otherwise the checked save runs, and
+    /// the buffer is sealed only if the image it wrote then passes every check of a restore
+    /// with RFBM = all ones — the header rules (reserved bytes 16-63 included, which XSAVE*
+    /// never write), MXCSR, the trap rules and XFD permission.
     ///
     /// Later saves under the seal rewrite only bytes that come from this thread's registers
     /// (XSTATE_BV, XCOMP_BV of the same RFBM, components); every other byte is as it was when
@@ -326,8 +357,8 @@ impl Backend for HwBackend {
     /// was checked (SDM §13.8: such an image raises no #GP; permissions only grow).
     #[inline]
     fn save_sealed(&mut self, insn: SaveInsn, buf: SealedMut<'_>, rfbm: u64) -> Result<(), Fault> {
-        let SealedMut { mem, seal } = buf;
-        if seal.holds(self.id, insn, rfbm, mem) {
+        let (mem, seal) = buf.split();
+        if seal.holds(self.key(insn), rfbm) {
             // SAFETY: the seal (set by seal_save, by this instance, for this buffer,
             // instruction and RFBM) proves check_save passed for them; nothing it checked has
             // changed.
@@ -348,8 +379,8 @@ impl Backend for HwBackend {
         buf: SealedRef<'_>,
         rfbm: u64,
     ) -> Result<(), Fault> {
-        let SealedRef { mem, seal } = buf;
-        if !self.restore_trusted(insn, seal, mem, rfbm) {
+        let mem = buf.mem();
+        if !self.restore_trusted(insn, buf.seal(), rfbm) {
             return self.restore(insn, mem, rfbm);
         }
         // SAFETY: the seal proves this image was written by this instance's XSAVE-family save
@@ -362,9 +393,9 @@ impl Backend for HwBackend {
         Ok(())
     }
 
-    /// Both instructions in one block when both buffers are trusted (the save by its seal as
-    /// in [`save_sealed`](Self::save_sealed), the restore as in
-    /// [`restore_sealed`](Self::restore_sealed)); otherwise the two checked calls.
+    /// The user-mode engine's switch (XSAVEC into a buffer this instance sealed for XSAVEC
+    /// and this RFBM, then XRSTOR of a buffer it sealed for XSAVEC) as one `asm!` block after
+    /// five compares; every other case in [`switch_other`](Self::switch_other).
     #[inline(always)]
     fn switch_sealed(
         &mut self,
@@ -373,24 +404,21 @@ impl Backend for HwBackend {
         restore: (RestoreInsn, u64),
         from: SealedRef<'_>,
     ) -> Result<(), SwitchFault> {
-        if into.seal.holds(self.id, save.0, save.1, into.mem)
-            && self.restore_trusted(restore.0, from.seal, from.mem, restore.1)
+        let k = self.xsavec_key;
+        if save.0 == SaveInsn::Xsavec
+            && restore.0 == RestoreInsn::Xrstor
+            && into.seal().holds(k, save.1)
+            && from.seal().key_of() == k
         {
+            let (to, _) = into.split();
             // SAFETY: as in save_sealed (the seal proves the save's checks) and
-            // restore_sealed (the seal proves the restore's checks); the save writes only
-            // `into`, which is not `from` (one mutable, one shared borrow), so the restore's
-            // proof still holds after it.
-            unsafe {
-                super::insn::save_then_restore(
-                    save.0, into.mem, save.1, restore.0, from.mem, restore.1,
-                )
-            };
+            // restore_sealed (a compacted image this instance's XSAVEC wrote and checked
+            // with RFBM = all ones); the save writes only `to`, which is not `from` (one
+            // mutable, one shared borrow), so the restore's proof still holds after it.
+            unsafe { super::insn::xsavec_then_xrstor(to, save.1, from.mem(), restore.1) };
             return Ok(());
         }
-        self.save_sealed(save.0, into, save.1)
-            .map_err(SwitchFault::Save)?;
-        self.restore_sealed(restore.0, from, restore.1)
-            .map_err(SwitchFault::Restore)
+        self.switch_other(save, into, restore, from)
     }
 
     fn load_state(&mut self, state: &[u8], _xinuse: Option<u64>) -> Result<(), Fault> {
@@ -415,10 +443,16 @@ impl Backend for HwBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Line, SealedBuf};
+
+    /// `n` zero bytes (rounded up to whole lines), unsealed.
+    fn sealed_buf(n: usize) -> SealedBuf {
+        SealedBuf::new(alloc::vec![Line([0; 64]); n.div_ceil(64)])
+    }
 
     /// A buffer of the compacted size of XCR0 and the XCR0 of this thread; None (printed
     /// skip) without XSAVEC.
-    fn setup() -> Option<(HwBackend, AlignedBuf, u64)> {
+    fn setup() -> Option<(HwBackend, SealedBuf, u64)> {
         let Some(mut hw) = HwBackend::new() else {
             std::println!("skipped: XSAVE is not usable");
             return None;
@@ -430,85 +464,67 @@ mod tests {
         // Without the AMX permission the tiles are refused: leave them out of the RFBM.
         let xcr0 = hw.xgetbv(0).unwrap() & !(hw.xfd_capable & !hw.permitted);
         let n = hw.profile().layout.compacted(xcr0).unwrap().size as usize;
-        Some((hw, AlignedBuf::new(n.max(576)), xcr0))
+        Some((hw, sealed_buf(n.max(576)), xcr0))
     }
 
-    /// The engine's trusted path: XSAVEC into a buffer seals it for this instance, this
-    /// buffer, instruction and RFBM; the restore of the sealed buffer and the next sealed save
-    /// run; a copied seal is no seal.
+    /// The engine's trusted path: XSAVEC into a buffer seals it for this instance,
+    /// instruction and RFBM; the restore of the sealed buffer and the next sealed save run; a
+    /// copied buffer or seal is not sealed.
     #[test]
     fn xsavec_seals_and_the_seal_is_bound() {
         let Some((mut hw, mut buf, xcr0)) = setup() else {
             return;
         };
-        let mut seal = Seal::NONE;
-        hw.save_sealed(
-            SaveInsn::Xsavec,
-            SealedMut {
-                mem: &mut buf,
-                seal: &mut seal,
-            },
-            xcr0,
-        )
-        .unwrap();
-        assert_eq!(seal.owner, hw.id);
-        assert!(seal.holds(hw.id, SaveInsn::Xsavec, xcr0, &buf));
-        hw.restore_sealed(
-            RestoreInsn::Xrstor,
-            SealedRef {
-                mem: &buf,
-                seal: &seal,
-            },
-            xcr0,
-        )
-        .unwrap();
-        hw.save_sealed(
-            SaveInsn::Xsavec,
-            SealedMut {
-                mem: &mut buf,
-                seal: &mut seal,
-            },
-            xcr0,
-        )
-        .unwrap();
-        assert_eq!(seal.owner, hw.id);
-        // Another RFBM, another instruction, another buffer, a clone: not sealed for them.
-        assert!(!seal.holds(hw.id, SaveInsn::Xsavec, 3, &buf));
-        assert!(!seal.holds(hw.id, SaveInsn::Xsave, xcr0, &buf));
-        let copy = AlignedBuf::from_bytes(&buf);
-        assert!(!seal.holds(hw.id, SaveInsn::Xsavec, xcr0, &copy));
-        assert_eq!(seal.clone(), Seal::NONE);
+        hw.save_sealed(SaveInsn::Xsavec, buf.for_save(), xcr0)
+            .unwrap();
+        let k = hw.key(SaveInsn::Xsavec);
+        assert!(buf.seal().holds(k, xcr0));
+        hw.restore_sealed(RestoreInsn::Xrstor, buf.for_restore(), xcr0)
+            .unwrap();
+        hw.save_sealed(SaveInsn::Xsavec, buf.for_save(), xcr0)
+            .unwrap();
+        assert!(buf.seal().holds(k, xcr0));
+        // Another RFBM, another instruction, another instance, a clone: not sealed for them.
+        assert!(!buf.seal().holds(k, 3));
+        assert!(!buf.seal().holds(hw.key(SaveInsn::Xsave), xcr0));
+        let mut other = HwBackend::new().unwrap();
+        assert!(!buf.seal().holds(other.key(SaveInsn::Xsavec), xcr0));
+        assert_eq!(buf.seal().clone(), Seal::NONE);
+        assert_eq!(*buf.clone().seal(), Seal::NONE);
 
-        // A copy of the sealed image with a broken header, presented with the seal: the seal
-        // names another buffer, so the restore is checked and refused (#GP rule), not issued.
-        let mut bad = AlignedBuf::from_bytes(&buf);
-        bad[512 + 16] = 1; // reserved header byte (SDM §13.8.2: must be 0)
+        // A copy of the sealed image with a broken header: the copy is not sealed, so its
+        // restore is checked and refused (#GP rule), not issued.
+        let mut bad = buf.clone();
+        bad.bytes_mut()[512 + 16] = 1; // reserved header byte (SDM §13.8.2: must be 0)
         let e = hw
-            .restore_sealed(
-                RestoreInsn::Xrstor,
-                SealedRef {
-                    mem: &bad,
-                    seal: &seal,
-                },
-                xcr0,
-            )
+            .restore_sealed(RestoreInsn::Xrstor, bad.for_restore(), xcr0)
             .unwrap_err();
         assert_eq!(e.exception, Exception::Gp, "{e}");
 
         // Another backend instance does not honour this one's seal: it checks and refuses.
-        let mut other = HwBackend::new().unwrap();
-        buf[512 + 16] = 1; // kept sealed only because this test writes behind the seal
+        let (mem, _) = buf.for_save().split();
+        mem[512 + 16] = 1; // kept sealed only because this test writes behind the seal
         let e = other
-            .restore_sealed(
-                RestoreInsn::Xrstor,
-                SealedRef {
-                    mem: &buf,
-                    seal: &seal,
-                },
-                xcr0,
-            )
+            .restore_sealed(RestoreInsn::Xrstor, buf.for_restore(), xcr0)
             .unwrap_err();
         assert_eq!(e.exception, Exception::Gp, "{e}");
+        // Nor its switch (the fused path included).
+        let mut into = sealed_buf(buf.bytes().len());
+        other
+            .save_sealed(SaveInsn::Xsavec, into.for_save(), xcr0)
+            .unwrap();
+        let e = other
+            .switch_sealed(
+                (SaveInsn::Xsavec, xcr0),
+                into.for_save(),
+                (RestoreInsn::Xrstor, xcr0),
+                buf.for_restore(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&e, SwitchFault::Restore(f) if f.exception == Exception::Gp),
+            "{e:?}"
+        );
     }
 
     /// XSAVEC writes no header byte but XSTATE_BV and XCOMP_BV (SDM Vol. 2 XSAVEC; checked on
@@ -519,44 +535,25 @@ mod tests {
         let Some((mut hw, mut buf, xcr0)) = setup() else {
             return;
         };
-        buf[512 + 40] = 0x5a;
-        let mut seal = Seal::NONE;
-        hw.save_sealed(
-            SaveInsn::Xsavec,
-            SealedMut {
-                mem: &mut buf,
-                seal: &mut seal,
-            },
-            xcr0,
-        )
-        .unwrap();
-        assert_eq!(buf[512 + 40], 0x5a, "XSAVEC wrote a reserved header byte");
-        assert_ne!(crate::image::raw_xcomp_bv(&buf) & mask::COMPACTED, 0);
-        assert_eq!(seal, Seal::NONE);
+        buf.bytes_mut()[512 + 40] = 0x5a;
+        hw.save_sealed(SaveInsn::Xsavec, buf.for_save(), xcr0)
+            .unwrap();
+        assert_eq!(
+            buf.bytes()[512 + 40],
+            0x5a,
+            "XSAVEC wrote a reserved header byte"
+        );
+        assert_ne!(crate::image::raw_xcomp_bv(buf.bytes()) & mask::COMPACTED, 0);
+        assert_eq!(*buf.seal(), Seal::NONE);
         let e = hw
-            .restore_sealed(
-                RestoreInsn::Xrstor,
-                SealedRef {
-                    mem: &buf,
-                    seal: &seal,
-                },
-                xcr0,
-            )
+            .restore_sealed(RestoreInsn::Xrstor, buf.for_restore(), xcr0)
             .unwrap_err();
         assert_eq!(e.exception, Exception::Gp, "{e}");
-        // Cleared by software (the seal's keeper resets it for such writes), the next save
-        // seals it.
-        buf[512 + 40] = 0;
-        hw.save_sealed(
-            SaveInsn::Xsavec,
-            SealedMut {
-                mem: &mut buf,
-                seal: &mut seal,
-            },
-            xcr0,
-        )
-        .unwrap();
-        assert_eq!(seal.owner, hw.id);
+        // Cleared by software (which resets the seal), the next save seals it.
+        buf.bytes_mut()[512 + 40] = 0;
+        hw.save_sealed(SaveInsn::Xsavec, buf.for_save(), xcr0)
+            .unwrap();
+        assert!(buf.seal().holds(hw.key(SaveInsn::Xsavec), xcr0));
     }
 
     /// The standard form: sealed for the save's RFBM; a restore with RFBM beyond it (more
@@ -566,51 +563,22 @@ mod tests {
         let Some((mut hw, _, xcr0)) = setup() else {
             return;
         };
-        let mut buf = AlignedBuf::new(hw.standard_size);
-        let mut seal = Seal::NONE;
-        hw.save_sealed(
-            SaveInsn::Xsave,
-            SealedMut {
-                mem: &mut buf,
-                seal: &mut seal,
-            },
-            mask::LEGACY,
-        )
-        .unwrap();
-        assert_eq!(seal.owner, hw.id);
-        hw.restore_sealed(
-            RestoreInsn::Xrstor,
-            SealedRef {
-                mem: &buf,
-                seal: &seal,
-            },
-            mask::SSE,
-        )
-        .unwrap();
-        // XSTATE_BV bits outside the save's RFBM are not written by XSAVE: a stale AVX bit,
-        // written behind the seal by this test, reaches the checked path with RFBM = XCR0.
-        let mut short = AlignedBuf::new(576);
-        let mut s2 = Seal::NONE;
-        hw.save_sealed(
-            SaveInsn::Xsave,
-            SealedMut {
-                mem: &mut short,
-                seal: &mut s2,
-            },
-            mask::LEGACY,
-        )
-        .unwrap();
-        assert_eq!(s2.owner, hw.id);
+        let mut buf = sealed_buf(hw.standard_size);
+        hw.save_sealed(SaveInsn::Xsave, buf.for_save(), mask::LEGACY)
+            .unwrap();
+        assert!(buf.seal().holds(hw.key(SaveInsn::Xsave), mask::LEGACY));
+        hw.restore_sealed(RestoreInsn::Xrstor, buf.for_restore(), mask::SSE)
+            .unwrap();
+        // XSTATE_BV bits outside the save's RFBM are not written by XSAVE: a restore with
+        // RFBM = XCR0 of a 576-byte buffer sealed for the legacy components reaches the
+        // checked path, which finds no room for AVX.
+        let mut short = sealed_buf(576);
+        hw.save_sealed(SaveInsn::Xsave, short.for_save(), mask::LEGACY)
+            .unwrap();
+        assert!(short.seal().holds(hw.key(SaveInsn::Xsave), mask::LEGACY));
         if xcr0 & mask::AVX != 0 {
             let e = hw
-                .restore_sealed(
-                    RestoreInsn::Xrstor,
-                    SealedRef {
-                        mem: &short,
-                        seal: &s2,
-                    },
-                    xcr0,
-                )
+                .restore_sealed(RestoreInsn::Xrstor, short.for_restore(), xcr0)
                 .unwrap_err();
             assert_eq!(e.exception, Exception::Pf, "{e}"); // 576 bytes: no room for AVX
         }
@@ -619,14 +587,14 @@ mod tests {
     /// The fused switch on this CPU: with both buffers sealed the save and the restore run
     /// back to back (the registers switch, both seals still hold); a restore buffer whose seal
     /// was reset is checked, a bad one refused after the save (`SwitchFault::Restore`); a save
-    /// that cannot run changes nothing (`SwitchFault::Save`).
+    /// that cannot run changes nothing (`SwitchFault::Save`); a seal for another RFBM or
+    /// instruction is not used by the fused path.
     #[test]
     fn switch_sealed_fuses_trusted_buffers_and_checks_the_rest() {
         let Some((mut hw, mut host, xcr0)) = setup() else {
             return;
         };
-        let mut guest = AlignedBuf::new(host.len());
-        let (mut hs, mut gs) = (Seal::NONE, Seal::NONE);
+        let mut guest = sealed_buf(host.bytes().len());
         // ST0 = `b` repeated (the x87 registers: compiled Rust code never touches them, while
         // it may use any XMM register between two statements), x87 in use, everything else in
         // init state.
@@ -640,77 +608,75 @@ mod tests {
             hw.load_state(&img, None).unwrap();
         };
         let st0 = |hw: &mut HwBackend| hw.read_state().unwrap()[32];
-        let save = |hw: &mut HwBackend, buf: &mut AlignedBuf, seal: &mut Seal| {
-            hw.save_sealed(SaveInsn::Xsavec, SealedMut { mem: buf, seal }, xcr0)
-                .unwrap()
-        };
+        let k = hw.key(SaveInsn::Xsavec);
         load(&mut hw, 0x11);
-        save(&mut hw, &mut host, &mut hs);
+        hw.save_sealed(SaveInsn::Xsavec, host.for_save(), xcr0)
+            .unwrap();
         load(&mut hw, 0x22);
-        save(&mut hw, &mut guest, &mut gs);
-        assert!(hs.owner == hw.id && gs.owner == hw.id, "both sealed");
+        hw.save_sealed(SaveInsn::Xsavec, guest.for_save(), xcr0)
+            .unwrap();
+        assert!(host.seal().holds(k, xcr0) && guest.seal().holds(k, xcr0));
         // Detach-like: save the guest's registers (0x33), restore the host's (0x11).
         load(&mut hw, 0x33);
         hw.switch_sealed(
             (SaveInsn::Xsavec, xcr0),
-            SealedMut {
-                mem: &mut guest,
-                seal: &mut gs,
-            },
+            guest.for_save(),
             (RestoreInsn::Xrstor, xcr0),
-            SealedRef {
-                mem: &host,
-                seal: &hs,
-            },
+            host.for_restore(),
         )
         .unwrap();
         assert_eq!(st0(&mut hw), 0x11);
-        assert_eq!(guest[32], 0x33);
-        assert!(hs.owner == hw.id && gs.owner == hw.id, "seals kept");
-        // A host buffer written by software (its keeper reset the seal): checked, refused.
-        hs = Seal::NONE;
-        host[512 + 40] = 0x5a;
+        assert_eq!(guest.bytes()[32], 0x33);
+        assert!(host.seal().holds(k, xcr0) && guest.seal().holds(k, xcr0));
+        // A save with another RFBM than the seal's: checked (and sealed for it), still right.
+        load(&mut hw, 0x55);
+        hw.switch_sealed(
+            (SaveInsn::Xsavec, mask::LEGACY),
+            guest.for_save(),
+            (RestoreInsn::Xrstor, xcr0),
+            host.for_restore(),
+        )
+        .unwrap();
+        assert_eq!(st0(&mut hw), 0x11);
+        assert_eq!(guest.bytes()[32], 0x55);
+        assert!(guest.seal().holds(k, mask::LEGACY));
+        // A host buffer written by software (which reset the seal): checked, refused.
+        host.bytes_mut()[512 + 40] = 0x5a;
         load(&mut hw, 0x44);
         let e = hw
             .switch_sealed(
                 (SaveInsn::Xsavec, xcr0),
-                SealedMut {
-                    mem: &mut guest,
-                    seal: &mut gs,
-                },
+                guest.for_save(),
                 (RestoreInsn::Xrstor, xcr0),
-                SealedRef {
-                    mem: &host,
-                    seal: &hs,
-                },
+                host.for_restore(),
             )
             .unwrap_err();
         match e {
             SwitchFault::Restore(f) => assert_eq!(f.exception, Exception::Gp, "{f}"),
             other => panic!("expected the restore to be refused: {other:?}"),
         }
-        assert_eq!(guest[32], 0x44, "the save ran before the refused restore");
+        assert_eq!(
+            guest.bytes()[32],
+            0x44,
+            "the save ran before the refused restore"
+        );
         assert_eq!(st0(&mut hw), 0x44, "a refused restore loads nothing");
-        // A save that cannot run (buffer too short): nothing done.
-        host[512 + 40] = 0;
-        let before = guest.to_vec();
-        let short = 600.min(guest.len() - 1);
-        let e = hw
-            .switch_sealed(
-                (SaveInsn::Xsavec, xcr0),
-                SealedMut {
-                    mem: &mut guest[..short],
-                    seal: &mut gs,
-                },
-                (RestoreInsn::Xrstor, xcr0),
-                SealedRef {
-                    mem: &host,
-                    seal: &hs,
-                },
-            )
-            .unwrap_err();
-        assert!(matches!(e, SwitchFault::Save(_)), "{e:?}");
-        assert_eq!(guest.to_vec(), before);
-        assert_eq!(st0(&mut hw), 0x44);
+        // A save that cannot run (buffer too short for XCR0's components): nothing done.
+        host.bytes_mut()[512 + 40] = 0;
+        if hw.profile().layout.compacted(xcr0).unwrap().size > 640 {
+            let mut short = sealed_buf(640);
+            let before = short.bytes().to_vec();
+            let e = hw
+                .switch_sealed(
+                    (SaveInsn::Xsavec, xcr0),
+                    short.for_save(),
+                    (RestoreInsn::Xrstor, xcr0),
+                    host.for_restore(),
+                )
+                .unwrap_err();
+            assert!(matches!(e, SwitchFault::Save(_)), "{e:?}");
+            assert_eq!(short.bytes(), &before[..]);
+            assert_eq!(st0(&mut hw), 0x44);
+        }
     }
 }

@@ -16,6 +16,7 @@ use alloc::vec::Vec;
 
 use super::fault::Fault;
 use super::profile::CpuProfile;
+use super::sealed::{Seal, SealedMut, SealedRef};
 
 /// A save instruction (64-bit forms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -135,8 +136,9 @@ pub trait Backend {
     /// [`SealedMut`], and its bytes are reachable only by this crate's code: a backend outside
     /// the crate can forward it to another backend or ignore it, never write behind a seal.
     fn save_sealed(&mut self, insn: SaveInsn, buf: SealedMut<'_>, rfbm: u64) -> Result<(), Fault> {
-        *buf.seal = Seal::NONE;
-        self.save(insn, buf.mem, rfbm)
+        let (mem, seal) = buf.split();
+        *seal = Seal::NONE;
+        self.save(insn, mem, rfbm)
     }
 
     /// [`restore`](Self::restore) from a buffer with its [`Seal`]. A backend may skip checks
@@ -147,7 +149,7 @@ pub trait Backend {
         buf: SealedRef<'_>,
         rfbm: u64,
     ) -> Result<(), Fault> {
-        self.restore(insn, buf.mem, rfbm)
+        self.restore(insn, buf.mem(), rfbm)
     }
 
     /// A context switch: [`save_sealed`](Self::save_sealed) of the outgoing state into `into`,
@@ -164,11 +166,24 @@ pub trait Backend {
         restore: (RestoreInsn, u64),
         from: SealedRef<'_>,
     ) -> Result<(), SwitchFault> {
-        self.save_sealed(save.0, into, save.1)
-            .map_err(SwitchFault::Save)?;
-        self.restore_sealed(restore.0, from, restore.1)
-            .map_err(SwitchFault::Restore)
+        switch_in_two_calls(self, save, into, restore, from)
     }
+}
+
+/// [`Backend::switch_sealed`] as its two calls, [`Backend::save_sealed`] then
+/// [`Backend::restore_sealed`] (the trait's default, and a backend's path for buffers it
+/// cannot trust).
+pub(crate) fn switch_in_two_calls<B: Backend + ?Sized>(
+    b: &mut B,
+    save: (SaveInsn, u64),
+    into: SealedMut<'_>,
+    restore: (RestoreInsn, u64),
+    from: SealedRef<'_>,
+) -> Result<(), SwitchFault> {
+    b.save_sealed(save.0, into, save.1)
+        .map_err(SwitchFault::Save)?;
+    b.restore_sealed(restore.0, from, restore.1)
+        .map_err(SwitchFault::Restore)
 }
 
 /// Which step of a [`Backend::switch_sealed`] faulted.
@@ -178,83 +193,4 @@ pub enum SwitchFault {
     Save(Fault),
     /// The save was done, the restore faulted.
     Restore(Fault),
-}
-
-/// A buffer and its [`Seal`], to save into ([`Backend::save_sealed`]). Made only by this
-/// crate (the engine's containers); its fields are private, so no code outside the crate can
-/// write into the buffer while it holds the seal:
-///
-/// ```compile_fail
-/// // A backend outside the crate cannot reach the bytes behind a seal (private field).
-/// fn write_behind_the_seal(b: xstate::model::SealedMut<'_>) {
-///     b.mem[600] = 1;
-/// }
-/// ```
-#[derive(Debug)]
-pub struct SealedMut<'a> {
-    pub(crate) mem: &'a mut [u8],
-    pub(crate) seal: &'a mut Seal,
-}
-
-/// A buffer and its [`Seal`], to restore from ([`Backend::restore_sealed`]). Made only by
-/// this crate.
-#[derive(Debug)]
-pub struct SealedRef<'a> {
-    pub(crate) mem: &'a [u8],
-    pub(crate) seal: &'a Seal,
-}
-
-/// The proof, kept next to a buffer, that its bytes are an image a backend's own save
-/// instruction wrote and that nothing else has written since: the "trusted container" of the
-/// engine (docs/performance.md, P1).
-///
-/// Who may set it and when:
-/// * only a backend, in [`Backend::save_sealed`], after its save instruction succeeded and the
-///   image it wrote passed every restore check once;
-/// * it names that backend instance, the save instruction, the RFBM, the buffer's address and
-///   length: a seal presented with any other buffer, instruction or backend proves nothing;
-/// * whoever keeps the buffer resets it (unsealed) before any other write into the
-///   buffer (the engine's `FpState` hands out its bytes mutably only that way), and a clone
-///   of a seal is unsealed;
-/// * it cannot be made, read or written outside this crate (no public constructor, field or
-///   accessor; it reaches a backend only inside a [`SealedMut`] / [`SealedRef`], whose bytes
-///   are private too), so images from outside are always checked.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Seal {
-    /// The backend instance that sealed the buffer (0: not sealed).
-    pub(crate) owner: u64,
-    pub(crate) insn: SaveInsn,
-    pub(crate) rfbm: u64,
-    pub(crate) ptr: usize,
-    pub(crate) len: usize,
-}
-
-impl Seal {
-    /// Not sealed: proves nothing.
-    pub(crate) const NONE: Seal = Seal {
-        owner: 0,
-        insn: SaveInsn::Fxsave,
-        rfbm: 0,
-        ptr: 0,
-        len: 0,
-    };
-
-    /// True when the buffer is sealed by backend `owner` for `insn`, `rfbm` at `mem`. `owner`
-    /// is a backend instance's id, never 0 (the owner of [`Seal::NONE`]).
-    #[inline(always)]
-    pub(crate) fn holds(&self, owner: u64, insn: SaveInsn, rfbm: u64, mem: &[u8]) -> bool {
-        debug_assert_ne!(owner, 0, "backend ids start at 1");
-        self.owner == owner
-            && self.insn == insn
-            && self.rfbm == rfbm
-            && self.ptr == mem.as_ptr() as usize
-            && self.len == mem.len()
-    }
-}
-
-impl Clone for Seal {
-    /// A copied buffer is not the sealed one: its clone is not sealed.
-    fn clone(&self) -> Self {
-        Seal::NONE
-    }
 }

@@ -127,10 +127,13 @@ pub mod cpu;
 pub mod fault;
 pub mod inject;
 pub mod profile;
+mod sealed;
 pub mod tilecfg;
 
 pub use crate::image::AlignedBuf;
-pub use backend::{Backend, Msr, RestoreInsn, SaveInsn, Seal, SealedMut, SealedRef, SwitchFault};
+pub use backend::{Backend, Msr, RestoreInsn, SaveInsn, SwitchFault};
 pub use cpu::{ModelCpu, SimpleInsn, XrstorInfo, X87};
 pub use fault::{Exception, Fault};
 pub use profile::{CpuProfile, X87Pointers, XinuseTracking};
+pub(crate) use sealed::Line;
+pub use sealed::{Seal, SealedBuf, SealedMut, SealedRef};
