@@ -395,7 +395,7 @@ impl Backend for HwBackend {
 
     /// The user-mode engine's switch (XSAVEC into a buffer this instance sealed for XSAVEC
     /// and this RFBM, then XRSTOR of a buffer it sealed for XSAVEC) as one `asm!` block after
-    /// five compares; every other case in [`switch_other`](Self::switch_other).
+    /// five compares; every other case in `switch_other` (cold).
     #[inline(always)]
     fn switch_sealed(
         &mut self,

@@ -158,7 +158,7 @@ impl<'a> SealedRef<'a> {
 /// * only a backend, in [`Backend::save_sealed`], after its save instruction succeeded and the
 ///   image it wrote passed every restore check once;
 /// * it names that backend instance, the save instruction and the RFBM (one key for the first
-///   two, see [`Seal::key`]): presented to another backend or for another instruction or
+///   two, see `Seal::key`): presented to another backend or for another instruction or
 ///   RFBM it proves nothing; it cannot be presented with another buffer (module docs);
 /// * the [`SealedBuf`] resets it before any other write into the buffer, and a clone of a
 ///   buffer or of a seal is unsealed;
@@ -168,7 +168,7 @@ impl<'a> SealedRef<'a> {
 /// [`Backend::save_sealed`]: super::Backend::save_sealed
 #[derive(Debug, PartialEq, Eq)]
 pub struct Seal {
-    /// [`Seal::key`] of the backend instance and save instruction (0: not sealed).
+    /// `Seal::key` of the backend instance and save instruction (0: not sealed).
     key: u64,
     /// The save's RFBM.
     rfbm: u64,
@@ -185,13 +185,13 @@ impl Seal {
         (owner << 3) | insn as u64
     }
 
-    /// The seal a backend sets after its checked save (`key` from [`Seal::key`]).
+    /// The seal a backend sets after its checked save (`key` from `Seal::key`).
     pub(crate) fn new(key: u64, rfbm: u64) -> Seal {
         debug_assert!(key >> 3 != 0, "backend ids start at 1");
         Seal { key, rfbm }
     }
 
-    /// True when set for `key` (a backend instance and save instruction, [`Seal::key`]) and
+    /// True when set for `key` (a backend instance and save instruction, `Seal::key`) and
     /// `rfbm`.
     #[inline(always)]
     pub(crate) fn holds(&self, key: u64, rfbm: u64) -> bool {
