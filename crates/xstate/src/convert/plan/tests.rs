@@ -309,26 +309,7 @@ fn synthetic(size: u32) -> Layout {
 /// convert as the walk does; both directions.
 #[test]
 fn truncation_checks_on_the_planned_path() {
-    let mk = |size: u32| {
-        let mut d = CpuidDump::new("x");
-        let mut put = |sub, eax, ebx, edx| {
-            d.insert(
-                0xd,
-                sub,
-                crate::cpuid::Regs {
-                    eax,
-                    ebx,
-                    ecx: 0,
-                    edx,
-                },
-            );
-        };
-        put(0, 0x7, 0, 1 << 8);
-        put(2, 256, 576, 0);
-        put(40, size, 832, 0);
-        Layout::from_dump(&d)
-    };
-    let (big, small) = (mk(64), mk(32));
+    let (big, small) = (synthetic(64), synthetic(32));
     let m = 0x7 | 1 << 40;
     for (from, to) in [(&big, &small), (&small, &big)] {
         for sg in [from.standard(m).unwrap(), from.compacted(m).unwrap()] {
