@@ -7,40 +7,14 @@
 
 #![cfg(target_arch = "x86_64")]
 
-use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
-use std::cell::Cell;
-
 use xstate::components::mask;
 use xstate::hw::{CheckedHwBackend, HwBackend};
 use xstate::image::XsaveImage;
 use xstate::model::{AlignedBuf, Backend, Exception, RestoreInsn, SaveInsn};
 
-struct Counting;
-thread_local! {
-    // Per thread: the tests of this binary run in parallel threads.
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn allocs() -> u64 {
-    ALLOCS.with(Cell::get)
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; the counter is a
-// const-initialised thread-local (no allocation to reach it).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: AllocLayout) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        // SAFETY: the caller's contract, forwarded.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: AllocLayout) {
-        // SAFETY: the caller's contract, forwarded.
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
+#[path = "common/alloc_count.rs"]
+mod alloc_count;
+use alloc_count::allocs;
 
 fn backend() -> Option<HwBackend> {
     let hw = HwBackend::new();
