@@ -45,6 +45,9 @@ use core::fmt;
 use crate::components::{bits, mask, Component, Kind};
 use crate::cpuid::{CpuidDump, Leaf0D};
 
+#[cfg(feature = "std")]
+pub(crate) mod interned;
+
 pub use crate::components::{EXTENDED_START, HEADER_OFFSET, HEADER_SIZE, LEGACY_SIZE};
 
 /// The two formats of the XSAVE area's extended region.
@@ -139,6 +142,43 @@ impl FormLayout {
             Form::Compacted => self.mask | mask::COMPACTED,
         }
     }
+}
+
+/// `a == b` (form, mask, size, every placement), without a branch per placement: the check
+/// every call of a conversion plan makes, and the interning of
+/// geometries ([`interned`]).
+#[inline(always)]
+pub(crate) fn same_geometry(a: &FormLayout, b: &FormLayout) -> bool {
+    same_head(a, b) && same_placements(a, b)
+}
+
+/// Form, mask, size and number of placements equal.
+#[inline(always)]
+pub(crate) fn same_head(a: &FormLayout, b: &FormLayout) -> bool {
+    a.form == b.form
+        && a.mask == b.mask
+        && a.size == b.size
+        && a.placements.len() == b.placements.len()
+}
+
+/// The placements of `a` and `b` (of the same number, [`same_head`]) equal: the same memory
+/// — both `Vec`s own their elements, so two live ones with the same non-empty buffer are
+/// one and the same `Vec` (a geometry compared with itself, or shared through an `Arc`) — or
+/// every field of every placement equal.
+#[inline(always)]
+pub(crate) fn same_placements(a: &FormLayout, b: &FormLayout) -> bool {
+    if core::ptr::eq(a.placements.as_ptr(), b.placements.as_ptr()) {
+        return true;
+    }
+    // Differences gathered without a branch: offsets and sizes in one word (adjacent fields,
+    // one load each), ids in a byte of their own (no widening per placement).
+    let (mut words, mut ids) = (0u64, 0u8);
+    for (x, y) in a.placements.iter().zip(&b.placements) {
+        words |= (u64::from(x.offset) | u64::from(x.size) << 32)
+            ^ (u64::from(y.offset) | u64::from(y.size) << 32);
+        ids |= x.id ^ y.id;
+    }
+    words == 0 && ids == 0
 }
 
 /// Why a mask cannot be laid out.

@@ -54,20 +54,32 @@ pub(super) fn with_plan<R>(
     t: &FormLayout,
     f: impl FnOnce(Option<Found<'_>>) -> R,
 ) -> R {
+    match fixed(g, t) {
+        Some(p) => f(Some(Found::Static(p))),
+        None => miss(g, t, f),
+    }
+}
+
+/// The set-once plan for `g` → `t`, if one is there.
+#[inline(always)]
+fn fixed(g: &FormLayout, t: &FormLayout) -> Option<&'static ConvertPlan> {
     for slot in &FIXED {
         match slot.get() {
-            Some(p) if p.is_for(g, t) => return f(Some(Found::Static(p))),
+            Some(p) if p.is_for(g, t) => return Some(p),
             Some(_) => {}
             None => break,
         }
     }
-    miss(g, t, f)
+    None
 }
 
-/// The geometry equal to `g` that a cached plan already holds, shared, or a new one: plans
-/// share their equal geometries, so an image made by one plan (which holds that plan's
-/// target geometry) is recognised by the next plan by identity.
+/// The geometry equal to `g` that the process's table of geometries (`layout::interned`)
+/// or a cached plan already holds, shared, or a new one: images made from that table or by
+/// a plan (which holds the plan's target geometry) are recognised by identity.
 fn interned(g: &FormLayout, rotating: &[Option<ConvertPlan>]) -> Arc<FormLayout> {
+    if let Some(k) = crate::layout::interned::intern(g) {
+        return k.clone();
+    }
     FIXED
         .iter()
         .map_while(|s| s.get())

@@ -29,7 +29,9 @@ use super::{
 };
 use crate::components::{bits, mask};
 use crate::image::{AlignedBuf, Geometry, Xsave, XsaveImage};
-use crate::layout::{Form, FormLayout, EXTENDED_START, MAX_AREA_SIZE};
+use crate::layout::{same_geometry, Form, FormLayout, EXTENDED_START, MAX_AREA_SIZE};
+#[cfg(feature = "std")]
+use crate::layout::{same_head, same_placements};
 
 /// One component ≥ 2 of the target, in the target's placement order.
 #[derive(Clone, Debug)]
@@ -222,7 +224,7 @@ impl ConvertPlan {
     /// [`MAX_AREA_SIZE`] (CPUID data that cannot be right). Trust as for
     /// [`convert`](super::convert): `target` comes from [`crate::layout::Layout`].
     pub fn new(source: &FormLayout, target: &FormLayout) -> Result<ConvertPlan, ConvertError> {
-        Self::new_shared(Arc::new(source.clone()), Arc::new(target.clone()))
+        Self::new_shared(shared(source), shared(target))
     }
 
     /// [`ConvertPlan::new`] with geometries shared with their other holders.
@@ -603,42 +605,14 @@ impl ConvertPlan {
     }
 }
 
-/// `a == b` (form, mask, size, every placement), without a branch per placement: the check
-/// every call of a plan makes.
-#[inline(always)]
-pub(crate) fn same_geometry(a: &FormLayout, b: &FormLayout) -> bool {
-    same_head(a, b) && same_placements(a, b)
-}
-
-/// Form, mask, size and number of placements equal.
-#[inline(always)]
-pub(crate) fn same_head(a: &FormLayout, b: &FormLayout) -> bool {
-    a.form == b.form
-        && a.mask == b.mask
-        && a.size == b.size
-        && a.placements.len() == b.placements.len()
-}
-
-/// The placements of `a` and `b` (of the same number, [`same_head`]) equal: the same memory
-/// — both `Vec`s own their elements, so two live ones with the same non-empty buffer are
-/// one and the same `Vec` (a geometry compared with itself, or shared through an `Arc`) — or
-/// every field of every placement equal.
-#[inline(always)]
-pub(crate) fn same_placements(a: &FormLayout, b: &FormLayout) -> bool {
-    if core::ptr::eq(a.placements.as_ptr(), b.placements.as_ptr()) {
-        return true;
+/// `g` shared with the images of that geometry when the process's table of geometries keeps
+/// it (`layout::interned`: a plan then recognises those images by identity), or a copy.
+fn shared(g: &FormLayout) -> Arc<FormLayout> {
+    #[cfg(feature = "std")]
+    if let Some(k) = crate::layout::interned::intern(g) {
+        return k.clone();
     }
-    let diff = a
-        .placements
-        .iter()
-        .zip(&b.placements)
-        .fold(0u64, |acc, (x, y)| {
-            // offset and size side by side in one word (adjacent fields: one load each).
-            let xw = u64::from(x.offset) | u64::from(x.size) << 32;
-            let yw = u64::from(y.offset) | u64::from(y.size) << 32;
-            acc | (xw ^ yw) | u64::from(x.id ^ y.id)
-        });
-    diff == 0
+    Arc::new(g.clone())
 }
 
 /// `g` in words, with the first placement where it differs from `other` when form, mask and

@@ -201,8 +201,8 @@ impl<B: core::fmt::Debug> core::fmt::Debug for Xsave<B> {
 }
 
 /// The geometry an image is read with: its own, shared through an [`Arc`], or one that lives
-/// as long as the program (a plan of the process-wide conversion cache, never freed). Compared
-/// by value.
+/// as long as the program (kept in the process's table of geometries, `layout::interned`, or
+/// by a plan of the process-wide conversion cache; never freed). Compared by value.
 #[derive(Clone)]
 pub(crate) enum Geometry {
     Owned(FormLayout),
@@ -211,6 +211,26 @@ pub(crate) enum Geometry {
 }
 
 impl Geometry {
+    /// `g` as the process's table of geometries keeps it (no copy: shared with the other
+    /// images and the conversion plans of that geometry), or a copy when the table is full
+    /// or absent (no `std`).
+    pub(crate) fn of(g: &FormLayout) -> Geometry {
+        #[cfg(feature = "std")]
+        if let Some(k) = crate::layout::interned::intern(g) {
+            return Geometry::Static(k);
+        }
+        Geometry::Owned(g.clone())
+    }
+
+    /// [`Geometry::of`] for a geometry the caller gives away.
+    pub(crate) fn of_owned(g: FormLayout) -> Geometry {
+        #[cfg(feature = "std")]
+        if let Some(k) = crate::layout::interned::intern(&g) {
+            return Geometry::Static(k);
+        }
+        Geometry::Owned(g)
+    }
+
     #[inline]
     pub(crate) fn get(&self) -> &FormLayout {
         match self {
@@ -342,7 +362,7 @@ impl XsaveImage {
         let len = (geometry.size as usize).max(MIN_SIZE);
         let mut img = Xsave {
             bytes: AlignedBuf::new(len),
-            geometry: Geometry::Owned(geometry.clone()),
+            geometry: Geometry::of(geometry),
         };
         let b = img.bytes.as_mut();
         wr(b, 0, &FCW_INIT.to_le_bytes());
@@ -395,7 +415,7 @@ impl<B: AsRef<[u8]>> Xsave<B> {
     /// Binds bytes to an explicit geometry. The header is not checked against it (a buffer
     /// about to be filled may hold anything); the length must cover the geometry.
     pub fn with_geometry(bytes: B, geometry: FormLayout) -> Result<Self, ImageError> {
-        Self::with_geometry_of(bytes, Geometry::Owned(geometry))
+        Self::with_geometry_of(bytes, Geometry::of_owned(geometry))
     }
 
     /// [`Xsave::with_geometry`] with a geometry shared with other images (no copy of it is
