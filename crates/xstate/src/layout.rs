@@ -167,9 +167,12 @@ pub(crate) fn same_head(a: &FormLayout, b: &FormLayout) -> bool {
 /// every field of every placement equal.
 #[inline(always)]
 pub(crate) fn same_placements(a: &FormLayout, b: &FormLayout) -> bool {
-    if core::ptr::eq(a.placements.as_ptr(), b.placements.as_ptr()) {
-        return true;
-    }
+    core::ptr::eq(a.placements.as_ptr(), b.placements.as_ptr()) || equal_placements(a, b)
+}
+
+/// Every field of every placement of `a` and `b` (of the same number) equal.
+#[inline(always)]
+pub(crate) fn equal_placements(a: &FormLayout, b: &FormLayout) -> bool {
     // Differences gathered without a branch: offsets and sizes in one word (adjacent fields,
     // one load each), ids in a byte of their own (no widening per placement).
     let (mut words, mut ids) = (0u64, 0u8);

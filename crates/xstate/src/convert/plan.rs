@@ -29,9 +29,7 @@ use super::{
 };
 use crate::components::{bits, mask};
 use crate::image::{AlignedBuf, Geometry, Xsave, XsaveImage};
-use crate::layout::{same_geometry, Form, FormLayout, EXTENDED_START, MAX_AREA_SIZE};
-#[cfg(feature = "std")]
-use crate::layout::{same_head, same_placements};
+use crate::layout::{equal_placements, Form, FormLayout, EXTENDED_START, MAX_AREA_SIZE};
 
 /// One component ≥ 2 of the target, in the target's placement order.
 #[derive(Clone, Debug)]
@@ -52,6 +50,48 @@ struct Trunc {
     to: usize,
     src_size: u32,
     dst_size: u32,
+}
+
+/// What a plan compares of a geometry on every call, held in the plan itself so that the
+/// comparison follows no pointer to reach the planned side: form, mask, size, the number of
+/// placements, and the address of the planned placements (the geometry is held by the plan
+/// and never changed, so an image whose geometry has its placements at that address has
+/// this very geometry: an interned one, `layout::interned`).
+#[derive(Clone, Copy, Debug)]
+struct Key {
+    form: Form,
+    mask: u64,
+    size: u32,
+    n: usize,
+    at: usize,
+}
+
+impl Key {
+    fn of(g: &FormLayout) -> Key {
+        Key {
+            form: g.form,
+            mask: g.mask,
+            size: g.size,
+            n: g.placements.len(),
+            at: g.placements.as_ptr() as usize,
+        }
+    }
+
+    /// Form, mask, size and number of placements of `g` are the planned ones.
+    #[inline(always)]
+    fn head_is(&self, g: &FormLayout) -> bool {
+        self.form == g.form
+            && self.mask == g.mask
+            && self.size == g.size
+            && self.n == g.placements.len()
+    }
+
+    /// `g`, whose head is the planned one, has the placements of `planned` (the geometry
+    /// this key was made of): the same object, or equal field by field.
+    #[inline(always)]
+    fn placements_are(&self, g: &FormLayout, planned: &FormLayout) -> bool {
+        self.at == g.placements.as_ptr() as usize || equal_placements(planned, g)
+    }
 }
 
 /// A precomputed step of the full-XSTATE_BV path.
@@ -193,6 +233,10 @@ pub struct ConvertPlan {
     /// plan is recognised by identity by the next, see [`ConvertPlan::is_for`]).
     src: Arc<FormLayout>,
     dst: Arc<FormLayout>,
+    src_key: Key,
+    dst_key: Key,
+    /// The target's XCOMP_BV.
+    xcomp_bv: u64,
     len: usize,
     /// Components the target places: x87/SSE of its mask, the ids of its placements in it.
     placed: u64,
@@ -296,6 +340,9 @@ impl ConvertPlan {
         }
         let ops_tile = ops_tile && pos == len;
         Ok(ConvertPlan {
+            src_key: Key::of(source),
+            dst_key: Key::of(target),
+            xcomp_bv: target.xcomp_bv(),
             src: source_arc.clone(),
             dst: target_arc.clone(),
             len,
@@ -340,15 +387,15 @@ impl ConvertPlan {
 
     /// Whether this plan was made for images of geometry `g` and target `t`: the cheap
     /// fields of both first (form, mask, size, number of placements: what tells the plans of
-    /// a cache apart), then each geometry is the planned object itself (same address: see
-    /// [`same_geometry`]) or equal to it placement by placement.
+    /// a cache apart), then each geometry is the planned object itself (same address) or
+    /// equal to it placement by placement.
     #[cfg(feature = "std")]
     #[inline(always)]
     pub(crate) fn is_for(&self, g: &FormLayout, t: &FormLayout) -> bool {
-        same_head(&self.src, g)
-            && same_head(&self.dst, t)
-            && same_placements(&self.src, g)
-            && same_placements(&self.dst, t)
+        self.src_key.head_is(g)
+            && self.dst_key.head_is(t)
+            && self.src_key.placements_are(g, &self.src)
+            && self.dst_key.placements_are(t, &self.dst)
     }
 
     /// Converts `src` into `out` (reused across calls): writes bytes `0..self.len()` of
@@ -421,7 +468,7 @@ impl ConvertPlan {
         src: &Xsave<B>,
         geometry: Geometry,
     ) -> Result<XsaveImage, ConvertError> {
-        debug_assert!(same_geometry(geometry.get(), &self.dst));
+        debug_assert!(*geometry.get() == *self.dst);
         match self.decide_fast(src) {
             Some(dec) if self.ops_tile => {
                 // The precomputed steps write every byte once, in order: a buffer of any
@@ -460,7 +507,7 @@ impl ConvertPlan {
 
     #[inline]
     fn check_geometry(&self, g: &FormLayout) -> Result<(), ConvertError> {
-        if same_geometry(g, &self.src) {
+        if self.src_key.head_is(g) && self.src_key.placements_are(g, &self.src) {
             return Ok(());
         }
         Err(self.mismatch(g))
@@ -488,7 +535,7 @@ impl ConvertPlan {
         let bv = crate::image::raw_xstate_bv(s);
         let raw = crate::image::raw_mxcsr(s);
         // MXCSR as a restore of the source would load it (`Xsave::mxcsr`).
-        let mxcsr = match self.src.form {
+        let mxcsr = match self.src_key.form {
             Form::Compacted if bv & mask::SSE == 0 => MXCSR_INIT,
             _ => raw,
         };
@@ -505,7 +552,7 @@ impl ConvertPlan {
         if !ok {
             return None;
         }
-        let kept = match self.dst.form {
+        let kept = match self.dst_key.form {
             Form::Compacted if mxcsr != MXCSR_INIT => bv | mask::SSE,
             _ => bv,
         };
@@ -575,7 +622,7 @@ impl ConvertPlan {
 
     #[inline]
     fn written_mxcsr(&self, kept: u64, mxcsr: u32) -> u32 {
-        match self.dst.form {
+        match self.dst_key.form {
             Form::Standard => mxcsr,
             Form::Compacted if kept & mask::SSE != 0 => mxcsr,
             Form::Compacted => MXCSR_INIT,
@@ -601,7 +648,7 @@ impl ConvertPlan {
             let mut w = Writer { s, d, zeroed };
             emit(&self.comps, dec.kept, self.len, &mut w);
         }
-        finish(d, dec.kept, dec.mxcsr, dec.src_sse, self.dst.xcomp_bv());
+        finish(d, dec.kept, dec.mxcsr, dec.src_sse, self.xcomp_bv);
     }
 }
 
