@@ -187,6 +187,20 @@ pub fn convert<B: AsRef<[u8]>>(
     src: &Xsave<B>,
     target: &FormLayout,
 ) -> Result<XsaveImage, ConvertError> {
+    #[cfg(feature = "std")]
+    if let Some(p) = cache::fixed(src.geometry(), target) {
+        return p.convert_unchecked_geometry(src, Found::Static(p).target_geometry());
+    }
+    convert_other(src, target)
+}
+
+/// [`convert`] without a set-once plan of the cache: made now, a plan replaced round-robin,
+/// or the component walk.
+#[cfg_attr(feature = "std", cold, inline(never))]
+fn convert_other<B: AsRef<[u8]>>(
+    src: &Xsave<B>,
+    target: &FormLayout,
+) -> Result<XsaveImage, ConvertError> {
     if target.size > MAX_AREA_SIZE {
         return Err(ConvertError::TargetTooLarge(target.size));
     }
@@ -249,6 +263,23 @@ pub fn target_len(target: &FormLayout) -> usize {
 /// assert_eq!(out[n], 0xaa);                         // past the image: untouched
 /// ```
 pub fn convert_into<B: AsRef<[u8]>>(
+    src: &Xsave<B>,
+    target: &FormLayout,
+    out: &mut [u8],
+) -> Result<usize, ConvertError> {
+    // A set-once plan of the cache is made only for a target of at most MAX_AREA_SIZE bytes,
+    // so a hit needs no size check.
+    #[cfg(feature = "std")]
+    if let Some(p) = cache::fixed(src.geometry(), target) {
+        return p.convert_into_unchecked_geometry(src, out);
+    }
+    convert_into_other(src, target, out)
+}
+
+/// [`convert_into`] without a set-once plan of the cache: made now, a plan replaced
+/// round-robin, or the component walk.
+#[cfg_attr(feature = "std", cold, inline(never))]
+fn convert_into_other<B: AsRef<[u8]>>(
     src: &Xsave<B>,
     target: &FormLayout,
     out: &mut [u8],

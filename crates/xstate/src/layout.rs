@@ -147,12 +147,14 @@ impl FormLayout {
 /// `a == b` (form, mask, size, every placement), without a branch per placement: the check
 /// every call of a conversion plan makes, and the interning of
 /// geometries ([`interned`]).
+#[cfg(feature = "std")]
 #[inline(always)]
 pub(crate) fn same_geometry(a: &FormLayout, b: &FormLayout) -> bool {
     same_head(a, b) && same_placements(a, b)
 }
 
 /// Form, mask, size and number of placements equal.
+#[cfg(feature = "std")]
 #[inline(always)]
 pub(crate) fn same_head(a: &FormLayout, b: &FormLayout) -> bool {
     a.form == b.form
@@ -165,6 +167,7 @@ pub(crate) fn same_head(a: &FormLayout, b: &FormLayout) -> bool {
 /// — both `Vec`s own their elements, so two live ones with the same non-empty buffer are
 /// one and the same `Vec` (a geometry compared with itself, or shared through an `Arc`) — or
 /// every field of every placement equal.
+#[cfg(feature = "std")]
 #[inline(always)]
 pub(crate) fn same_placements(a: &FormLayout, b: &FormLayout) -> bool {
     core::ptr::eq(a.placements.as_ptr(), b.placements.as_ptr()) || equal_placements(a, b)

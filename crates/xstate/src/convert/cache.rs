@@ -60,9 +60,9 @@ pub(super) fn with_plan<R>(
     }
 }
 
-/// The set-once plan for `g` → `t`, if one is there.
+/// The set-once plan for `g` → `t`, if one is there: the entry points' first look.
 #[inline(always)]
-fn fixed(g: &FormLayout, t: &FormLayout) -> Option<&'static ConvertPlan> {
+pub(super) fn fixed(g: &FormLayout, t: &FormLayout) -> Option<&'static ConvertPlan> {
     for slot in &FIXED {
         match slot.get() {
             Some(p) if p.is_for(g, t) => return Some(p),

@@ -423,7 +423,7 @@ impl ConvertPlan {
     }
 
     /// `convert_into` for a caller that compared the geometries.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn convert_into_unchecked_geometry<B: AsRef<[u8]>>(
         &self,
         src: &Xsave<B>,
@@ -462,7 +462,7 @@ impl ConvertPlan {
 
     /// `convert` for a caller that compared the geometries; `geometry` is the target
     /// geometry as the new image holds it (this plan's, shared or static).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn convert_unchecked_geometry<B: AsRef<[u8]>>(
         &self,
         src: &Xsave<B>,
