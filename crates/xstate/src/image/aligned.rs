@@ -1,6 +1,6 @@
 //! 64-byte aligned memory for XSAVE images.
 
-use alloc::vec::Vec;
+use alloc::boxed::Box;
 use core::fmt;
 
 /// A zero-filled byte buffer whose first byte is 64-byte aligned, as the XSAVE family
@@ -13,7 +13,9 @@ use core::fmt;
 /// assert_eq!(&b[..], &[1, 2, 3]);
 /// ```
 pub struct AlignedBuf {
-    storage: Vec<u8>,
+    /// Every byte initialised (no `unsafe`); the image starts at the first 64-byte-aligned
+    /// one.
+    storage: Box<[u8]>,
     start: usize,
     len: usize,
 }
@@ -45,7 +47,8 @@ impl AlignedBuf {
         // A pooled storage is initialised up to its capacity (`pool::give`).
         let (storage, recycled) = match pool::take(cap) {
             Some(v) if v.len() == cap => (v, true),
-            _ => (alloc::vec![0u8; cap], false),
+            // Length = capacity: the box keeps the allocation as it is.
+            _ => (alloc::vec![0u8; cap].into_boxed_slice(), false),
         };
         let start = storage.as_ptr().align_offset(64).min(63);
         (
@@ -128,7 +131,7 @@ impl core::ops::DerefMut for AlignedBuf {
 /// (`try_with`, `try_borrow_mut`: never a panic).
 pub(crate) mod pool {
     #[cfg(not(feature = "std"))]
-    use alloc::vec::Vec;
+    use alloc::boxed::Box;
 
     /// Storages kept per thread.
     #[cfg(feature = "std")]
@@ -144,7 +147,6 @@ pub(crate) mod pool {
     mod imp {
         use super::{MAX_BYTES, MAX_STORAGE, SLOTS};
         use alloc::boxed::Box;
-        use alloc::vec::Vec;
         use core::cell::RefCell;
 
         /// The storages are kept as boxed slices (pointer and length, 16 bytes, all of it
@@ -169,7 +171,7 @@ pub(crate) mod pool {
         }
 
         #[inline]
-        pub(crate) fn take(cap: usize) -> Option<Vec<u8>> {
+        pub(crate) fn take(cap: usize) -> Option<Box<[u8]>> {
             POOL.try_with(|p| {
                 let mut p = p.try_borrow_mut().ok()?;
                 let i = p
@@ -178,8 +180,7 @@ pub(crate) mod pool {
                     .position(|v| v.as_ref().is_some_and(|v| v.len() == cap))?;
                 let v = p.slots[i].take()?;
                 p.bytes -= cap;
-                // Length = capacity = `cap`: no allocation.
-                Some(Vec::from(v))
+                Some(v)
             })
             .ok()
             .flatten()
@@ -189,17 +190,11 @@ pub(crate) mod pool {
         /// the storages kept longest make room (in slot order, round-robin): a thread that
         /// moves on to another image size is not left with a pool of the old one.
         #[inline]
-        pub(crate) fn give(mut v: Vec<u8>) {
-            let cap = v.capacity();
+        pub(crate) fn give(v: Box<[u8]>) {
+            let cap = v.len();
             if cap == 0 || cap > MAX_STORAGE {
                 return;
             }
-            // Initialised up to its capacity (at most 64 bytes written: the buffer covers
-            // all but the alignment slack), so the box keeps the allocation as it is.
-            if v.len() != cap {
-                v.resize(cap, 0);
-            }
-            let v = v.into_boxed_slice();
             // A storage the pool cannot take (the pool gone at thread exit, or in use) is
             // dropped here; evicted ones are freed inside the borrow (freeing memory never
             // reaches the pool).
@@ -256,7 +251,7 @@ pub(crate) mod pool {
     /// Without `std`: no pool.
     #[cfg(not(feature = "std"))]
     #[inline]
-    pub(crate) fn take(_cap: usize) -> Option<Vec<u8>> {
+    pub(crate) fn take(_cap: usize) -> Option<Box<[u8]>> {
         None
     }
 }
@@ -270,13 +265,13 @@ mod tests {
     /// The heap bytes a buffer's storage spans.
     fn span(b: &AlignedBuf) -> core::ops::Range<usize> {
         let p = b.storage.as_ptr() as usize;
-        p..p + b.storage.capacity()
+        p..p + b.storage.len()
     }
 
     fn check(b: &AlignedBuf, len: usize) {
         assert_eq!(b.len(), len);
         assert_eq!(b.as_ptr() as usize % 64, 0, "alignment");
-        assert!(b.storage.capacity() >= len + 64);
+        assert!(b.storage.len() >= len + 64);
         let s = span(b);
         let p = b.as_ptr() as usize;
         assert!(
@@ -337,7 +332,7 @@ mod tests {
         assert_eq!(held(), (1, 2688 + 64));
         // Another size: a new storage, the pooled one stays.
         let small = AlignedBuf::new(576);
-        assert_eq!(small.storage.capacity(), 576 + 64);
+        assert_eq!(small.storage.len(), 576 + 64);
         assert_eq!(held(), (1, 2688 + 64));
         // The same size: the pooled storage, moved out of the pool.
         let again = AlignedBuf::new(2688);
