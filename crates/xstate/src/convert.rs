@@ -204,7 +204,7 @@ fn convert_other<B: AsRef<[u8]>>(
     if target.size > MAX_AREA_SIZE {
         return Err(ConvertError::TargetTooLarge(target.size));
     }
-    with_plan(src.geometry(), target, |plan| match plan {
+    with_other_plan(src.geometry(), target, |plan| match plan {
         Some(p) => p
             .plan()
             .convert_unchecked_geometry(src, p.target_geometry()),
@@ -287,7 +287,7 @@ fn convert_into_other<B: AsRef<[u8]>>(
     if target.size > MAX_AREA_SIZE {
         return Err(ConvertError::TargetTooLarge(target.size));
     }
-    with_plan(src.geometry(), target, |plan| match plan {
+    with_other_plan(src.geometry(), target, |plan| match plan {
         Some(p) => p.plan().convert_into_unchecked_geometry(src, out),
         None => walk_into(src, target, out),
     })
@@ -679,17 +679,18 @@ pub fn to_fxsave<B: AsRef<[u8]>>(src: &Xsave<B>) -> Result<[u8; FXSAVE_SIZE], Co
 mod cache;
 mod plan;
 
-/// Calls `f` with the cached plan for converting images of geometry `g` to `t` (module
-/// `cache`), or with `None`: the cache is busy, or there is none. Without the `std` feature
+/// Calls `f` with a cached plan for converting images of geometry `g` to `t` other than the
+/// set-once ones the entry point already looked at (`cache::miss`), or with `None`: the cache
+/// is busy, or there is none. Without the `std` feature
 /// (a kernel, a hypervisor's `no_std` core) there is no process-wide cache: it would hold heap
 /// memory no caller owns for the life of the program (the ring-0 test kernel counts that as a
 /// leak, and its bump heap cannot rewind past it), so the entry points walk the components
 /// and callers that convert often hold a [`ConvertPlan`].
 #[inline]
-fn with_plan<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<Found<'_>>) -> R) -> R {
+fn with_other_plan<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<Found<'_>>) -> R) -> R {
     #[cfg(feature = "std")]
     {
-        cache::with_plan(g, t, f)
+        cache::miss(g, t, f)
     }
     #[cfg(not(feature = "std"))]
     {

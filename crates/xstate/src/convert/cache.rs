@@ -47,8 +47,9 @@ static ROTATING: SpinMutex<Rotating> = SpinMutex::new(Rotating {
 });
 
 /// Calls `f` with the plan for converting images of geometry `g` to `t`, or with `None` when
-/// the cache is busy or no plan can be made (the caller then walks the components).
-#[inline]
+/// the cache is busy or no plan can be made (the caller then walks the components). The entry
+/// points look at the set-once plans themselves ([`fixed`]) and go on with [`miss`].
+#[cfg(test)]
 pub(super) fn with_plan<R>(
     g: &FormLayout,
     t: &FormLayout,
@@ -93,9 +94,13 @@ fn interned(g: &FormLayout, rotating: &[Option<ConvertPlan>]) -> Arc<FormLayout>
         .unwrap_or_else(|| Arc::new(g.clone()))
 }
 
+/// Calls `f` with a plan for `g` → `t` after the set-once plans were looked at without a
+/// hit, or with `None` (the cache busy, or no plan can be made): under the rotating part's
+/// lock (tried), the set-once plans again (another holder may have filled one since), the
+/// rotating ones, then a new plan.
 #[cold]
 #[inline(never)]
-fn miss<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<Found<'_>>) -> R) -> R {
+pub(super) fn miss<R>(g: &FormLayout, t: &FormLayout, f: impl FnOnce(Option<Found<'_>>) -> R) -> R {
     let Some(mut r) = ROTATING.try_lock() else {
         return f(None);
     };
