@@ -144,36 +144,9 @@ impl FormLayout {
     }
 }
 
-/// `a == b` (form, mask, size, every placement), without a branch per placement: the check
-/// every call of a conversion plan makes, and the interning of
-/// geometries ([`interned`]).
-#[cfg(feature = "std")]
-#[inline(always)]
-pub(crate) fn same_geometry(a: &FormLayout, b: &FormLayout) -> bool {
-    same_head(a, b) && same_placements(a, b)
-}
-
-/// Form, mask, size and number of placements equal.
-#[cfg(feature = "std")]
-#[inline(always)]
-pub(crate) fn same_head(a: &FormLayout, b: &FormLayout) -> bool {
-    a.form == b.form
-        && a.mask == b.mask
-        && a.size == b.size
-        && a.placements.len() == b.placements.len()
-}
-
-/// The placements of `a` and `b` (of the same number, [`same_head`]) equal: the same memory
-/// — both `Vec`s own their elements, so two live ones with the same non-empty buffer are
-/// one and the same `Vec` (a geometry compared with itself, or shared through an `Arc`) — or
-/// every field of every placement equal.
-#[cfg(feature = "std")]
-#[inline(always)]
-pub(crate) fn same_placements(a: &FormLayout, b: &FormLayout) -> bool {
-    core::ptr::eq(a.placements.as_ptr(), b.placements.as_ptr()) || equal_placements(a, b)
-}
-
-/// Every field of every placement of `a` and `b` (of the same number) equal.
+/// Every field of every placement of `a` and `b` (of the same number) equal: what a conversion
+/// plan and the table of geometries (`interned`, std only) compare when the placements are not the
+/// same object.
 #[inline(always)]
 pub(crate) fn equal_placements(a: &FormLayout, b: &FormLayout) -> bool {
     // Differences gathered without a branch: offsets and sizes in one word (adjacent fields,

@@ -18,7 +18,7 @@ use alloc::sync::Arc;
 
 use spin::Once;
 
-use super::{same_geometry, FormLayout};
+use super::{equal_placements, FormLayout};
 
 /// Geometries kept.
 const SLOTS: usize = 16;
@@ -45,6 +45,17 @@ fn intern_in<'t>(
         let kept = slot.call_once(|| Arc::new(g.clone()));
         same_geometry(kept, g).then_some(kept)
     })
+}
+
+/// `a == b` (form, mask, size, every placement): the cheap fields first, then the placements
+/// — the same object (both `Vec`s own their elements, so two live ones with the same buffer
+/// are one `Vec`: a kept geometry asked for again) or equal field by field.
+fn same_geometry(a: &FormLayout, b: &FormLayout) -> bool {
+    a.form == b.form
+        && a.mask == b.mask
+        && a.size == b.size
+        && a.placements.len() == b.placements.len()
+        && (core::ptr::eq(a.placements.as_ptr(), b.placements.as_ptr()) || equal_placements(a, b))
 }
 
 #[cfg(test)]
