@@ -18,6 +18,7 @@ use xstate::layout::Layout;
 
 #[path = "common/alloc_count.rs"]
 mod alloc_count;
+mod common;
 use alloc_count::allocs;
 
 /// A standard image of `xcr0` with every component present and patterned.
@@ -47,12 +48,11 @@ fn conversions_allocate_nothing_in_steady_state() {
     } else {
         println!("skipped: host case (no XSAVE)");
     }
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/cpuid/hwloc/Intel-SapphireRapids-2xXeonMax9460.txt"
-    );
-    let d = CpuidDump::parse(&std::fs::read_to_string(path).unwrap(), "spr").unwrap();
-    layouts.push(("spr", Layout::from_dump(&d), 0x602e7));
+    layouts.push((
+        "spr",
+        Layout::from_dump(&common::sapphire_rapids()),
+        0x602e7,
+    ));
     for (name, l, xcr0) in &layouts {
         let s = image(l, *xcr0);
         let (sg, kg) = (l.standard(*xcr0).unwrap(), l.compacted(*xcr0).unwrap());

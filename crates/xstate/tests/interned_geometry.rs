@@ -8,17 +8,13 @@
 //! One test function in its own binary: the process's table starts empty here.
 
 use xstate::convert::ConvertPlan;
-use xstate::cpuid::CpuidDump;
 use xstate::image::{AlignedBuf, XsaveImage};
 use xstate::layout::{FormLayout, Layout};
 
+mod common;
+
 fn spr() -> Layout {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/cpuid/hwloc/Intel-SapphireRapids-2xXeonMax9460.txt"
-    );
-    let d = CpuidDump::parse(&std::fs::read_to_string(path).expect("fixture"), "spr").unwrap();
-    Layout::from_dump(&d)
+    Layout::from_dump(&common::sapphire_rapids())
 }
 
 fn same(a: &XsaveImage, b: &XsaveImage) -> bool {
