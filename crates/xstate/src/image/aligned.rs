@@ -122,18 +122,25 @@ impl core::ops::DerefMut for AlignedBuf {
 /// A small per-thread pool of the storages of dropped [`AlignedBuf`]s (`std` only: a kernel
 /// build has no thread-locals and allocates every buffer).
 ///
-/// Bounded: at most `SLOTS` storages per thread, none larger than `MAX_STORAGE` bytes,
-/// `MAX_BYTES` in all; a storage that does not fit is
-/// freed. A storage is handed out only for a buffer of exactly its capacity (the same image
-/// size: a pooled storage never makes a buffer hold more memory than a new one would), and
-/// it is moved out of the pool, so no two buffers ever share one. At thread exit the pool is
-/// freed; buffers dropped after that (or while the pool is in use) are freed as before
-/// (`try_with`, `try_borrow_mut`: never a panic).
+/// Two parts: the storage dropped last, in a cell of its own (`LAST`), and the older ones in
+/// a few slots. A loop that makes and drops one image at a time (what [`crate::convert::convert`]
+/// does in steady state) only ever moves one storage in and out of the cell: a load and a
+/// store each way, no borrow flag, no scan. A storage the cell gives up for a newer one goes
+/// to the slots, and a buffer of another size than the cell's is looked for there.
+///
+/// Bounded: at most `SLOTS` storages per thread (the cell and `SLOTS - 1` slots), none
+/// larger than `MAX_STORAGE` bytes, `MAX_BYTES` in all (the slots hold at most `MAX_BYTES -
+/// MAX_STORAGE`, whatever the cell holds); a storage that does not fit is freed. A storage
+/// is handed out only for a buffer of exactly its capacity (the same image size: a pooled
+/// storage never makes a buffer hold more memory than a new one would), and it is moved out
+/// of the pool, so no two buffers ever share one. At thread exit the pool is freed; buffers
+/// dropped after that (or while the slots are in use) are freed as before (`try_with`,
+/// `try_borrow_mut`: never a panic).
 pub(crate) mod pool {
     #[cfg(not(feature = "std"))]
     use alloc::boxed::Box;
 
-    /// Storages kept per thread.
+    /// Storages kept per thread: the last dropped and `SLOTS - 1` older ones.
     #[cfg(feature = "std")]
     pub(crate) const SLOTS: usize = 4;
     /// Largest storage kept (an AMX image is 11 KiB; an APX one a little more).
@@ -147,64 +154,99 @@ pub(crate) mod pool {
     mod imp {
         use super::{MAX_BYTES, MAX_STORAGE, SLOTS};
         use alloc::boxed::Box;
-        use core::cell::RefCell;
+        use core::cell::{Cell, RefCell};
 
-        /// The storages are kept as boxed slices (pointer and length, 16 bytes, all of it
-        /// initialised): moved in and out of a slot whole, so that taking one right after
-        /// one was given reads back what the give wrote in the same shape. A `Vec` (24
-        /// bytes) was stored and loaded in different pieces; the load then could not be
-        /// forwarded from the pending stores and waited for every older store to reach the
-        /// cache, the whole image copied just before included (measured: 42 ns instead of
-        /// 25 for a 2688-byte buffer made and dropped).
-        pub(super) struct Pool {
-            slots: [Option<Box<[u8]>>; SLOTS],
+        /// Bytes the slots keep in all: the cell may hold up to `MAX_STORAGE` besides.
+        const SLOT_BYTES: usize = MAX_BYTES - MAX_STORAGE;
+
+        /// The older storages. They are kept as boxed slices (pointer and length, 16 bytes,
+        /// all of it initialised), as the cell keeps the last: moved in and out whole, so
+        /// that taking one right after one was given reads back what the give wrote in the
+        /// same shape. A `Vec` (24 bytes) was stored and loaded in different pieces; the
+        /// load then could not be forwarded from the pending stores and waited for every
+        /// older store to reach the cache, the whole image copied just before included
+        /// (measured: 42 ns instead of 25 for a 2688-byte buffer made and dropped).
+        pub(super) struct Slots {
+            slots: [Option<Box<[u8]>>; SLOTS - 1],
             /// The sum of the slots' lengths.
             bytes: usize,
-            /// The slot emptied next when the pool is full.
+            /// The slot emptied next when the slots are full.
             next: usize,
         }
 
         std::thread_local! {
-            static POOL: RefCell<Pool> = const {
-                RefCell::new(Pool { slots: [const { None }; SLOTS], bytes: 0, next: 0 })
+            /// The storage dropped last (measured: `convert` of the host image 26-29 ns
+            /// with it in front of the slots, 30-33 ns through the slots alone).
+            static LAST: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
+            static SLOTS_OF_THREAD: RefCell<Slots> = const {
+                RefCell::new(Slots { slots: [const { None }; SLOTS - 1], bytes: 0, next: 0 })
             };
         }
 
+        /// A storage of exactly `cap` bytes, moved out of the pool: the last dropped when it
+        /// has that size, else one of the slots'.
         #[inline]
         pub(crate) fn take(cap: usize) -> Option<Box<[u8]>> {
-            POOL.try_with(|p| {
-                let mut p = p.try_borrow_mut().ok()?;
-                let i = p
-                    .slots
-                    .iter()
-                    .position(|v| v.as_ref().is_some_and(|v| v.len() == cap))?;
-                let v = p.slots[i].take()?;
-                p.bytes -= cap;
-                Some(v)
-            })
-            .ok()
-            .flatten()
+            let last = LAST.try_with(|c| {
+                let v = c.take()?;
+                if v.len() == cap {
+                    return Some(v);
+                }
+                c.set(Some(v));
+                None
+            });
+            match last {
+                Ok(Some(v)) => Some(v),
+                _ => take_from_slots(cap),
+            }
         }
 
-        /// Keeps `v` for a later buffer of its size. When the pool is full (slots or bytes),
-        /// the storages kept longest make room (in slot order, round-robin): a thread that
-        /// moves on to another image size is not left with a pool of the old one.
+        #[inline(never)]
+        fn take_from_slots(cap: usize) -> Option<Box<[u8]>> {
+            SLOTS_OF_THREAD
+                .try_with(|p| {
+                    let mut p = p.try_borrow_mut().ok()?;
+                    let i = p
+                        .slots
+                        .iter()
+                        .position(|v| v.as_ref().is_some_and(|v| v.len() == cap))?;
+                    let v = p.slots[i].take()?;
+                    p.bytes -= cap;
+                    Some(v)
+                })
+                .ok()
+                .flatten()
+        }
+
+        /// Keeps `v` for a later buffer of its size, as the last dropped; the one it replaces
+        /// goes to the slots.
         #[inline]
         pub(crate) fn give(v: Box<[u8]>) {
-            let cap = v.len();
-            if cap == 0 || cap > MAX_STORAGE {
+            if v.is_empty() || v.len() > MAX_STORAGE {
                 return;
             }
-            // A storage the pool cannot take (the pool gone at thread exit, or in use) is
-            // dropped here; evicted ones are freed inside the borrow (freeing memory never
-            // reaches the pool).
-            let _rest = POOL
+            // At thread exit (the cell gone) `v` is dropped with the closure: freed.
+            if let Ok(Some(older)) = LAST.try_with(|c| c.replace(Some(v))) {
+                give_to_slots(older);
+            }
+        }
+
+        /// Keeps `v` in a slot. When the slots are full (count or bytes), the storages kept
+        /// longest make room (in slot order, round-robin): a thread that moves on to another
+        /// image size is not left with a pool of the old one.
+        #[inline(never)]
+        fn give_to_slots(v: Box<[u8]>) {
+            let cap = v.len();
+            // A storage the slots cannot take (gone at thread exit, or in use) is dropped
+            // here; evicted ones are freed inside the borrow (freeing memory never reaches
+            // the pool).
+            let _rest = SLOTS_OF_THREAD
                 .try_with(|p| {
                     let Ok(mut p) = p.try_borrow_mut() else {
                         return Some(v);
                     };
-                    for _ in 0..=SLOTS {
-                        if p.bytes + cap <= MAX_BYTES {
+                    for _ in 0..SLOTS {
+                        if p.bytes + cap <= SLOT_BYTES {
                             if let Some(i) = p.slots.iter().position(Option::is_none) {
                                 p.slots[i] = Some(v);
                                 p.bytes += cap;
@@ -212,7 +254,7 @@ pub(crate) mod pool {
                             }
                         }
                         let j = p.next;
-                        p.next = (j + 1) % SLOTS;
+                        p.next = (j + 1) % (SLOTS - 1);
                         if let Some(old) = p.slots[j].take() {
                             p.bytes -= old.len();
                         }
@@ -226,25 +268,42 @@ pub(crate) mod pool {
         /// Empties the calling thread's pool.
         #[cfg(test)]
         pub(crate) fn clear() {
-            POOL.with(|p| {
+            LAST.with(|c| c.set(None));
+            SLOTS_OF_THREAD.with(|p| {
                 let mut p = p.borrow_mut();
-                p.slots = [const { None }; SLOTS];
+                p.slots = [const { None }; SLOTS - 1];
                 p.bytes = 0;
             })
         }
 
-        /// (storages, bytes) the calling thread's pool holds.
+        /// (storages, bytes) the calling thread's pool holds, the last dropped included.
         #[cfg(test)]
         pub(crate) fn held() -> (usize, usize) {
-            POOL.with(|p| {
+            let last = LAST.with(|c| {
+                let v = c.take();
+                let n = v.as_ref().map_or(0, |v| v.len());
+                c.set(v);
+                n
+            });
+            SLOTS_OF_THREAD.with(|p| {
                 let p = p.borrow();
-                (p.slots.iter().filter(|v| v.is_some()).count(), p.bytes)
+                let n = p.slots.iter().filter(|v| v.is_some()).count();
+                (n + usize::from(last > 0), p.bytes + last)
             })
         }
+
+        /// The bytes the slots hold (the last dropped apart).
+        #[cfg(test)]
+        pub(crate) fn slot_bytes() -> usize {
+            SLOTS_OF_THREAD.with(|p| p.borrow().bytes)
+        }
+
+        #[cfg(test)]
+        pub(crate) const SLOT_BYTES_MAX: usize = SLOT_BYTES;
     }
 
     #[cfg(all(feature = "std", test))]
-    pub(crate) use imp::{clear, held};
+    pub(crate) use imp::{clear, held, slot_bytes, SLOT_BYTES_MAX};
     #[cfg(feature = "std")]
     pub(crate) use imp::{give, take};
 
@@ -258,7 +317,9 @@ pub(crate) mod pool {
 
 #[cfg(all(test, feature = "std"))]
 mod tests {
-    use super::pool::{self, clear, held, MAX_BYTES, MAX_STORAGE, SLOTS};
+    use super::pool::{
+        self, clear, held, slot_bytes, MAX_BYTES, MAX_STORAGE, SLOTS, SLOT_BYTES_MAX,
+    };
     use super::AlignedBuf;
     use alloc::vec::Vec;
 
@@ -345,10 +406,11 @@ mod tests {
         drop(big);
         let (n, bytes) = held();
         assert!(
-            n <= SLOTS && bytes <= MAX_BYTES,
+            n <= SLOTS && bytes <= MAX_BYTES && slot_bytes() <= SLOT_BYTES_MAX,
             "{n} storages, {bytes} bytes"
         );
-        assert_eq!(n, SLOTS.min(MAX_BYTES / (11008 + 64)));
+        // The last dropped, and as many older ones as the slots' bytes allow.
+        assert_eq!(n, 1 + (SLOTS - 1).min(SLOT_BYTES_MAX / (11008 + 64)));
         // Full of one size: a storage of another size still gets in (the oldest make room)
         // and is handed out for its size.
         let other = AlignedBuf::new(2432);
@@ -364,6 +426,38 @@ mod tests {
         drop(AlignedBuf::new(MAX_STORAGE));
         assert_eq!(held(), (0, 0), "larger than MAX_STORAGE: freed");
         assert_eq!(pool::take(MAX_STORAGE + 64), None);
+    }
+
+    /// One buffer at a time (the steady state of `convert`): the storage goes through the
+    /// cell of the last dropped and back, the slots never hold it. Two sizes alternating: the
+    /// older goes to the slots, and each size gets its own storage back.
+    #[test]
+    fn last_dropped_is_handed_back_first() {
+        clear();
+        let addr = AlignedBuf::new(2688).storage.as_ptr();
+        for _ in 0..10 {
+            let b = AlignedBuf::for_overwrite(2688);
+            assert_eq!(b.storage.as_ptr(), addr);
+            assert_eq!(held(), (0, 0));
+            drop(b);
+            assert_eq!(held(), (1, 2688 + 64));
+            assert_eq!(slot_bytes(), 0, "the slots are not touched");
+        }
+        let small = AlignedBuf::new(576);
+        let small_addr = small.storage.as_ptr();
+        drop(small);
+        assert_eq!(
+            slot_bytes(),
+            2688 + 64,
+            "the older storage moved to the slots"
+        );
+        assert_eq!(held(), (2, 2688 + 64 + 576 + 64));
+        let big = AlignedBuf::new(2688);
+        assert_eq!(big.storage.as_ptr(), addr, "from the slots");
+        assert!(big.iter().all(|&x| x == 0));
+        let small = AlignedBuf::new(576);
+        assert_eq!(small.storage.as_ptr(), small_addr, "from the cell");
+        assert_eq!(held(), (0, 0));
     }
 
     std::thread_local! {
