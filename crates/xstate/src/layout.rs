@@ -150,9 +150,15 @@ impl FormLayout {
 #[inline(always)]
 pub(crate) fn equal_placements(a: &FormLayout, b: &FormLayout) -> bool {
     // Differences gathered without a branch: offsets and sizes in one word (adjacent fields,
-    // one load each), ids in a byte of their own (no widening per placement).
+    // one load each), ids in a byte of their own (no widening per placement); by index over
+    // slices of one length, so that no bound is checked and no zip state is kept.
+    let (a, b) = (&a.placements[..], &b.placements[..]);
+    if a.len() != b.len() {
+        return false;
+    }
     let (mut words, mut ids) = (0u64, 0u8);
-    for (x, y) in a.placements.iter().zip(&b.placements) {
+    for i in 0..a.len() {
+        let (x, y) = (&a[i], &b[i]);
         words |= (u64::from(x.offset) | u64::from(x.size) << 32)
             ^ (u64::from(y.offset) | u64::from(y.size) << 32);
         ids |= x.id ^ y.id;
