@@ -144,9 +144,9 @@ impl FormLayout {
     }
 }
 
-/// Every field of every placement of `a` and `b` (of the same number) equal: what a conversion
-/// plan and the table of geometries (`interned`, std only) compare when the placements are not the
-/// same object.
+/// `a` and `b` have as many placements, and every field of every placement equal: what a
+/// conversion plan and the table of geometries (`interned`, std only) compare when the
+/// placements are not the same object.
 #[inline(always)]
 pub(crate) fn equal_placements(a: &FormLayout, b: &FormLayout) -> bool {
     // Differences gathered without a branch: offsets and sizes in one word (adjacent fields,
