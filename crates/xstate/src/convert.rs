@@ -43,7 +43,6 @@
 //! ```
 
 use alloc::string::String;
-use alloc::vec::Vec;
 
 use crate::components::{bits, mask, Component};
 use crate::image::{
@@ -630,7 +629,7 @@ pub fn from_fxsave(fx: &[u8], target: &FormLayout) -> Result<XsaveImage, Convert
         form: Form::Standard,
         mask: mask::LEGACY,
         size: crate::image::MIN_SIZE as u32,
-        placements: Vec::new(),
+        placements: Default::default(),
     };
     let src = Xsave::with_geometry(AlignedBuf::from_bytes(&legacy), g)?;
     let mut out = convert(&src, target)?;

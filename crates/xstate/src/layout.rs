@@ -39,6 +39,7 @@
 //! ```
 
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -110,6 +111,89 @@ impl Placement {
     }
 }
 
+/// The placement list of a [`FormLayout`]: a slice of [`Placement`]s (it derefs to
+/// `[Placement]`), shared between the clones of a geometry.
+///
+/// Cloning shares the list (no allocation); changing it through `DerefMut` first copies it
+/// when it is shared, so every `FormLayout` still behaves as a value of its own. Hence two
+/// lists at the same address have the same placements: the conversion plans recognise the
+/// geometries they were made for by that address (a geometry cloned from a plan's, from an
+/// image's or from the one the plan was made with) before comparing placement by placement
+/// (`convert::plan`).
+///
+/// ```
+/// use xstate::layout::{Placement, Placements};
+/// let a: Placements = vec![Placement { id: 0, offset: 0, size: 160 }].into();
+/// let mut b = a.clone();
+/// assert_eq!(a.as_ptr(), b.as_ptr());        // shared
+/// b[0].size = 8;                             // copied first
+/// assert_eq!((a[0].size, b[0].size), (160, 8));
+/// assert_ne!(a.as_ptr(), b.as_ptr());
+/// for p in &a {
+///     assert_eq!(p.id, 0);
+/// }
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Placements(Arc<[Placement]>);
+
+impl Default for Placements {
+    /// No placement.
+    fn default() -> Self {
+        Placements(Arc::from(Vec::new()))
+    }
+}
+
+impl core::ops::Deref for Placements {
+    type Target = [Placement];
+    #[inline(always)]
+    fn deref(&self) -> &[Placement] {
+        &self.0
+    }
+}
+
+impl core::ops::DerefMut for Placements {
+    /// The list, unshared first if another geometry holds it too (copy on write).
+    fn deref_mut(&mut self) -> &mut [Placement] {
+        if Arc::get_mut(&mut self.0).is_none() {
+            self.0 = Arc::from(self.0.to_vec());
+        }
+        // Just unshared: the only holder (an empty slice only if that could fail).
+        Arc::get_mut(&mut self.0).unwrap_or(&mut [])
+    }
+}
+
+impl From<Vec<Placement>> for Placements {
+    fn from(v: Vec<Placement>) -> Self {
+        Placements(v.into())
+    }
+}
+
+impl From<&[Placement]> for Placements {
+    fn from(v: &[Placement]) -> Self {
+        Placements(v.into())
+    }
+}
+
+impl FromIterator<Placement> for Placements {
+    fn from_iter<I: IntoIterator<Item = Placement>>(iter: I) -> Self {
+        Placements(iter.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a Placements {
+    type Item = &'a Placement;
+    type IntoIter = core::slice::Iter<'a, Placement>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl fmt::Debug for Placements {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter()).finish()
+    }
+}
+
 /// The components of one mask placed in one form, and the total size of such an image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FormLayout {
@@ -120,7 +204,7 @@ pub struct FormLayout {
     /// The image size in bytes.
     pub size: u32,
     /// Placements in increasing component order (components 0 and 1 included when in mask).
-    pub placements: Vec<Placement>,
+    pub placements: Placements,
 }
 
 impl FormLayout {
@@ -758,7 +842,7 @@ impl Layout {
             form: Form::Standard,
             mask: xcr0,
             size,
-            placements,
+            placements: placements.into(),
         })
     }
 
@@ -803,7 +887,7 @@ impl Layout {
             form: Form::Compacted,
             mask: m,
             size: loc,
-            placements,
+            placements: placements.into(),
         })
     }
 

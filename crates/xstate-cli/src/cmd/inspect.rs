@@ -53,7 +53,7 @@ fn legacy_geometry(form: Form) -> FormLayout {
         form,
         mask: mask::LEGACY,
         size: MIN_SIZE as u32,
-        placements: Vec::new(),
+        placements: Default::default(),
     }
 }
 

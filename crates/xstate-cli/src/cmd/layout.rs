@@ -114,7 +114,8 @@ impl Report {
                         offset: 160,
                         size: 256,
                     },
-                ],
+                ]
+                .into(),
             };
             (
                 Ok(legacy),

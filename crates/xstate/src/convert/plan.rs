@@ -54,9 +54,11 @@ struct Trunc {
 
 /// What a plan compares of a geometry on every call, held in the plan itself so that the
 /// comparison follows no pointer to reach the planned side: form, mask, size, the number of
-/// placements, and the address of the planned placements (the geometry is held by the plan
-/// and never changed, so an image whose geometry has its placements at that address has
-/// this very geometry: an interned one, `layout::interned`).
+/// placements, and the address of the planned placement list. The plan holds that list
+/// (shared, [`crate::layout::Placements`]), and a shared list is copied before any change,
+/// so a geometry whose list is at that address has the planned placements: the geometry the
+/// plan was made with or a clone of it, an interned one (`layout::interned`), an image's
+/// made from either.
 #[derive(Clone, Copy, Debug)]
 struct Key {
     form: Form,

@@ -335,7 +335,8 @@ pub fn standard_geometry_for_len(layout: &Layout, len: usize) -> FormLayout {
                 offset: 160,
                 size: 256,
             },
-        ],
+        ]
+        .into(),
     })
 }
 

@@ -48,8 +48,9 @@ fn intern_in<'t>(
 }
 
 /// `a == b` (form, mask, size, every placement): the cheap fields first, then the placements
-/// — the same object (both `Vec`s own their elements, so two live ones with the same buffer
-/// are one `Vec`: a kept geometry asked for again) or equal field by field.
+/// — the same list (a shared [`crate::layout::Placements`] is copied before any change, so
+/// a list at the same address as a kept one is that list: a kept geometry or a clone of it
+/// asked for again) or equal field by field.
 fn same_geometry(a: &FormLayout, b: &FormLayout) -> bool {
     a.form == b.form
         && a.mask == b.mask
@@ -79,7 +80,8 @@ mod tests {
                     offset: 160,
                     size: 256
                 },
-            ],
+            ]
+            .into(),
         }
     }
 

@@ -237,6 +237,47 @@ fn plan_refuses_an_image_of_another_geometry() {
     assert_eq!(z.geometry() == &sg, plan.convert_into(&z, &mut out).is_ok());
 }
 
+/// A clone of a plan's geometries shares their placement list, so the plan recognises it by
+/// address (no comparison placement by placement); changing a clone's list copies it first,
+/// so the changed clone is compared by value and refused, and the plan's geometry and every
+/// other clone keep their placements.
+#[test]
+fn clones_of_planned_geometries_are_recognised_by_address_and_changes_are_seen() {
+    let l = crate::testutil::spr();
+    let (sg, kg) = (l.standard(0xe7).unwrap(), l.compacted(0xe7).unwrap());
+    let plan = ConvertPlan::new(&sg, &kg).unwrap();
+    let (s2, mut k2) = (plan.source().clone(), plan.target().clone());
+    assert_eq!(s2.placements.as_ptr() as usize, plan.src_key.at);
+    assert_eq!(k2.placements.as_ptr() as usize, plan.dst_key.at);
+    assert!(plan.is_for(&s2, &k2));
+    let img = XsaveImage::new(&s2);
+    let mut out = vec![0u8; plan.len()];
+    assert_eq!(plan.convert_into(&img, &mut out), Ok(plan.len()));
+    // The cache's plan for the pair recognises the same clones.
+    assert_eq!(
+        convert_into(&img, &k2, &mut out.clone()),
+        convert_into(&img, &kg, &mut out)
+    );
+    let kept = kg.placements[3];
+    k2.placements[3].offset += 64;
+    assert_ne!(
+        k2.placements.as_ptr() as usize,
+        plan.dst_key.at,
+        "copied on write"
+    );
+    assert!(!plan.is_for(&s2, &k2));
+    assert_eq!(plan.target().placements[3], kept);
+    assert_eq!(kg.placements[3], kept);
+    let mut s3 = plan.source().clone();
+    s3.placements[2].size -= 1;
+    let moved = Xsave::with_geometry(AlignedBuf::new(sg.size as usize), s3).unwrap();
+    assert!(matches!(
+        plan.convert_into(&moved, &mut out),
+        Err(ConvertError::GeometryMismatch { .. })
+    ));
+    assert_eq!(plan.source().placements[2], sg.placements[2]);
+}
+
 /// A hand-built target whose placements are not in offset order (broken CPUID data only):
 /// the plan takes the component walk, with the walk's result.
 #[test]
@@ -417,7 +458,7 @@ fn cache_plans_match_every_field() {
             v.push(m);
         }
         let mut m = base.clone();
-        m.placements.pop();
+        m.placements = base.placements[..base.placements.len() - 1].into();
         v.push(m);
         for i in 0..base.placements.len() {
             let p = base.placements[i];
