@@ -228,6 +228,22 @@ impl FormLayout {
     }
 }
 
+/// `g`, with the placement list of the equal geometry the process keeps (`interned`, std
+/// only) when there is one: a layout built twice, or built after images of its geometry were
+/// made, shares one list with them and with the conversion plans of that geometry, which
+/// then recognise it by address.
+#[inline]
+fn shared_with_kept(g: FormLayout) -> FormLayout {
+    #[cfg(feature = "std")]
+    if let Some(kept) = interned::find(&g) {
+        return FormLayout {
+            placements: kept.placements.clone(),
+            ..g
+        };
+    }
+    g
+}
+
 /// `a` and `b` have as many placements, and every field of every placement equal: what a
 /// conversion plan and the table of geometries (`interned`, std only) compare when the
 /// placements are not the same object.
@@ -838,12 +854,12 @@ impl Layout {
                 }
             }
         }
-        Ok(FormLayout {
+        Ok(shared_with_kept(FormLayout {
             form: Form::Standard,
             mask: xcr0,
             size,
             placements: placements.into(),
-        })
+        }))
     }
 
     /// Places the components of `xcomp_bv` (bit 63 ignored) in the compacted form
@@ -883,12 +899,12 @@ impl Layout {
             });
             loc = loc.checked_add(g.size).ok_or_else(overflow)?;
         }
-        Ok(FormLayout {
+        Ok(shared_with_kept(FormLayout {
             form: Form::Compacted,
             mask: m,
             size: loc,
             placements: placements.into(),
-        })
+        }))
     }
 
     /// Places `mask` in the given form.

@@ -43,9 +43,26 @@ fn equal_geometries_are_one_object_until_the_table_is_full() {
     assert!(std::ptr::eq(back.source(), ka.geometry()));
     assert_eq!(back.convert(&ka).unwrap(), a);
 
+    // A layout built again shares the kept placement list (no comparison placement by
+    // placement for the plans); one built before any image of its geometry has its own.
+    let g2 = l.standard(0x602e7).unwrap();
+    assert_eq!(g2.placements.as_ptr(), a.geometry().placements.as_ptr());
+    assert_eq!(g2, g);
+    let fresh = l.standard(0x207).unwrap();
+    assert_ne!(
+        fresh.placements.as_ptr(),
+        l.standard(0x207).unwrap().placements.as_ptr()
+    );
+    assert_eq!(fresh, l.standard(0x207).unwrap());
+
     // A geometry that differs in one field is another object, equal to what was asked.
     let mut other = g.clone();
     other.placements.last_mut().unwrap().size -= 64;
+    assert_eq!(
+        g.placements.last().unwrap().size,
+        8192,
+        "the list was copied first"
+    );
     other.size -= 64;
     let d = XsaveImage::new(&other);
     assert!(!same(&a, &d));

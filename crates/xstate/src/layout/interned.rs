@@ -33,6 +33,16 @@ pub(crate) fn intern(g: &FormLayout) -> Option<&'static Arc<FormLayout>> {
     intern_in(&TABLE, g)
 }
 
+/// The kept geometry equal to `g`, if there is one; keeps nothing new (what
+/// [`crate::layout::Layout`] asks, so that the layouts it builds share the kept placement
+/// lists without filling the table with every geometry computed).
+pub(crate) fn find(g: &FormLayout) -> Option<&'static Arc<FormLayout>> {
+    TABLE
+        .iter()
+        .map_while(|slot| slot.get())
+        .find(|kept| same_geometry(kept, g))
+}
+
 /// [`intern`] in `table`. Slots are filled in order and never emptied, so a look stops at the
 /// first free one, which it fills; two threads filling the same slot with different geometries
 /// are told apart by the comparison (the one whose geometry did not go in looks on at the next
