@@ -188,7 +188,7 @@ pub fn convert<B: AsRef<[u8]>>(
 ) -> Result<XsaveImage, ConvertError> {
     #[cfg(feature = "std")]
     if let Some(p) = cache::fixed(src.geometry(), target) {
-        return p.convert_unchecked_geometry(src, Found::Static(p).target_geometry());
+        return p.convert_unchecked_geometry(src, || Found::Static(p).target_geometry());
     }
     convert_other(src, target)
 }
@@ -206,7 +206,7 @@ fn convert_other<B: AsRef<[u8]>>(
     with_other_plan(src.geometry(), target, |plan| match plan {
         Some(p) => p
             .plan()
-            .convert_unchecked_geometry(src, p.target_geometry()),
+            .convert_unchecked_geometry(src, || p.target_geometry()),
         None => walk_convert(src, target),
     })
 }
