@@ -228,6 +228,38 @@ impl FormLayout {
     }
 }
 
+/// The placements of one mask while a layout is built: on the stack (a mask has at most 64
+/// components), so that the finished list is allocated once, at its size.
+struct PlacementBuf {
+    items: [Placement; 64],
+    n: usize,
+}
+
+impl PlacementBuf {
+    fn new() -> Self {
+        PlacementBuf {
+            items: [Placement {
+                id: 0,
+                offset: 0,
+                size: 0,
+            }; 64],
+            n: 0,
+        }
+    }
+
+    /// Appends `p`; the components of a 64-bit mask always fit.
+    fn push(&mut self, p: Placement) {
+        if let Some(slot) = self.items.get_mut(self.n) {
+            *slot = p;
+            self.n += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[Placement] {
+        &self.items[..self.n.min(64)]
+    }
+}
+
 /// `g`, with the placement list of the equal geometry the process keeps (`interned`, std
 /// only) when there is one: a layout built twice, or built after images of its geometry were
 /// made, shares one list with them and with the conversion plans of that geometry, which
@@ -799,7 +831,7 @@ impl Layout {
         if xcr0 & mask::COMPACTED != 0 {
             return Err(LayoutError::Bit63);
         }
-        let mut placements = Vec::new();
+        let mut placements = PlacementBuf::new();
         let mut size = EXTENDED_START;
         for id in bits(xcr0) {
             let g = self.geometry(id);
@@ -838,8 +870,9 @@ impl Layout {
         }
         // Each component has its own bytes: an overlap would make one component's register
         // values another's (SDM Vol. 1 §13.4.2).
-        for (i, a) in placements.iter().enumerate().filter(|(_, p)| p.id >= 2) {
-            for b in placements.iter().skip(i + 1) {
+        let placed = placements.as_slice();
+        for (i, a) in placed.iter().enumerate().filter(|(_, p)| p.id >= 2) {
+            for b in placed.iter().skip(i + 1) {
                 if a.offset < b.end() && b.offset < a.end() {
                     return Err(LayoutError::Overlap {
                         a: a.id,
@@ -858,7 +891,7 @@ impl Layout {
             form: Form::Standard,
             mask: xcr0,
             size,
-            placements: placements.into(),
+            placements: placements.as_slice().into(),
         }))
     }
 
@@ -867,7 +900,7 @@ impl Layout {
     /// order at the running location, rounded up to 64 when its align bit is set.
     pub fn compacted(&self, xcomp_bv: u64) -> Result<FormLayout, LayoutError> {
         let m = xcomp_bv & !mask::COMPACTED;
-        let mut placements = Vec::new();
+        let mut placements = PlacementBuf::new();
         let mut loc = EXTENDED_START;
         for id in bits(m) {
             let g = self.geometry(id);
@@ -903,7 +936,7 @@ impl Layout {
             form: Form::Compacted,
             mask: m,
             size: loc,
-            placements: placements.into(),
+            placements: placements.as_slice().into(),
         }))
     }
 
