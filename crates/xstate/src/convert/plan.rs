@@ -468,8 +468,8 @@ impl ConvertPlan {
     /// stack, written in pieces (an 8-byte pointer, a 1-byte tag) and later read back whole
     /// by the move into the image, a load that could not be forwarded from those stores and
     /// waited behind the previous conversion's copies (`perf annotate`: half of `convert`'s
-    /// own samples on it; host image 26 → 25 ns in a scratch loop, bench 1.35-1.61 →
-    /// 1.25-1.52 ×).
+    /// own samples on it; host image 26 → 25 ns in a scratch loop, bench 1.33-1.61 →
+    /// 1.24-1.52 ×).
     #[inline(always)]
     pub(crate) fn convert_unchecked_geometry<B: AsRef<[u8]>>(
         &self,
@@ -480,8 +480,8 @@ impl ConvertPlan {
             Some(dec) if self.ops_tile => {
                 // The precomputed steps write every byte once, in order: a buffer of any
                 // content will do (a recycled one: no zeroing, no allocation in steady
-                // state). The image is made first and filled last, so that nothing is moved
-                // after the copies. `self.len` is the target's size and at least 576: the
+                // state). The image is made first and filled last, so that its fields are
+                // stored before the copies, not read back behind them. `self.len` is the target's size and at least 576: the
                 // image's length rules hold.
                 let mut img = Xsave::from_parts(AlignedBuf::for_overwrite(self.len), geometry());
                 debug_assert!(*img.geometry() == *self.dst);
