@@ -481,8 +481,8 @@ impl ConvertPlan {
                 // The precomputed steps write every byte once, in order: a buffer of any
                 // content will do (a recycled one: no zeroing, no allocation in steady
                 // state). The image is made first and filled last, so that its fields are
-                // stored before the copies, not read back behind them. `self.len` is the target's size and at least 576: the
-                // image's length rules hold.
+                // stored before the copies, not read back behind them. `self.len` is the
+                // target's size and at least 576: the image's length rules hold.
                 let mut img = Xsave::from_parts(AlignedBuf::for_overwrite(self.len), geometry());
                 debug_assert!(*img.geometry() == *self.dst);
                 self.write(src.as_bytes(), img.as_mut_bytes(), dec, false);
