@@ -277,8 +277,7 @@ fn shared_with_kept(g: FormLayout) -> FormLayout {
 }
 
 /// `a` and `b` have as many placements, and every field of every placement equal: what a
-/// conversion plan and the table of geometries (`interned`, std only) compare when the
-/// placements are not the same object.
+/// conversion plan compares on every call when the placements are not the same list.
 #[inline(always)]
 pub(crate) fn equal_placements(a: &FormLayout, b: &FormLayout) -> bool {
     // Differences gathered without a branch: offsets and sizes in one word (adjacent fields,

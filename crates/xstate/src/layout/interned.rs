@@ -18,7 +18,7 @@ use alloc::sync::Arc;
 
 use spin::Once;
 
-use super::{equal_placements, FormLayout};
+use super::FormLayout;
 
 /// Geometries kept.
 const SLOTS: usize = 16;
@@ -40,11 +40,12 @@ pub(crate) fn find(g: &FormLayout) -> Option<&'static Arc<FormLayout>> {
     TABLE
         .iter()
         .map_while(|slot| slot.get())
-        .find(|kept| same_geometry(kept, g))
+        .find(|kept| ***kept == *g)
 }
 
-/// [`intern`] in `table`. Slots are filled in order and never emptied, so a look stops at the
-/// first free one, which it fills; two threads filling the same slot with different geometries
+/// [`intern`] in `table`. Geometries are compared by value (`==`: form, mask, size, then the
+/// placement lists, which compare equal at once when they are one shared list). Slots are
+/// filled in order and never emptied, so a look stops at the first free one, which it fills; two threads filling the same slot with different geometries
 /// are told apart by the comparison (the one whose geometry did not go in looks on at the next
 /// slot; `call_once` makes it wait for the other's copy to be made, never longer).
 fn intern_in<'t>(
@@ -53,20 +54,8 @@ fn intern_in<'t>(
 ) -> Option<&'t Arc<FormLayout>> {
     table.iter().find_map(|slot| {
         let kept = slot.call_once(|| Arc::new(g.clone()));
-        same_geometry(kept, g).then_some(kept)
+        (**kept == *g).then_some(kept)
     })
-}
-
-/// `a == b` (form, mask, size, every placement): the cheap fields first, then the placements
-/// — the same list (a shared [`crate::layout::Placements`] is copied before any change, so
-/// a list at the same address as a kept one is that list: a kept geometry or a clone of it
-/// asked for again) or equal field by field.
-fn same_geometry(a: &FormLayout, b: &FormLayout) -> bool {
-    a.form == b.form
-        && a.mask == b.mask
-        && a.size == b.size
-        && a.placements.len() == b.placements.len()
-        && (core::ptr::eq(a.placements.as_ptr(), b.placements.as_ptr()) || equal_placements(a, b))
 }
 
 #[cfg(test)]
