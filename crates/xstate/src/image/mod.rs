@@ -213,22 +213,13 @@ pub(crate) enum Geometry {
 impl Geometry {
     /// `g` as the process's table of geometries keeps it (no copy: shared with the other
     /// images and the conversion plans of that geometry), or a copy when the table is full
-    /// or absent (no `std`).
+    /// or absent (no `std`; a copy shares `g`'s placement list, so it allocates nothing).
     pub(crate) fn of(g: &FormLayout) -> Geometry {
         #[cfg(feature = "std")]
         if let Some(k) = crate::layout::interned::intern(g) {
             return Geometry::Static(k);
         }
         Geometry::Owned(g.clone())
-    }
-
-    /// [`Geometry::of`] for a geometry the caller gives away.
-    pub(crate) fn of_owned(g: FormLayout) -> Geometry {
-        #[cfg(feature = "std")]
-        if let Some(k) = crate::layout::interned::intern(&g) {
-            return Geometry::Static(k);
-        }
-        Geometry::Owned(g)
     }
 
     #[inline]
@@ -416,7 +407,7 @@ impl<B: AsRef<[u8]>> Xsave<B> {
     /// Binds bytes to an explicit geometry. The header is not checked against it (a buffer
     /// about to be filled may hold anything); the length must cover the geometry.
     pub fn with_geometry(bytes: B, geometry: FormLayout) -> Result<Self, ImageError> {
-        Self::with_geometry_of(bytes, Geometry::of_owned(geometry))
+        Self::with_geometry_of(bytes, Geometry::of(&geometry))
     }
 
     /// [`Xsave::with_geometry`] with a geometry shared with other images (no copy of it is
